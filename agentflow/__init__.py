@@ -1,0 +1,71 @@
+"""agentflow: durable, replayable AI agents.
+
+Every step a workflow takes is recorded under an idempotency key; a run that crashes resumes where it
+stopped, and nothing recorded runs twice.
+
+    from agentflow import AgentFlow, Context
+
+    app = AgentFlow()                      # SQLite at ./.agentflow/agentflow.db
+
+    @app.workflow()
+    async def pipeline(ctx: Context, n: int) -> int:
+        a = await ctx.step("fetch", fetch, n)
+        return await ctx.step("score", score, a)
+
+    run = app.run(pipeline, 3, run_id="job-1")
+"""
+
+from ._app import AgentFlow
+from ._clock import Clock, FakeClock, SystemClock
+from ._context import Context, SyncContext
+from ._models import ErrorInfo, Run, RunStatus, Step, StepKind, StepStatus, Usage
+from ._retry import Backoff, RetryPolicy
+from .errors import (
+    AgentFlowError,
+    ConfigurationError,
+    NonRetryableError,
+    NotAnAgentFlowDatabase,
+    ReplayDivergence,
+    RunConflict,
+    RunNotFound,
+    SchemaVersionError,
+    SerializationError,
+    StepFailed,
+    StepTimeout,
+    StoreError,
+    WorkflowNotRegistered,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AgentFlow",
+    "AgentFlowError",
+    "Backoff",
+    "Clock",
+    "ConfigurationError",
+    "Context",
+    "ErrorInfo",
+    "FakeClock",
+    "NonRetryableError",
+    "NotAnAgentFlowDatabase",
+    "ReplayDivergence",
+    "RetryPolicy",
+    "Run",
+    "RunConflict",
+    "RunNotFound",
+    "RunStatus",
+    "SchemaVersionError",
+    "SerializationError",
+    "Step",
+    "StepFailed",
+    "StepKind",
+    "StepStatus",
+    "StepTimeout",
+    "StoreError",
+    "SyncContext",
+    "SystemClock",
+    "Usage",
+    "WorkflowNotRegistered",
+    "__version__",
+]

@@ -1,0 +1,300 @@
+"""``AgentFlow``: registers workflows, starts and resumes runs, and reads them back.
+
+One async core (``run_async`` and friends); the sync methods are a thin facade over it that also works
+inside a running event loop such as Jupyter's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from ._clock import Clock, SystemClock
+from ._codec import Codec
+from ._context import Context, RunEngine, SyncContext
+from ._journal import Journal, first_broken_link
+from ._loop import run_sync
+from ._models import ErrorInfo, Run, RunStatus
+from ._retry import RetryPolicy
+from ._store import RunRecord, Store
+from ._workflow import Workflow
+from .errors import (
+    ConfigurationError,
+    ReplayDivergence,
+    RunConflict,
+    RunNotFound,
+    StoreError,
+    WorkflowNotRegistered,
+)
+
+if TYPE_CHECKING:
+    from ._store._sql import Durability
+
+__all__ = ["AgentFlow"]
+
+log = logging.getLogger("agentflow")
+F = TypeVar("F", bound=Callable[..., Any])
+_RESUMABLE = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
+
+
+class AgentFlow:
+    """A store of durable runs and the workflows that make them.
+
+    ``url`` is a SQLite path, ``:memory:``, or a SQLAlchemy URL (``postgresql+psycopg://...``); by default
+    ``$AGENTFLOW_DATABASE_URL``, else ``./.agentflow/agentflow.db``. A new database is created and migrated;
+    an existing one has its schema version checked. ``durability="full"`` makes SQLite sync every commit
+    (power-loss safe); the default survives a killed process. ``clock`` is where time and sleeping come
+    from (``FakeClock`` in tests); ``retry`` is the policy of steps that do not name one.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        durability: Durability = "normal",
+        clock: Clock | None = None,
+        retry: RetryPolicy | None = None,
+        create: bool = True,
+    ) -> None:
+        from ._store._sql import default_sqlite_path, open_store
+
+        self.url = url or os.environ.get("AGENTFLOW_DATABASE_URL") or default_sqlite_path()
+        self._store: Store = open_store(self.url, durability=durability, create=create)
+        self._clock: Clock = clock or SystemClock()
+        self._default_retry = retry or RetryPolicy()
+        self._codec = Codec()
+        self._workflows: dict[str, Workflow] = {}
+        self._by_function: dict[Callable[..., Any], Workflow] = {}
+        self._inflight: dict[str, asyncio.Task[Run]] = {}
+
+    def __repr__(self) -> str:
+        return f"AgentFlow({self._store.url!r})"
+
+    # -- registration -----------------------------------------------------------------------------------
+
+    def workflow(self, name: str | None = None) -> Callable[[F], F]:
+        """Register a workflow (``async def`` or ``def``) whose first parameter is the ``Context``.
+
+        ``name`` (default: the function's qualified name) is what runs record, and what ``resume`` and
+        ``recover`` look up in another process, so keep it stable.
+        """
+
+        def register(fn: F) -> F:
+            self._register(fn, name)
+            return fn
+
+        return register
+
+    def _register(self, fn: Callable[..., Any], name: str | None) -> Workflow:
+        wf_name = name or fn.__qualname__
+        known = self._workflows.get(wf_name)
+        if known is not None and known.fn is not fn:
+            raise ConfigurationError(
+                f"two workflows are named {wf_name!r}; give one another name: @app.workflow(name=...)"
+            )
+        wf = known or Workflow(wf_name, fn, self._codec)
+        self._workflows[wf_name] = wf
+        self._by_function[fn] = wf
+        return wf
+
+    def _lookup(self, workflow: Callable[..., Any] | str) -> Workflow:
+        if isinstance(workflow, str):
+            try:
+                return self._workflows[workflow]
+            except KeyError:
+                raise WorkflowNotRegistered(workflow, list(self._workflows)) from None
+        return self._by_function.get(workflow) or self._register(workflow, None)
+
+    # -- running ----------------------------------------------------------------------------------------
+
+    def run(self, workflow: Callable[..., Any] | str, /, *args: Any, run_id: str | None = None, **kwargs: Any) -> Run:
+        """Run ``workflow(ctx, *args, **kwargs)`` durably to its end and return the ``Run``.
+
+        A ``run_id`` names the run and is an idempotency key: a finished run with that id is returned as
+        recorded, an unfinished one is resumed, and nothing that was recorded runs twice. A failing
+        workflow gives a ``Run`` with status ``failed`` and its ``error``; it does not raise.
+        """
+        return run_sync(lambda: self.run_async(workflow, *args, run_id=run_id, **kwargs))
+
+    async def run_async(
+        self, workflow: Callable[..., Any] | str, /, *args: Any, run_id: str | None = None, **kwargs: Any
+    ) -> Run:
+        """``run`` for async callers."""
+        wf = self._lookup(workflow)
+        run_id = run_id or uuid.uuid4().hex
+        input_json = wf.encode_input(args, kwargs)
+        now = self._clock.time()
+        record = RunRecord(
+            id=run_id,
+            workflow=wf.name,
+            status=RunStatus.RUNNING.value,
+            input=input_json,
+            created_at=now,
+            updated_at=now,
+            code_version=wf.code_version,
+        )
+        if self._store.insert_run(record):
+            return await self._execute(wf, record, fresh=True)
+        existing = self._store.get_run(run_id)
+        if existing is None:  # pragma: no cover - deleted between the two statements
+            raise RunNotFound(run_id)
+        if existing.workflow != wf.name:
+            raise RunConflict(run_id, f"workflow {existing.workflow!r}, not {wf.name!r}")
+        if json.loads(existing.input) != json.loads(input_json):
+            raise RunConflict(run_id, f"other input ({existing.input[:200]})")
+        if existing.status in _RESUMABLE:
+            return await self._execute(wf, existing, fresh=False)
+        return self._to_run(existing)
+
+    def resume(self, run_id: str) -> Run:
+        """Continue a run that stopped before its end; recorded steps are served, the rest run live.
+
+        A finished run is returned as it is. Raises ``RunNotFound``, ``WorkflowNotRegistered`` (import the
+        module that defines the workflow first), or ``ReplayDivergence`` when the code no longer asks for
+        what the record holds (the run is left unchanged).
+        """
+        return run_sync(lambda: self.resume_async(run_id))
+
+    async def resume_async(self, run_id: str) -> Run:
+        """``resume`` for async callers."""
+        record = self._store.get_run(run_id)
+        if record is None:
+            raise RunNotFound(run_id)
+        if record.status not in _RESUMABLE:
+            return self._to_run(record)
+        return await self._execute(self._lookup(record.workflow), record, fresh=False)
+
+    def recover(self) -> list[Run]:
+        """Resume every run left ``pending`` or ``running`` by a process that died.
+
+        For one process on SQLite; many workers on Postgres will coordinate through leases. Runs of
+        workflows this process has not registered, and runs that diverge, are logged and left as they are.
+        """
+        return run_sync(self.recover_async)
+
+    async def recover_async(self) -> list[Run]:
+        """``recover`` for async callers."""
+        recovered: list[Run] = []
+        for record in self._store.list_runs(statuses=_RESUMABLE):
+            if record.id in self._inflight:
+                continue
+            wf = self._workflows.get(record.workflow)
+            if wf is None:
+                log.warning("recover: run %s is of workflow %r, which is not registered", record.id, record.workflow)
+                continue
+            try:
+                recovered.append(await self._execute(wf, record, fresh=False))
+            except ReplayDivergence as exc:
+                log.error("recover: run %s was left as it was: %s", record.id, exc)
+        return recovered
+
+    async def _execute(self, wf: Workflow, record: RunRecord, *, fresh: bool) -> Run:
+        running = self._inflight.get(record.id)
+        if running is not None and running.get_loop() is asyncio.get_running_loop():
+            return await asyncio.shield(running)  # the same run is executing here already
+        task = asyncio.ensure_future(self._execute_once(wf, record, fresh))
+        self._inflight[record.id] = task
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._inflight.pop(record.id, None)
+
+    async def _execute_once(self, wf: Workflow, record: RunRecord, fresh: bool) -> Run:
+        run_id = record.id
+        journal = Journal(run_id, self._store, [] if fresh else self._store.load_steps(run_id))
+        engine = RunEngine(run_id, journal, self._codec, self._clock, self._default_retry)
+        if not fresh:
+            self._store.update_run(run_id, {"status": RunStatus.RUNNING.value, "updated_at": self._clock.time()})
+        try:
+            args, kwargs = wf.decode_input(record.input)
+            if wf.is_async:
+                output = await wf.fn(Context(engine), *args, **kwargs)
+            else:
+                ctx = SyncContext(engine, asyncio.get_running_loop())
+                output = await asyncio.to_thread(wf.fn, ctx, *args, **kwargs)
+            output_json = self._codec.encode(output, f"output of run {run_id!r}")
+        except (ReplayDivergence, StoreError):
+            raise  # the record is fine; the code or the database is not: leave the run resumable
+        except Exception as exc:
+            self._finish(run_id, RunStatus.FAILED, error=ErrorInfo.encode(exc))
+        else:
+            self._finish(run_id, RunStatus.COMPLETED, output=output_json)
+        finally:
+            journal.close()
+        return self.get_run(run_id)
+
+    def _finish(self, run_id: str, status: RunStatus, *, output: str | None = None, error: str | None = None) -> None:
+        self._store.update_run(
+            run_id,
+            {"status": status.value, "output": output, "error": error, "updated_at": self._clock.time()},
+        )
+
+    # -- reading ----------------------------------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> Run:
+        """The run with this id; ``RunNotFound`` if there is none."""
+        record = self._store.get_run(run_id)
+        if record is None:
+            raise RunNotFound(run_id)
+        return self._to_run(record)
+
+    def list_runs(
+        self,
+        *,
+        status: RunStatus | str | Sequence[RunStatus | str] | None = None,
+        workflow: Callable[..., Any] | str | None = None,
+        limit: int | None = 100,
+    ) -> list[Run]:
+        """Runs, newest first, optionally of some statuses and one workflow."""
+        statuses = _statuses(status)
+        name = workflow if isinstance(workflow, str) or workflow is None else self._lookup(workflow).name
+        return [self._to_run(r) for r in self._store.list_runs(statuses=statuses, workflow=name, limit=limit)]
+
+    def verify(self, run_id: str) -> str | None:
+        """Check a run's hash chain: the key of the first step record that was altered, or None if intact."""
+        if self._store.get_run(run_id) is None:
+            raise RunNotFound(run_id)
+        return first_broken_link(run_id, self._store.load_steps(run_id))
+
+    def _to_run(self, record: RunRecord) -> Run:
+        output: Any = None
+        if record.output is not None:
+            wf = self._workflows.get(record.workflow)
+            try:
+                output = self._codec.decode(record.output, wf.return_type) if wf else json.loads(record.output)
+            except ValueError:  # the declared type changed since: give the JSON as it is
+                output = json.loads(record.output)
+        return Run.from_record(record, output, self._store)
+
+    # -- lifetime ---------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the database connections."""
+        self._store.close()
+
+    def __enter__(self) -> AgentFlow:
+        return self
+
+    def __exit__(self, *exc: object) -> Literal[False]:
+        self.close()
+        return False
+
+
+def _statuses(status: RunStatus | str | Sequence[RunStatus | str] | None) -> list[str] | None:
+    if status is None:
+        return None
+    items = [status] if isinstance(status, (str, RunStatus)) else list(status)
+    out = []
+    for item in items:
+        try:
+            out.append(RunStatus(item).value)
+        except ValueError:
+            valid = ", ".join(s.value for s in RunStatus)
+            raise ConfigurationError(f"unknown run status {item!r}; use one of {valid}") from None
+    return out

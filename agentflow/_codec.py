@@ -1,0 +1,118 @@
+"""JSON in and out of the store: payloads, typed rebuilds, canonical request fingerprints.
+
+Payloads are JSON, never pickle. A value goes in through pydantic's serializer (models, dataclasses,
+datetimes, UUIDs...) and comes back through a ``TypeAdapter`` of the annotation that produced it, so a step
+annotated ``-> Order`` returns an ``Order`` on resume. pydantic is imported on first use, not at
+``import agentflow``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from .errors import SerializationError
+
+__all__ = ["Codec", "canonical_json", "fingerprint"]
+
+_NO_TYPE = object()
+
+
+def _fallback(value: Any) -> str:
+    # Arguments that have no JSON form still take part in the fingerprint by their type, so that
+    # passing a connection or a client object to a step does not make it unrecordable.
+    return f"<{type(value).__module__}.{type(value).__qualname__}>"
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no spaces: equal requests give equal text."""
+    from pydantic_core import to_jsonable_python
+
+    plain = to_jsonable_python(value, fallback=_fallback)
+    return json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def fingerprint(canonical: str) -> str:
+    """sha256 of a canonical request: proves a recorded step was asked for the same thing."""
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Codec:
+    """Encodes values to JSON text and decodes them back to the type a function declared.
+
+    One per ``AgentFlow``; it caches the resolved return types and ``TypeAdapter`` objects.
+    """
+
+    def __init__(self) -> None:
+        self._return_types: dict[Callable[..., Any], Any] = {}
+        self._adapters: dict[Any, Any] = {}
+
+    def encode(self, value: Any, where: str) -> str:
+        """JSON text for ``value``; a value with no JSON form is a ``SerializationError`` naming ``where``."""
+        from pydantic_core import PydanticSerializationError, to_json
+
+        try:
+            return to_json(value).decode()
+        except (PydanticSerializationError, ValueError) as exc:  # ValueError: circular reference
+            raise SerializationError(where, value, str(exc).splitlines()[0]) from exc
+
+    def decode(self, text: str | None, annotation: Any = _NO_TYPE) -> Any:
+        """The value stored as ``text``, rebuilt as ``annotation`` when one is given."""
+        if text is None:
+            return None
+        if annotation is _NO_TYPE or annotation is Any or annotation is None or annotation is type(None):
+            return json.loads(text)
+        return self._adapter(annotation).validate_json(text)
+
+    def return_type(self, fn: Callable[..., Any]) -> Any:
+        """The declared return type of ``fn`` (awaited type for coroutines), or a marker for none."""
+        try:
+            return self._return_types[fn]
+        except KeyError:
+            pass
+        except TypeError:  # unhashable callable
+            return self._resolve_return(fn)
+        resolved = self._resolve_return(fn)
+        self._return_types[fn] = resolved
+        return resolved
+
+    def parameter_types(self, fn: Callable[..., Any]) -> dict[str, Any]:
+        """Resolved annotations of ``fn``'s parameters (unresolvable ones are left out)."""
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception:
+            hints = {}
+        hints.pop("return", None)
+        return hints
+
+    def _resolve_return(self, fn: Callable[..., Any]) -> Any:
+        target = inspect.unwrap(fn)
+        try:
+            hints = typing.get_type_hints(target)
+        except Exception:
+            return _NO_TYPE
+        return hints.get("return", _NO_TYPE)
+
+    def _adapter(self, annotation: Any) -> Any:
+        try:
+            return self._adapters[annotation]
+        except KeyError:
+            pass
+        except TypeError:
+            return self._make_adapter(annotation)
+        adapter = self._make_adapter(annotation)
+        self._adapters[annotation] = adapter
+        return adapter
+
+    @staticmethod
+    def _make_adapter(annotation: Any) -> Any:
+        from pydantic import TypeAdapter
+
+        return TypeAdapter(annotation)
+
+
+NO_TYPE = _NO_TYPE

@@ -1,0 +1,118 @@
+"""The journal of one run: finds recorded steps by key, hands out keys, appends new records.
+
+It reads the run's record once when the run starts and keeps it in memory; each new step is one write
+and nothing re-reads the history, so step 10,000 costs what step 10 costs.
+
+Keys are ``scope/name#n``: ``scope`` is the key of the enclosing step (empty at the top), ``n`` counts the
+earlier uses of ``name`` in that scope. The hash chain links each record to the one before it:
+``chain = sha256(previous chain, key, kind, fingerprint, status, output, error)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+
+from ._store import StepRecord, StepWriter, Store
+
+__all__ = ["Journal", "chain_hash", "first_broken_link", "genesis"]
+
+_SEP = "\x1f"
+
+
+def genesis(run_id: str) -> str:
+    """The chain value before a run's first step."""
+    return hashlib.sha256(f"agentflow-run{_SEP}{run_id}".encode()).hexdigest()
+
+
+def chain_hash(
+    previous: str, key: str, kind: str, fingerprint: str, status: str, output: str | None, error: str | None
+) -> str:
+    parts = (previous, key, kind, fingerprint, status, output or "", error or "")
+    return hashlib.sha256(_SEP.join(parts).encode()).hexdigest()
+
+
+def first_broken_link(run_id: str, records: list[StepRecord]) -> str | None:
+    """The key of the first record whose chain does not follow from the ones before it, or None."""
+    previous = genesis(run_id)
+    for rec in records:
+        expected = chain_hash(previous, rec.key, rec.kind, rec.fingerprint, rec.status, rec.output, rec.error)
+        if rec.chain != expected:
+            return rec.key
+        previous = rec.chain
+    return None
+
+
+class Journal:
+    def __init__(self, run_id: str, store: Store, records: list[StepRecord]) -> None:
+        self.run_id = run_id
+        self._store = store
+        self._recorded = {r.key: r for r in records}
+        self._next_seq = records[-1].seq + 1 if records else 0
+        self._chain = records[-1].chain if records else genesis(run_id)
+        self._counters: dict[str, int] = {}
+        self._writer: StepWriter | None = None
+        self._lock = threading.Lock()  # a sync workflow's thread and the event loop may both append
+
+    def next_key(self, scope: str, name: str) -> str:
+        """The key of the next use of ``name`` in ``scope``; call it in program order, before any await."""
+        base = f"{scope}/{name}" if scope else name
+        n = self._counters.get(base, 0)
+        self._counters[base] = n + 1
+        return f"{base}#{n}"
+
+    def recorded(self, key: str) -> StepRecord | None:
+        return self._recorded.get(key)
+
+    def append(
+        self,
+        *,
+        key: str,
+        kind: str,
+        name: str,
+        fingerprint: str,
+        request: str | None,
+        status: str,
+        attempt: int,
+        output: str | None,
+        error: str | None,
+        started_at: float,
+        finished_at: float,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        cost: float = 0.0,
+    ) -> StepRecord:
+        with self._lock:
+            chain = chain_hash(self._chain, key, kind, fingerprint, status, output, error)
+            record = StepRecord(
+                run_id=self.run_id,
+                key=key,
+                seq=self._next_seq,
+                kind=kind,
+                name=name,
+                fingerprint=fingerprint,
+                request=request,
+                status=status,
+                attempt=attempt,
+                output=output,
+                error=error,
+                started_at=started_at,
+                finished_at=finished_at,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                cost=cost,
+                chain=chain,
+            )
+            if self._writer is None:
+                self._writer = self._store.step_writer()
+            self._writer.write(record)
+            # Only once the write succeeded does the record count as recorded.
+            self._next_seq += 1
+            self._chain = chain
+            self._recorded[key] = record
+            return record
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

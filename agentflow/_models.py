@@ -1,0 +1,189 @@
+"""What users get back: ``Run`` and ``Step`` snapshots, their statuses, and token usage."""
+
+from __future__ import annotations
+
+import enum
+import json
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._store import RunRecord, StepRecord, Store
+
+__all__ = ["ErrorInfo", "Run", "RunStatus", "Step", "StepKind", "StepStatus", "Usage"]
+
+
+class RunStatus(str, enum.Enum):
+    """Where a run is in its life. ``pending`` and ``running`` runs can be resumed."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (RunStatus.COMPLETED, RunStatus.FAILED)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class StepStatus(str, enum.Enum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class StepKind(str, enum.Enum):
+    """What a recorded step was (DESIGN.md, Storage); ``now``, ``uuid`` and ``random`` are ``step``."""
+
+    STEP = "step"
+    LLM = "llm"
+    TOOL = "tool"
+    SLEEP = "sleep"
+    EVENT = "event"
+    CHECKPOINT = "checkpoint"
+    CHILD = "child"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """A recorded failure: the exception's type name, its message and the traceback text."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+    @classmethod
+    def from_json(cls, text: str | None) -> ErrorInfo | None:
+        if text is None:
+            return None
+        data = json.loads(text)
+        return cls(type=data.get("type", ""), message=data.get("message", ""), traceback=data.get("traceback", ""))
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}"
+
+    @staticmethod
+    def encode(exc: BaseException) -> str:
+        """The JSON text recorded for ``exc``."""
+        return json.dumps(
+            {
+                "type": type(exc).__qualname__,
+                "message": str(exc),
+                "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Step:
+    """A recorded step as stored: ``output`` is the JSON value (not rebuilt into the step's type)."""
+
+    key: str
+    seq: int
+    kind: StepKind
+    name: str
+    status: StepStatus
+    attempt: int
+    output: Any
+    error: ErrorInfo | None
+    started_at: datetime
+    finished_at: datetime
+    fingerprint: str
+    usage: Usage
+    cost: float
+
+    @property
+    def duration(self) -> float:
+        """Seconds from the first attempt's start to the record."""
+        return (self.finished_at - self.started_at).total_seconds()
+
+    @classmethod
+    def from_record(cls, rec: StepRecord) -> Step:
+        return cls(
+            key=rec.key,
+            seq=rec.seq,
+            kind=StepKind(rec.kind),
+            name=rec.name,
+            status=StepStatus(rec.status),
+            attempt=rec.attempt,
+            output=None if rec.output is None else json.loads(rec.output),
+            error=ErrorInfo.from_json(rec.error),
+            started_at=_utc(rec.started_at),
+            finished_at=_utc(rec.finished_at),
+            fingerprint=rec.fingerprint,
+            usage=Usage(rec.prompt_tokens, rec.completion_tokens),
+            cost=rec.cost,
+        )
+
+
+@dataclass(frozen=True)
+class Run:
+    """A snapshot of a run. ``output`` is rebuilt into the workflow's declared return type when the
+    workflow is registered with the ``AgentFlow`` that read it. ``steps`` are read from the store on first
+    access."""
+
+    id: str
+    workflow: str
+    status: RunStatus
+    input: dict[str, Any]
+    output: Any
+    error: ErrorInfo | None
+    created_at: datetime
+    updated_at: datetime
+    code_version: str | None
+    parent_id: str | None
+    forked_from: str | None
+    usage: Usage
+    cost: float
+    _store: Store | None = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def steps(self) -> list[Step]:
+        """The recorded steps in the order they were recorded."""
+        if self._store is None:
+            return []
+        return [Step.from_record(r) for r in self._store.load_steps(self.id)]
+
+    @classmethod
+    def from_record(cls, rec: RunRecord, output: Any, store: Store | None) -> Run:
+        return cls(
+            id=rec.id,
+            workflow=rec.workflow,
+            status=RunStatus(rec.status),
+            input=json.loads(rec.input),
+            output=output,
+            error=ErrorInfo.from_json(rec.error),
+            created_at=_utc(rec.created_at),
+            updated_at=_utc(rec.updated_at),
+            code_version=rec.code_version,
+            parent_id=rec.parent_id,
+            forked_from=rec.forked_from,
+            usage=Usage(rec.prompt_tokens, rec.completion_tokens),
+            cost=rec.cost,
+            _store=store,
+        )

@@ -1,0 +1,12 @@
+"""The store: where runs, steps and blobs are kept.
+
+The engine talks to the store only through ``Store`` and ``StepWriter`` below and the plain records in
+``_records``; it never sees SQL. ``open_store`` (in ``_sql``) builds the one implementation, on SQLAlchemy,
+for SQLite and Postgres; importing this package does not import SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+from ._records import RunRecord, StepRecord, StepWriter, Store
+
+__all__ = ["RunRecord", "StepRecord", "StepWriter", "Store"]

@@ -1,0 +1,118 @@
+"""Plain records that cross the store's boundary, and the interface the store offers the engine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["STEP_COLUMNS", "RunRecord", "StepRecord", "StepWriter", "Store"]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One row of ``runs``. Times are seconds since the epoch; JSON fields are JSON text."""
+
+    id: str
+    workflow: str
+    status: str
+    input: str
+    created_at: float
+    updated_at: float
+    output: str | None = None
+    error: str | None = None
+    code_version: str | None = None
+    parent_id: str | None = None
+    forked_from: str | None = None
+    forked_at: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+    lease_token: int = 0
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One row of ``steps``: a recorded step, found by ``key`` and proven by ``fingerprint``.
+
+    ``chain`` is sha256 over the previous step's chain and this step's content (see ``_journal``), so a
+    changed or removed record breaks the chain of everything after it.
+    """
+
+    run_id: str
+    key: str
+    seq: int
+    kind: str
+    name: str
+    fingerprint: str
+    request: str | None
+    status: str
+    attempt: int
+    output: str | None
+    error: str | None
+    started_at: float
+    finished_at: float
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    chain: str
+
+
+# Column order of the hot-path insert; StepRecord's fields in declaration order.
+STEP_COLUMNS: tuple[str, ...] = tuple(StepRecord.__dataclass_fields__)
+
+
+class StepWriter(Protocol):
+    """Appends a run's step records: one insert and one commit per step, on a connection it keeps."""
+
+    def write(self, step: StepRecord) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Store(Protocol):
+    """What the engine needs from a database."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def dialect(self) -> str: ...
+
+    def insert_run(self, run: RunRecord) -> bool:
+        """Insert ``run``; False (and nothing written) if a run with its id exists already."""
+        ...
+
+    def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    def list_runs(
+        self,
+        *,
+        statuses: Sequence[str] | None = None,
+        workflow: str | None = None,
+        limit: int | None = None,
+    ) -> list[RunRecord]:
+        """Runs, newest first, filtered by status and workflow name."""
+        ...
+
+    def update_run(self, run_id: str, fields: Mapping[str, object]) -> None:
+        """Set ``fields`` (column name to value) on one run."""
+        ...
+
+    def load_steps(self, run_id: str) -> list[StepRecord]:
+        """All recorded steps of a run in ``seq`` order."""
+        ...
+
+    def step_writer(self) -> StepWriter:
+        """A writer holding its own connection; close it when the run stops."""
+        ...
+
+    def put_blobs(self, blobs: Mapping[str, bytes]) -> None:
+        """Store content-addressed payloads (sha256 hex to bytes); present ones are left as they are."""
+        ...
+
+    def get_blobs(self, hashes: Iterable[str]) -> dict[str, bytes]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,282 @@
+"""The store on SQLAlchemy: SQLite (embedded default) and Postgres (production, many workers).
+
+Reads and run updates go through SQLAlchemy Core. The hot path, one row per completed step, is an
+``INSERT`` prepared once and executed on a DBAPI connection the writer keeps, then a commit: the same
+work as a hand-written insert, so a durable step costs little more than the database's own floor.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import Engine, create_engine, event, insert, select, text, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
+from sqlalchemy.exc import DatabaseError as SADatabaseError
+from sqlalchemy.pool import StaticPool
+
+from ..errors import ConfigurationError, NotAnAgentFlowDatabase, StoreError
+from ._records import STEP_COLUMNS, RunRecord, StepRecord
+from ._schema import ensure_schema
+from ._tables import BlobRow, RunRow, StepRow
+
+__all__ = ["Durability", "SQLStore", "normalize_url", "open_store"]
+
+Durability = Literal["normal", "full"]
+RUN_COLUMNS: tuple[str, ...] = tuple(RunRecord.__dataclass_fields__)
+
+
+def normalize_url(url: str) -> str:
+    """Accept a path, ``:memory:``, ``sqlite:///...`` or a Postgres URL; Postgres goes through psycopg 3."""
+    if url == ":memory:":
+        return "sqlite://"
+    if "://" not in url:
+        return f"sqlite:///{Path(url).expanduser()}"
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _describe(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def _check_sqlite_file(path: Path, create: bool) -> None:
+    """Refuse a missing (unless ``create``), non-SQLite or damaged file before anything writes to it."""
+    if not path.exists():
+        if not create:
+            raise StoreError(f"no agentflow database at {path}; run a workflow first, or pass another --db")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return
+    if path.is_dir():
+        raise NotAnAgentFlowDatabase(f"{path} is a directory, not a database file")
+    try:
+        # Read-only: a foreign or damaged file must come out of this unchanged.
+        probe = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            probe.execute("SELECT name FROM sqlite_master").fetchall()
+        finally:
+            probe.close()
+    except sqlite3.DatabaseError as exc:
+        raise NotAnAgentFlowDatabase(
+            f"{path} is not an agentflow database: it is not SQLite or it is damaged ({exc}); "
+            "move it aside or point agentflow at another path. Nothing was changed"
+        ) from exc
+
+
+class SQLStepWriter:
+    """Inserts step rows on one pooled DBAPI connection, committing each: one write per step."""
+
+    def __init__(self, engine: Engine, sql: str) -> None:
+        self._proxy = engine.raw_connection()
+        self._dbapi: Any = self._proxy.driver_connection
+        self._sql = sql
+
+    def write(self, step: StepRecord) -> None:
+        values = tuple(getattr(step, name) for name in STEP_COLUMNS)
+        try:
+            cur = self._dbapi.cursor()
+            cur.execute(self._sql, values)
+            cur.close()
+            self._dbapi.commit()
+        except Exception as exc:
+            self._dbapi.rollback()
+            if _is_integrity_error(exc):
+                raise StoreError(
+                    f"step {step.key!r} of run {step.run_id!r} is recorded already: another process is "
+                    "running this run at the same time. Let one process run it"
+                ) from exc
+            raise StoreError(f"could not record step {step.key!r} of run {step.run_id!r}: {exc}") from exc
+
+    def close(self) -> None:
+        self._proxy.close()
+
+
+def _is_integrity_error(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.IntegrityError) or type(exc).__name__ in {
+        "UniqueViolation",
+        "IntegrityError",
+    }
+
+
+class SQLStore:
+    """``Store`` on one SQLAlchemy engine."""
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        self._engine = engine
+        self._url = url
+        placeholder = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+        self._insert_step_sql = (
+            f"INSERT INTO {StepRow.__tablename__} ({', '.join(STEP_COLUMNS)}) "
+            f"VALUES ({', '.join([placeholder] * len(STEP_COLUMNS))})"
+        )
+
+    @property
+    def url(self) -> str:
+        return _describe(self._url)
+
+    @property
+    def dialect(self) -> str:
+        return self._engine.dialect.name
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def insert_run(self, run: RunRecord) -> bool:
+        values = {name: getattr(run, name) for name in RUN_COLUMNS}
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(insert(RunRow.__table__).values(values))  # type: ignore[attr-defined]
+        except IntegrityError:
+            return False
+        return True
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        table = RunRow.__table__  # type: ignore[attr-defined]
+        with self._engine.connect() as conn:
+            row = conn.execute(select(table).where(table.c.id == run_id)).mappings().first()
+        return None if row is None else RunRecord(**row)
+
+    def list_runs(
+        self,
+        *,
+        statuses: Sequence[str] | None = None,
+        workflow: str | None = None,
+        limit: int | None = None,
+    ) -> list[RunRecord]:
+        table = RunRow.__table__  # type: ignore[attr-defined]
+        query = select(table).order_by(table.c.created_at.desc(), table.c.id)
+        if statuses:
+            query = query.where(table.c.status.in_(list(statuses)))
+        if workflow:
+            query = query.where(table.c.workflow == workflow)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._engine.connect() as conn:
+            return [RunRecord(**row) for row in conn.execute(query).mappings()]
+
+    def update_run(self, run_id: str, fields: Mapping[str, object]) -> None:
+        unknown = set(fields) - set(RUN_COLUMNS)
+        if unknown:
+            raise ConfigurationError(f"runs has no column(s) {sorted(unknown)}")
+        table = RunRow.__table__  # type: ignore[attr-defined]
+        with self._engine.begin() as conn:
+            conn.execute(update(table).where(table.c.id == run_id).values(dict(fields)))
+
+    def load_steps(self, run_id: str) -> list[StepRecord]:
+        table = StepRow.__table__  # type: ignore[attr-defined]
+        query = select(*(table.c[name] for name in STEP_COLUMNS)).where(table.c.run_id == run_id)
+        with self._engine.connect() as conn:
+            rows = conn.execute(query.order_by(table.c.seq)).all()
+        return [StepRecord(*row) for row in rows]
+
+    def step_writer(self) -> SQLStepWriter:
+        return SQLStepWriter(self._engine, self._insert_step_sql)
+
+    def put_blobs(self, blobs: Mapping[str, bytes]) -> None:
+        if not blobs:
+            return
+        table = BlobRow.__table__  # type: ignore[attr-defined]
+        rows = [{"hash": h, "data": data, "size": len(data)} for h, data in blobs.items()]
+        if self._engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+        with self._engine.begin() as conn:
+            conn.execute(dialect_insert(table).on_conflict_do_nothing(index_elements=["hash"]), rows)
+
+    def get_blobs(self, hashes: Iterable[str]) -> dict[str, bytes]:
+        wanted = list(dict.fromkeys(hashes))
+        if not wanted:
+            return {}
+        table = BlobRow.__table__  # type: ignore[attr-defined]
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(table.c.hash, table.c.data).where(table.c.hash.in_(wanted))).all()
+        return {h: bytes(data) for h, data in rows}
+
+    def execute_sql(self, sql: str) -> list[tuple[Any, ...]]:
+        """Run a statement and return its rows; for tests and diagnostics, not for the engine."""
+        with self._engine.begin() as conn:
+            result = conn.execute(text(sql))
+            return [tuple(r) for r in result] if result.returns_rows else []
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+def _sqlite_engine(url: str, durability: Durability) -> Engine:
+    memory = make_url(url).database in (None, "", ":memory:")
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": 30.0},
+        poolclass=StaticPool if memory else None,
+    )
+    synchronous = "FULL" if durability == "full" else "NORMAL"
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        if not memory:
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    return engine
+
+
+def open_store(url: str, *, durability: Durability = "normal", create: bool = True) -> SQLStore:
+    """Open (and, when new or older, migrate) the database at ``url``.
+
+    ``durability="normal"`` is SQLite's WAL with ``synchronous=NORMAL``: a killed process loses nothing, a
+    power cut may lose the last commits. ``"full"`` syncs every commit. Postgres is always durable per
+    commit (its own ``synchronous_commit``).
+    """
+    if durability not in ("normal", "full"):
+        raise ConfigurationError(f"durability must be 'normal' or 'full', got {durability!r}")
+    full_url = normalize_url(url)
+    where = _describe(full_url)
+    try:
+        parsed = make_url(full_url)
+    except ArgumentError as exc:
+        raise ConfigurationError(f"not a database URL: {url!r} ({exc})") from exc
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.database not in (None, "", ":memory:"):
+            _check_sqlite_file(Path(parsed.database or ""), create)
+        engine = _sqlite_engine(full_url, durability)
+    elif backend == "postgresql":
+        if parsed.get_driver_name() != "psycopg":
+            raise ConfigurationError(f"use the psycopg 3 driver for Postgres (postgresql+psycopg://), got {where}")
+        try:
+            engine = create_engine(full_url, pool_pre_ping=True)
+        except ModuleNotFoundError as exc:
+            raise ConfigurationError("Postgres needs psycopg: pip install 'agentflow[postgres]'") from exc
+    else:
+        raise ConfigurationError(f"agentflow stores runs in SQLite or Postgres, not {backend!r} ({where})")
+    try:
+        ensure_schema(engine, where)
+    except SADatabaseError as exc:
+        engine.dispose()
+        if isinstance(exc, OperationalError) and backend == "postgresql":
+            raise StoreError(f"cannot reach the database at {where}: {exc.orig}") from exc
+        raise NotAnAgentFlowDatabase(f"{where} cannot be used as an agentflow database: {exc.orig}") from exc
+    except BaseException:
+        engine.dispose()
+        raise
+    return SQLStore(engine, full_url)
+
+
+def default_sqlite_path() -> str:
+    """``./.agentflow/agentflow.db`` relative to the working directory."""
+    return os.path.join(".agentflow", "agentflow.db")

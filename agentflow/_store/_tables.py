@@ -1,0 +1,75 @@
+"""The SQLModel tables. Every change here needs an Alembic migration in ``migrations/versions``.
+
+``tests/test_store_schema.py`` checks that the migrations build exactly these tables.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import registry
+from sqlmodel import Field, SQLModel
+
+__all__ = ["BlobRow", "RunRow", "StepRow", "metadata"]
+
+
+class _AgentFlowTable(SQLModel, registry=registry()):
+    """Base of agentflow's tables: their own registry and metadata, apart from a user's SQLModel tables."""
+
+
+class RunRow(_AgentFlowTable, table=True):
+    __tablename__ = "runs"
+
+    id: str = Field(sa_column=Column(String, primary_key=True))
+    workflow: str = Field(sa_column=Column(String, nullable=False, index=True))
+    status: str = Field(sa_column=Column(String, nullable=False, index=True))
+    input: str = Field(sa_column=Column(Text, nullable=False))
+    output: str | None = Field(default=None, sa_column=Column(Text))
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    code_version: str | None = Field(default=None, sa_column=Column(String))
+    parent_id: str | None = Field(default=None, sa_column=Column(String, index=True))
+    forked_from: str | None = Field(default=None, sa_column=Column(String))
+    forked_at: str | None = Field(default=None, sa_column=Column(String))
+    created_at: float = Field(sa_column=Column(Float, nullable=False, index=True))
+    updated_at: float = Field(sa_column=Column(Float, nullable=False))
+    prompt_tokens: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    completion_tokens: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    cost: float = Field(default=0.0, sa_column=Column(Float, nullable=False, server_default="0"))
+    # Leases, for many workers (a later migration adds queues): who holds the run, until when, and a
+    # fencing token that grows with every new holder.
+    lease_owner: str | None = Field(default=None, sa_column=Column(String))
+    lease_expires_at: float | None = Field(default=None, sa_column=Column(Float))
+    lease_token: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+
+
+class StepRow(_AgentFlowTable, table=True):
+    __tablename__ = "steps"
+    __table_args__ = (Index("ix_steps_run_seq", "run_id", "seq", unique=True),)
+
+    run_id: str = Field(sa_column=Column(String, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True))
+    key: str = Field(sa_column=Column(String, primary_key=True))
+    seq: int = Field(sa_column=Column(Integer, nullable=False))
+    kind: str = Field(sa_column=Column(String, nullable=False))
+    name: str = Field(sa_column=Column(String, nullable=False))
+    fingerprint: str = Field(sa_column=Column(String, nullable=False))
+    request: str | None = Field(default=None, sa_column=Column(Text))
+    status: str = Field(sa_column=Column(String, nullable=False))
+    attempt: int = Field(sa_column=Column(Integer, nullable=False))
+    output: str | None = Field(default=None, sa_column=Column(Text))
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    started_at: float = Field(sa_column=Column(Float, nullable=False))
+    finished_at: float = Field(sa_column=Column(Float, nullable=False))
+    prompt_tokens: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    completion_tokens: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    cost: float = Field(default=0.0, sa_column=Column(Float, nullable=False))
+    chain: str = Field(sa_column=Column(String, nullable=False))
+
+
+class BlobRow(_AgentFlowTable, table=True):
+    __tablename__ = "blobs"
+
+    hash: str = Field(sa_column=Column(String, primary_key=True))
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    size: int = Field(sa_column=Column(Integer, nullable=False))
+
+
+metadata = _AgentFlowTable.metadata

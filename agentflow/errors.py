@@ -1,0 +1,154 @@
+"""The exceptions agentflow raises, all importable from ``agentflow``.
+
+Tree::
+
+    AgentFlowError                    base of everything agentflow raises
+    ├── ConfigurationError            bad arguments: an unknown backoff, a workflow registered twice
+    ├── WorkflowNotRegistered         a run names a workflow this AgentFlow does not know
+    ├── RunNotFound                   no run with that id
+    ├── RunConflict                   a run id reused for another workflow or other input
+    ├── SerializationError            a value cannot be stored as JSON (names the step or the run)
+    ├── StepFailed                    a step failed for good; raised into the workflow, live and on resume
+    ├── StepTimeout                   one attempt of a step passed its timeout (retried by the policy)
+    ├── ReplayDivergence              the code asks for something other than what the record holds
+    └── StoreError                    the database cannot be used
+        ├── NotAnAgentFlowDatabase    the file is damaged, not SQLite, or holds someone else's tables
+        └── SchemaVersionError        the database was written by a newer agentflow
+
+    NonRetryableError                 raised by *your* step code to stop retries at once; it is the
+                                      user's signal, not agentflow's failure, so it subclasses Exception
+
+Errors that come from bad input always say what to do next and change nothing in the database.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AgentFlowError",
+    "ConfigurationError",
+    "NonRetryableError",
+    "NotAnAgentFlowDatabase",
+    "ReplayDivergence",
+    "RunConflict",
+    "RunNotFound",
+    "SchemaVersionError",
+    "SerializationError",
+    "StepFailed",
+    "StepTimeout",
+    "StoreError",
+    "WorkflowNotRegistered",
+]
+
+
+class AgentFlowError(Exception):
+    """Base class of every error agentflow raises."""
+
+
+class ConfigurationError(AgentFlowError):
+    """An argument or a setting is not usable; the message names it."""
+
+
+class WorkflowNotRegistered(AgentFlowError):
+    """A run refers to a workflow name this ``AgentFlow`` instance has not registered."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        listed = ", ".join(sorted(known)) or "none"
+        super().__init__(
+            f"workflow {name!r} is not registered with this AgentFlow (registered: {listed}); "
+            "import the module that defines it, or decorate it with @app.workflow(), before resuming"
+        )
+
+
+class RunNotFound(AgentFlowError):
+    """No run has this id in the store."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"no run with id {run_id!r}; `agentflow runs` lists the runs in this database")
+
+
+class RunConflict(AgentFlowError):
+    """A caller-supplied run id already belongs to a run of another workflow or with other input."""
+
+    def __init__(self, run_id: str, detail: str) -> None:
+        self.run_id = run_id
+        super().__init__(
+            f"run id {run_id!r} already names a run with {detail}; "
+            "a run id is an idempotency key: pick a new id for a different run"
+        )
+
+
+class SerializationError(AgentFlowError):
+    """A step output, a workflow input or a workflow output cannot be stored as JSON."""
+
+    def __init__(self, where: str, value: object, reason: str) -> None:
+        self.where = where
+        super().__init__(
+            f"{where}: a value of type {type(value).__qualname__} cannot be stored as JSON ({reason}); "
+            "return JSON data, a pydantic model or a dataclass"
+        )
+
+
+class StepFailed(AgentFlowError):
+    """A step failed after its retries; raised into the workflow.
+
+    The same exception type is raised live and when a resumed or replayed run serves the recorded
+    failure, so a workflow that catches it behaves the same both times. Live, ``__cause__`` holds the
+    original exception; ``error_type`` and ``error_message`` hold what was recorded.
+    """
+
+    def __init__(self, key: str, error_type: str, error_message: str, attempts: int) -> None:
+        self.key = key
+        self.error_type = error_type
+        self.error_message = error_message
+        self.attempts = attempts
+        plural = "s" if attempts != 1 else ""
+        super().__init__(f"step {key!r} failed after {attempts} attempt{plural}: {error_type}: {error_message}")
+
+
+class StepTimeout(AgentFlowError):
+    """One attempt of a step ran longer than its policy's ``timeout``."""
+
+    def __init__(self, key: str, timeout: float) -> None:
+        self.key = key
+        self.timeout = timeout
+        super().__init__(f"step {key!r}: attempt timed out after {timeout:g} s")
+
+
+class ReplayDivergence(AgentFlowError):
+    """The workflow asked for a step that differs from the recorded one at the same key.
+
+    Raised when a resumed run's code computes another request (function, arguments) at a key than the
+    one recorded there. The run is left as it was, so it can be resumed after the code is fixed.
+    """
+
+    def __init__(self, run_id: str, key: str, recorded: Any, current: Any, reason: str) -> None:
+        self.run_id = run_id
+        self.key = key
+        self.recorded = recorded
+        self.current = current
+        super().__init__(
+            f"run {run_id!r} diverged from its record at step {key!r}: {reason}\n"
+            f"  recorded: {recorded!r}\n  now:      {current!r}\n"
+            "The code changed since this run was recorded. Restore the code that recorded it to resume, "
+            "or start a new run."
+        )
+
+
+class StoreError(AgentFlowError):
+    """The database cannot be used as an agentflow store."""
+
+
+class NotAnAgentFlowDatabase(StoreError):
+    """The database is damaged, is not SQLite, or holds tables agentflow did not create."""
+
+
+class SchemaVersionError(StoreError):
+    """The database schema was written by a newer agentflow than this one."""
+
+
+class NonRetryableError(Exception):
+    """Raise from a step to fail it at once, without the retries its policy would allow."""
