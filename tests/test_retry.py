@@ -1,0 +1,187 @@
+"""Retry policies: backoff shapes, limits, non-retryable errors and per-attempt timeouts.
+
+Backoff runs on a FakeClock: no test sleeps for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from agentflow import (
+    AgentFlow,
+    ConfigurationError,
+    Context,
+    FakeClock,
+    NonRetryableError,
+    RetryPolicy,
+    RunStatus,
+    StepFailed,
+)
+
+
+def flaky(failures: int, exc: type[Exception] = ConnectionError) -> tuple[list[int], object]:
+    calls: list[int] = []
+
+    def fn() -> str:
+        calls.append(len(calls) + 1)
+        if len(calls) <= failures:
+            raise exc(f"attempt {len(calls)} failed")
+        return "ok"
+
+    return calls, fn
+
+
+@pytest.mark.parametrize(
+    ("backoff", "expected"),
+    [
+        ("constant", [2.0, 2.0, 2.0, 2.0]),
+        ("linear", [2.0, 4.0, 6.0, 8.0]),
+        ("exponential", [2.0, 6.0, 18.0, 30.0]),  # multiplier 3, capped by max_delay=30
+    ],
+)
+def test_backoff_waits_follow_the_policy(app: AgentFlow, clock: FakeClock, backoff: str, expected: list[float]) -> None:
+    calls, fn = flaky(4)
+    policy = RetryPolicy(max_attempts=5, delay=2.0, backoff=backoff, multiplier=3.0, max_delay=30.0)  # type: ignore[arg-type]
+
+    @app.workflow()
+    async def wf(ctx: Context) -> str:
+        return await ctx.step("flaky", fn, retry=policy)  # type: ignore[arg-type]
+
+    run = app.run(wf)
+
+    assert run.output == "ok"
+    assert clock.sleeps == expected
+    assert len(calls) == 5
+    (step,) = run.steps
+    assert step.attempt == 5 and step.status == "completed"
+
+
+def test_retries_stop_at_the_limit_and_the_step_fails(app: AgentFlow, clock: FakeClock) -> None:
+    calls, fn = flaky(10)
+
+    @app.workflow()
+    async def wf(ctx: Context) -> str:
+        return await ctx.step("flaky", fn, retry=RetryPolicy(max_attempts=3, delay=1.0, backoff="constant"))  # type: ignore[arg-type]
+
+    run = app.run(wf)
+
+    assert run.status == RunStatus.FAILED
+    assert len(calls) == 3 and clock.sleeps == [1.0, 1.0]
+    assert run.steps[0].attempt == 3 and run.steps[0].status == "failed"
+    assert run.error is not None and "after 3 attempts" in run.error.message
+
+
+def test_non_retryable_error_fails_the_step_at_once(app: AgentFlow, clock: FakeClock) -> None:
+    calls, fn = flaky(10, exc=NonRetryableError)
+
+    @app.workflow()
+    async def wf(ctx: Context) -> str:
+        return await ctx.step("charge", fn, retry=RetryPolicy(max_attempts=5))  # type: ignore[arg-type]
+
+    run = app.run(wf)
+
+    assert run.status == RunStatus.FAILED
+    assert calls == [1] and clock.sleeps == []
+    assert run.steps[0].error is not None and run.steps[0].error.type == "NonRetryableError"
+
+
+def test_exception_types_listed_as_non_retryable_are_not_retried(app: AgentFlow, clock: FakeClock) -> None:
+    calls, fn = flaky(10, exc=PermissionError)
+    policy = RetryPolicy(max_attempts=5, non_retryable=(PermissionError,))
+
+    @app.workflow()
+    async def wf(ctx: Context) -> str:
+        return await ctx.step("call", fn, retry=policy)  # type: ignore[arg-type]
+
+    assert app.run(wf).status == RunStatus.FAILED
+    assert calls == [1]
+
+
+def test_app_default_policy_applies_to_steps_that_name_none(db_url: str) -> None:
+    clock = FakeClock()
+    calls, fn = flaky(2)
+    with AgentFlow(db_url, clock=clock, retry=RetryPolicy(max_attempts=3, delay=0.5, backoff="constant")) as app:
+
+        @app.workflow()
+        async def wf(ctx: Context) -> str:
+            return await ctx.step("flaky", fn)  # type: ignore[arg-type]
+
+        assert app.run(wf).output == "ok"
+    assert clock.sleeps == [0.5, 0.5]
+    assert len(calls) == 3
+
+
+def test_an_attempt_past_its_timeout_is_cut_off_and_retried(app: AgentFlow, clock: FakeClock) -> None:
+    attempts: list[int] = []
+
+    async def hangs_once() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            await asyncio.Event().wait()  # never set: only the timeout ends this attempt
+        return "second attempt"
+
+    policy = RetryPolicy(max_attempts=2, delay=1.0, timeout=0.01)
+
+    @app.workflow()
+    async def wf(ctx: Context) -> str:
+        return await ctx.step("slow", hangs_once, retry=policy)
+
+    run = app.run(wf)
+
+    assert run.output == "second attempt"
+    assert len(attempts) == 2 and run.steps[0].attempt == 2
+
+
+def test_a_step_that_always_times_out_fails_with_step_timeout(app: AgentFlow) -> None:
+    async def hangs() -> None:
+        await asyncio.Event().wait()
+
+    @app.workflow()
+    async def wf(ctx: Context) -> str:
+        try:
+            await ctx.step("hang", hangs, retry=RetryPolicy(timeout=0.01))
+        except StepFailed as exc:
+            return exc.error_type
+        return "no timeout"
+
+    run = app.run(wf)
+
+    assert run.output == "StepTimeout"
+    assert run.steps[0].error is not None and "timed out after 0.01 s" in run.steps[0].error.message
+
+
+def test_sync_step_functions_honour_the_timeout(app: AgentFlow) -> None:
+    import threading
+
+    release = threading.Event()
+
+    def blocks() -> str:
+        release.wait(5)  # released as soon as the timeout has been observed
+        return "late"
+
+    @app.workflow()
+    async def wf(ctx: Context) -> str:
+        try:
+            return await ctx.step("blocks", blocks, retry=RetryPolicy(timeout=0.01))
+        except StepFailed as exc:
+            return exc.error_type
+        finally:
+            release.set()
+
+    assert app.run(wf).output == "StepTimeout"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_attempts": 0}, "max_attempts must be at least 1"),
+        ({"delay": -1}, "delay must not be negative"),
+        ({"backoff": "fibonacci"}, "backoff must be"),
+        ({"timeout": 0}, "timeout must be positive"),
+    ],
+)
+def test_bad_retry_policies_are_refused(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        RetryPolicy(**kwargs)  # type: ignore[arg-type]

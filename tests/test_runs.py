@@ -1,0 +1,336 @@
+"""Starting runs: idempotent run ids, statuses, typed values, sync workflows, notebooks."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from agentflow import (
+    AgentFlow,
+    ConfigurationError,
+    Context,
+    RunConflict,
+    RunStatus,
+    SerializationError,
+    StepFailed,
+    SyncContext,
+)
+
+
+class Order(BaseModel):
+    id: int
+    total: float
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: int
+
+
+def test_same_run_id_returns_the_recorded_run_and_executes_nothing_twice(app: AgentFlow) -> None:
+    calls: list[int] = []
+
+    async def effect(i: int) -> int:
+        calls.append(i)
+        return i * 10
+
+    @app.workflow()
+    async def pipeline(ctx: Context, n: int) -> int:
+        return sum([await ctx.step("effect", effect, i) for i in range(n)])
+
+    first = app.run(pipeline, 3, run_id="job-1")
+    second = app.run(pipeline, 3, run_id="job-1")
+
+    assert first.status == second.status == RunStatus.COMPLETED
+    assert first.output == second.output == 30
+    assert calls == [0, 1, 2]
+    assert [s.key for s in second.steps] == ["effect#0", "effect#1", "effect#2"]
+
+
+def test_reusing_a_run_id_with_other_input_or_workflow_is_a_conflict(app: AgentFlow) -> None:
+    @app.workflow()
+    async def one(ctx: Context, n: int) -> int:
+        return n
+
+    @app.workflow()
+    async def two(ctx: Context, n: int) -> int:
+        return n
+
+    app.run(one, 1, run_id="job")
+    with pytest.raises(RunConflict, match="other input"):
+        app.run(one, 2, run_id="job")
+    with pytest.raises(RunConflict, match="workflow 'test_reusing"):
+        app.run(two, 1, run_id="job")
+    assert app.get_run("job").output == 1
+
+
+def test_a_failing_workflow_gives_a_failed_run_with_its_error(app: AgentFlow) -> None:
+    def explode() -> None:
+        raise ValueError("no such account")
+
+    @app.workflow()
+    async def wf(ctx: Context) -> None:
+        await ctx.step("explode", explode)
+
+    run = app.run(wf)
+
+    assert run.status == RunStatus.FAILED
+    assert run.error is not None and run.error.type == "StepFailed"
+    assert "explode#0" in run.error.message and "no such account" in run.error.message
+    assert "ValueError" in run.error.traceback
+    (step,) = run.steps
+    assert step.status == "failed" and step.error is not None and step.error.type == "ValueError"
+
+
+def test_a_failed_step_is_raised_again_on_resume_without_running(app: AgentFlow) -> None:
+    calls: list[str] = []
+
+    def explode() -> None:
+        calls.append("explode")
+        raise ValueError("boom")
+
+    class Crash(BaseException):
+        pass
+
+    crash = {"on": True}
+
+    def maybe_crash() -> str:
+        if crash["on"]:
+            raise Crash
+        return "done"
+
+    @app.workflow()
+    async def wf(ctx: Context) -> str:
+        try:
+            await ctx.step("explode", explode)
+        except StepFailed as exc:
+            caught = f"{exc.error_type}: {exc.error_message}"
+        await ctx.step("crash", maybe_crash)
+        return caught
+
+    with pytest.raises(Crash):
+        app.run(wf, run_id="r")
+    crash["on"] = False
+    run = app.resume("r")
+
+    assert run.output == "ValueError: boom"
+    assert calls == ["explode"]
+
+
+def test_typed_step_outputs_come_back_typed_on_resume(db_url: str) -> None:
+    class Crash(BaseException):
+        pass
+
+    crash = {"on": True}
+    seen: list[Any] = []
+
+    async def order() -> Order:
+        return Order(id=7, total=12.5)
+
+    def point() -> Point:
+        return Point(1, 2)
+
+    def maybe_crash() -> None:
+        if crash["on"]:
+            raise Crash
+
+    def define(app: AgentFlow) -> Any:
+        @app.workflow(name="typed")
+        async def typed(ctx: Context) -> Order:
+            o = await ctx.step("order", order)
+            p = await ctx.step("point", point)
+            await ctx.step("crash", maybe_crash)
+            seen.append((o, p))
+            return o
+
+        return typed
+
+    with AgentFlow(db_url) as app, pytest.raises(Crash):
+        app.run(define(app), run_id="t")
+    crash["on"] = False
+    with AgentFlow(db_url) as fresh:  # a new AgentFlow, as after a restart
+        define(fresh)
+        run = fresh.resume("t")
+
+    o, p = seen[-1]
+    assert isinstance(o, Order) and o == Order(id=7, total=12.5)
+    assert isinstance(p, Point) and p == Point(1, 2)
+    assert isinstance(run.output, Order) and run.output.total == 12.5
+
+
+def test_a_step_output_that_is_not_json_fails_the_run_naming_the_step(app: AgentFlow) -> None:
+    def opaque() -> object:
+        return object()
+
+    @app.workflow()
+    async def wf(ctx: Context) -> None:
+        await ctx.step("opaque", opaque)
+
+    run = app.run(wf, run_id="r")
+
+    assert run.status == RunStatus.FAILED
+    assert run.error is not None and run.error.type == "SerializationError"
+    assert "step 'opaque#0'" in run.error.message and "object" in run.error.message
+    assert run.steps == []
+
+
+def test_workflow_input_that_is_not_json_is_refused_before_anything_is_recorded(app: AgentFlow) -> None:
+    @app.workflow()
+    async def wf(ctx: Context, thing: object) -> None:
+        return None
+
+    with pytest.raises(SerializationError, match="input of workflow"):
+        app.run(wf, object(), run_id="r")
+    assert app.list_runs() == []
+
+
+def test_wrong_arguments_are_refused_before_anything_is_recorded(app: AgentFlow) -> None:
+    @app.workflow()
+    async def wf(ctx: Context, a: int) -> int:
+        return a
+
+    with pytest.raises(ConfigurationError, match="wf"):
+        app.run(wf, 1, 2)
+    assert app.list_runs() == []
+
+
+def test_typed_workflow_input_is_rebuilt_on_resume(app: AgentFlow) -> None:
+    class Crash(BaseException):
+        pass
+
+    crash = {"on": True}
+    seen: list[Any] = []
+
+    def maybe_crash() -> None:
+        if crash["on"]:
+            raise Crash
+
+    @app.workflow()
+    async def wf(ctx: Context, order: Order, *points: Point, **tags: Point) -> float:
+        await ctx.step("crash", maybe_crash)
+        seen.append((order, points, tags))
+        return order.total
+
+    with pytest.raises(Crash):
+        app.run(wf, Order(id=1, total=2.0), Point(1, 1), extra=Point(2, 2), run_id="r")
+    crash["on"] = False
+    run = app.resume("r")
+
+    order, points, tags = seen[-1]
+    assert order == Order(id=1, total=2.0)
+    assert points == (Point(1, 1),) and tags == {"extra": Point(2, 2)}
+    assert run.output == 2.0
+
+
+def test_sync_workflows_take_steps_and_record_them(app: AgentFlow) -> None:
+    def square(i: int) -> int:
+        return i * i
+
+    @app.workflow()
+    def total(ctx: SyncContext, n: int) -> int:
+        stamp = ctx.now()
+        assert stamp.tzinfo is not None
+        return sum(ctx.step("square", square, i) for i in range(n))
+
+    run = app.run(total, 4)
+
+    assert run.output == 14
+    assert [s.key for s in run.steps] == ["now#0", "square#0", "square#1", "square#2", "square#3"]
+
+
+def test_run_works_inside_a_running_event_loop_like_jupyter(app: AgentFlow) -> None:
+    async def one() -> int:
+        return 1
+
+    @app.workflow()
+    async def wf(ctx: Context) -> int:
+        return await ctx.step("one", one)
+
+    async def notebook_cell() -> int:
+        run = app.run(wf, run_id="nb")  # the sync API, called with a loop running in this thread
+        return int(run.output)
+
+    assert asyncio.run(notebook_cell()) == 1
+
+
+def test_run_async_and_concurrent_runs_in_one_loop(app: AgentFlow) -> None:
+    async def ident(i: int) -> int:
+        await asyncio.sleep(0)
+        return i
+
+    @app.workflow()
+    async def wf(ctx: Context, i: int) -> int:
+        return await ctx.step("ident", ident, i)
+
+    async def main() -> list[Any]:
+        runs = await asyncio.gather(*(app.run_async(wf, i, run_id=f"r{i}") for i in range(5)))
+        return [r.output for r in runs]
+
+    assert asyncio.run(main()) == [0, 1, 2, 3, 4]
+
+
+def test_list_runs_filters_by_status_and_workflow(app: AgentFlow) -> None:
+    def fail() -> None:
+        raise RuntimeError("x")
+
+    @app.workflow()
+    async def good(ctx: Context) -> int:
+        return 1
+
+    @app.workflow()
+    async def bad(ctx: Context) -> None:
+        await ctx.step("fail", fail)
+
+    app.run(good, run_id="g1")
+    app.run(good, run_id="g2")
+    app.run(bad, run_id="b1")
+
+    assert {r.id for r in app.list_runs()} == {"g1", "g2", "b1"}
+    assert {r.id for r in app.list_runs(status="failed")} == {"b1"}
+    assert {r.id for r in app.list_runs(workflow=good)} == {"g1", "g2"}
+    assert {r.id for r in app.list_runs(status=["completed"], workflow="bad")} == set()
+    assert len(app.list_runs(limit=1)) == 1
+    with pytest.raises(ConfigurationError, match="unknown run status 'done'"):
+        app.list_runs(status="done")
+
+
+def test_recorded_now_uuid_and_random_are_the_same_on_resume(app: AgentFlow) -> None:
+    class Crash(BaseException):
+        pass
+
+    crash = {"on": True}
+    seen: list[tuple[Any, ...]] = []
+
+    def maybe_crash() -> None:
+        if crash["on"]:
+            raise Crash
+
+    @app.workflow()
+    async def wf(ctx: Context) -> None:
+        values = (ctx.now(), ctx.uuid(), ctx.random())
+        seen.append(values)
+        await ctx.step("crash", maybe_crash)
+
+    with pytest.raises(Crash):
+        app.run(wf, run_id="r")
+    crash["on"] = False
+    app.resume("r")
+
+    assert len(seen) == 2 and seen[0] == seen[1]
+
+
+def test_two_workflows_with_one_name_are_refused(app: AgentFlow) -> None:
+    @app.workflow(name="same")
+    async def a(ctx: Context) -> None:
+        return None
+
+    with pytest.raises(ConfigurationError, match="two workflows are named 'same'"):
+
+        @app.workflow(name="same")
+        async def b(ctx: Context) -> None:
+            return None
