@@ -33,6 +33,8 @@ class RunStatus(str, enum.Enum):
 
 
 class StepStatus(str, enum.Enum):
+    """How a recorded step ended; a step is recorded once, when it has completed or failed for good."""
+
     COMPLETED = "completed"
     FAILED = "failed"
 
@@ -91,6 +93,8 @@ class ErrorInfo:
 
 @dataclass(frozen=True)
 class Usage:
+    """Tokens a step or a run used (model calls record them)."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
 

@@ -1,0 +1,33 @@
+"""The README's quickstart runs as written, and its two commands are the ones CI and the examples use."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+README = (REPO / "README.md").read_text()
+
+
+def _blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
+
+
+def test_quickstart_code_block_runs_as_written(tmp_path: Path) -> None:
+    (code,) = _blocks("python")
+    script = tmp_path / "quickstart.py"
+    script.write_text(code)
+    env = {k: v for k, v in os.environ.items() if k != "AGENTFLOW_DATABASE_URL"}
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["completed charged 42.0", "['fetch_order#0', 'charge#0']"]
+    assert (tmp_path / ".agentflow" / "agentflow.db").exists()  # the embedded default
+
+
+def test_readme_commands_are_the_ones_ci_and_the_examples_use() -> None:
+    main_job, tests = _blocks("sh")
+    ci = (REPO / ".ci" / "run").read_text()
+    assert tests.strip() in ci
+    script = re.search(r"\.venv/bin/python (\S+\.py)", main_job)
+    assert script is not None and (REPO / script.group(1)).exists()
