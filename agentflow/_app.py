@@ -225,8 +225,6 @@ class AgentFlow:
             self._finish(run_id, RunStatus.FAILED, error=ErrorInfo.encode(exc))
         else:
             self._finish(run_id, RunStatus.COMPLETED, output=output_json)
-        finally:
-            journal.close()
         return self.get_run(run_id)
 
     def _finish(self, run_id: str, status: RunStatus, *, output: str | None = None, error: str | None = None) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import threading
 
-from ._store import StepRecord, StepWriter, Store
+from ._store import StepRecord, Store
 
 __all__ = ["Journal", "chain_hash", "first_broken_link", "genesis"]
 
@@ -51,7 +51,6 @@ class Journal:
         self._next_seq = records[-1].seq + 1 if records else 0
         self._chain = records[-1].chain if records else genesis(run_id)
         self._counters: dict[str, int] = {}
-        self._writer: StepWriter | None = None
         self._lock = threading.Lock()  # a sync workflow's thread and the event loop may both append
 
     def next_key(self, scope: str, name: str) -> str:
@@ -103,16 +102,9 @@ class Journal:
                 cost=cost,
                 chain=chain,
             )
-            if self._writer is None:
-                self._writer = self._store.step_writer()
-            self._writer.write(record)
+            self._store.write_step(record)
             # Only once the write succeeded does the record count as recorded.
             self._next_seq += 1
             self._chain = chain
             self._recorded[key] = record
             return record
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None

@@ -334,3 +334,23 @@ def test_two_workflows_with_one_name_are_refused(app: AgentFlow) -> None:
         @app.workflow(name="same")
         async def b(ctx: Context) -> None:
             return None
+
+
+def test_many_concurrent_runs_in_one_loop_share_the_store_without_exhausting_it(app: AgentFlow) -> None:
+    # One connection per running run once exhausted the pool (5 + 10 overflow) and stalled the loop.
+    async def hop(i: int) -> int:
+        await asyncio.sleep(0)
+        return i
+
+    @app.workflow()
+    async def wf(ctx: Context, i: int) -> int:
+        a = await ctx.step("a", hop, i)
+        return await ctx.step("b", hop, a)
+
+    async def main() -> list[Any]:
+        return list(await asyncio.gather(*(app.run_async(wf, i, run_id=f"r{i}") for i in range(60))))
+
+    runs = asyncio.run(main())
+
+    assert [r.output for r in runs] == list(range(60))
+    assert all(len(r.steps) == 2 for r in runs)

@@ -7,6 +7,6 @@ for SQLite and Postgres; importing this package does not import SQLAlchemy.
 
 from __future__ import annotations
 
-from ._records import RunRecord, StepRecord, StepWriter, Store
+from ._records import RunRecord, StepRecord, Store
 
-__all__ = ["RunRecord", "StepRecord", "StepWriter", "Store"]
+__all__ = ["RunRecord", "StepRecord", "Store"]

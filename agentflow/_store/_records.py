@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["STEP_COLUMNS", "RunRecord", "StepRecord", "StepWriter", "Store"]
+__all__ = ["STEP_COLUMNS", "RunRecord", "StepRecord", "Store"]
 
 
 @dataclass(frozen=True)
@@ -64,14 +64,6 @@ class StepRecord:
 STEP_COLUMNS: tuple[str, ...] = tuple(StepRecord.__dataclass_fields__)
 
 
-class StepWriter(Protocol):
-    """Appends a run's step records: one insert and one commit per step, on a connection it keeps."""
-
-    def write(self, step: StepRecord) -> None: ...
-
-    def close(self) -> None: ...
-
-
 class Store(Protocol):
     """What the engine needs from a database."""
 
@@ -105,8 +97,8 @@ class Store(Protocol):
         """All recorded steps of a run in ``seq`` order."""
         ...
 
-    def step_writer(self) -> StepWriter:
-        """A writer holding its own connection; close it when the run stops."""
+    def write_step(self, step: StepRecord) -> None:
+        """Append one step record: one insert and one commit, the hot path. Safe from several threads."""
         ...
 
     def put_blobs(self, blobs: Mapping[str, bytes]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import NotAnAgentFlowDatabase, SchemaVersionError
+from ..errors import NotAnAgentFlowDatabase, SchemaVersionError, StoreError
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
@@ -37,8 +37,11 @@ def current_revision(conn: Connection, tables: set[str]) -> str | None:
     return None if row is None else str(row[0])
 
 
-def check_revision(where: str, revision: str | None, tables: set[str]) -> bool:
-    """Raise if the database cannot be used; True when it must be migrated first."""
+def check_revision(where: str, revision: str | None, tables: set[str], *, create: bool = True) -> bool:
+    """Raise if the database cannot be used; True when it must be migrated first.
+
+    With ``create=False`` a database that would have to be changed (set up, or migrated) is refused too.
+    """
     if revision is None:
         foreign = tables & OUR_TABLES if where.startswith("postgres") else tables
         if foreign:
@@ -46,11 +49,18 @@ def check_revision(where: str, revision: str | None, tables: set[str]) -> bool:
                 f"{where} holds tables agentflow did not create ({', '.join(sorted(foreign)[:5])}) and no "
                 f"{VERSION_TABLE} table; point agentflow at an empty database or another file"
             )
+        if not create:
+            raise StoreError(f"{where} holds no agentflow database; run a workflow first, or pass another --db")
         return True
     if revision not in REVISIONS:
         raise SchemaVersionError(
             f"{where} has schema revision {revision!r}, which this agentflow does not know (it knows up to "
             f"{HEAD!r}): the database was written by a newer agentflow. Upgrade agentflow; nothing was changed"
+        )
+    if revision != HEAD and not create:
+        raise StoreError(
+            f"{where} is at schema revision {revision!r} and this agentflow needs {HEAD!r}; open it once with "
+            "AgentFlow(url) to migrate it"
         )
     return revision != HEAD
 
@@ -79,10 +89,10 @@ def migrate(engine: Engine, where: str) -> None:
         command.upgrade(config, "head")
 
 
-def ensure_schema(engine: Engine, where: str) -> None:
-    """Check the schema version; migrate a new or older database to ``HEAD``."""
+def ensure_schema(engine: Engine, where: str, *, create: bool = True) -> None:
+    """Check the schema version; migrate a new or older database to ``HEAD`` (unless ``create`` is False)."""
     with engine.connect() as conn:
         tables = list_tables(conn)
-        needs_migration = check_revision(where, current_revision(conn, tables), tables)
+        needs_migration = check_revision(where, current_revision(conn, tables), tables, create=create)
     if needs_migration:
         migrate(engine, where)

@@ -7,21 +7,23 @@ work as a hand-written insert, so a durable step costs little more than the data
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Engine, create_engine, event, insert, select, text, update
+from sqlalchemy import Connection, Engine, create_engine, event, insert, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.exc import DatabaseError as SADatabaseError
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import PoolProxiedConnection, StaticPool
 
 from ..errors import ConfigurationError, NotAnAgentFlowDatabase, StoreError
 from ._records import STEP_COLUMNS, RunRecord, StepRecord
-from ._schema import ensure_schema
+from ._schema import VERSION_TABLE, check_revision, ensure_schema
 from ._tables import BlobRow, RunRow, StepRow
 
 __all__ = ["Durability", "SQLStore", "normalize_url", "open_store"]
@@ -50,8 +52,13 @@ def _describe(url: str) -> str:
         return url
 
 
-def _check_sqlite_file(path: Path, create: bool) -> None:
-    """Refuse a missing (unless ``create``), non-SQLite or damaged file before anything writes to it."""
+def _probe_sqlite_file(path: Path, create: bool) -> None:
+    """Refuse a missing (unless ``create``), non-SQLite, damaged, foreign or newer file, reading only.
+
+    The probe opens the file immutable and read-only, so a file it refuses comes out byte for byte as it
+    went in, with no -wal or -shm file left beside it. ``ensure_schema`` checks again on the real
+    connection; this check is what guarantees a refused file is never written.
+    """
     if not path.exists():
         if not create:
             raise StoreError(f"no agentflow database at {path}; run a workflow first, or pass another --db")
@@ -60,10 +67,13 @@ def _check_sqlite_file(path: Path, create: bool) -> None:
     if path.is_dir():
         raise NotAnAgentFlowDatabase(f"{path} is a directory, not a database file")
     try:
-        # Read-only: a foreign or damaged file must come out of this unchanged.
-        probe = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        probe = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
         try:
-            probe.execute("SELECT name FROM sqlite_master").fetchall()
+            tables = {row[0] for row in probe.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            revision = None
+            if VERSION_TABLE in tables:
+                row = probe.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchone()
+                revision = None if row is None else str(row[0])
         finally:
             probe.close()
     except sqlite3.DatabaseError as exc:
@@ -71,34 +81,7 @@ def _check_sqlite_file(path: Path, create: bool) -> None:
             f"{path} is not an agentflow database: it is not SQLite or it is damaged ({exc}); "
             "move it aside or point agentflow at another path. Nothing was changed"
         ) from exc
-
-
-class SQLStepWriter:
-    """Inserts step rows on one pooled DBAPI connection, committing each: one write per step."""
-
-    def __init__(self, engine: Engine, sql: str) -> None:
-        self._proxy = engine.raw_connection()
-        self._dbapi: Any = self._proxy.driver_connection
-        self._sql = sql
-
-    def write(self, step: StepRecord) -> None:
-        values = tuple(getattr(step, name) for name in STEP_COLUMNS)
-        try:
-            cur = self._dbapi.cursor()
-            cur.execute(self._sql, values)
-            cur.close()
-            self._dbapi.commit()
-        except Exception as exc:
-            self._dbapi.rollback()
-            if _is_integrity_error(exc):
-                raise StoreError(
-                    f"step {step.key!r} of run {step.run_id!r} is recorded already: another process is "
-                    "running this run at the same time. Let one process run it"
-                ) from exc
-            raise StoreError(f"could not record step {step.key!r} of run {step.run_id!r}: {exc}") from exc
-
-    def close(self) -> None:
-        self._proxy.close()
+    check_revision(str(path), revision, tables, create=create)
 
 
 def _is_integrity_error(exc: BaseException) -> bool:
@@ -115,10 +98,25 @@ class SQLStore:
         self._engine = engine
         self._url = url
         placeholder = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+        # One connection for step records, shared by every run of this store: writes are synchronous
+        # calls that never overlap on one event loop, so a connection per run would only exhaust the pool.
+        self._writer: PoolProxiedConnection | None = None
+        self._writer_lock = threading.Lock()
         self._insert_step_sql = (
             f"INSERT INTO {StepRow.__tablename__} ({', '.join(STEP_COLUMNS)}) "
             f"VALUES ({', '.join([placeholder] * len(STEP_COLUMNS))})"
         )
+
+    @contextlib.contextmanager
+    def _connect(self, *, begin: bool = False) -> Iterator[Connection]:
+        """A connection (in a transaction when ``begin``); driver failures come out as ``StoreError``."""
+        try:
+            with self._engine.begin() if begin else self._engine.connect() as conn:
+                yield conn
+        except IntegrityError:
+            raise
+        except SADatabaseError as exc:
+            raise StoreError(f"the database at {self.url} failed: {exc.orig}") from exc
 
     @property
     def url(self) -> str:
@@ -135,7 +133,7 @@ class SQLStore:
     def insert_run(self, run: RunRecord) -> bool:
         values = {name: getattr(run, name) for name in RUN_COLUMNS}
         try:
-            with self._engine.begin() as conn:
+            with self._connect(begin=True) as conn:
                 conn.execute(insert(RunRow.__table__).values(values))  # type: ignore[attr-defined]
         except IntegrityError:
             return False
@@ -143,7 +141,7 @@ class SQLStore:
 
     def get_run(self, run_id: str) -> RunRecord | None:
         table = RunRow.__table__  # type: ignore[attr-defined]
-        with self._engine.connect() as conn:
+        with self._connect() as conn:
             row = conn.execute(select(table).where(table.c.id == run_id)).mappings().first()
         return None if row is None else RunRecord(**row)
 
@@ -162,7 +160,7 @@ class SQLStore:
             query = query.where(table.c.workflow == workflow)
         if limit is not None:
             query = query.limit(limit)
-        with self._engine.connect() as conn:
+        with self._connect() as conn:
             return [RunRecord(**row) for row in conn.execute(query).mappings()]
 
     def update_run(self, run_id: str, fields: Mapping[str, object]) -> None:
@@ -170,18 +168,38 @@ class SQLStore:
         if unknown:
             raise ConfigurationError(f"runs has no column(s) {sorted(unknown)}")
         table = RunRow.__table__  # type: ignore[attr-defined]
-        with self._engine.begin() as conn:
+        with self._connect(begin=True) as conn:
             conn.execute(update(table).where(table.c.id == run_id).values(dict(fields)))
 
     def load_steps(self, run_id: str) -> list[StepRecord]:
         table = StepRow.__table__  # type: ignore[attr-defined]
         query = select(*(table.c[name] for name in STEP_COLUMNS)).where(table.c.run_id == run_id)
-        with self._engine.connect() as conn:
+        with self._connect() as conn:
             rows = conn.execute(query.order_by(table.c.seq)).all()
         return [StepRecord(*row) for row in rows]
 
-    def step_writer(self) -> SQLStepWriter:
-        return SQLStepWriter(self._engine, self._insert_step_sql)
+    def write_step(self, step: StepRecord) -> None:
+        values = tuple(getattr(step, name) for name in STEP_COLUMNS)
+        with self._writer_lock:
+            if self._writer is None:
+                self._writer = self._engine.raw_connection()
+            dbapi: Any = self._writer.driver_connection
+            try:
+                cur = dbapi.cursor()
+                cur.execute(self._insert_step_sql, values)
+                cur.close()
+                dbapi.commit()
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    dbapi.rollback()
+                if _is_integrity_error(exc):
+                    raise StoreError(
+                        f"step {step.key!r} of run {step.run_id!r} is recorded already: another process is "
+                        "running this run at the same time. Let one process run it"
+                    ) from exc
+                self._writer.invalidate()  # a broken connection is not reused; the next write gets a new one
+                self._writer = None
+                raise StoreError(f"could not record step {step.key!r} of run {step.run_id!r}: {exc}") from exc
 
     def put_blobs(self, blobs: Mapping[str, bytes]) -> None:
         if not blobs:
@@ -192,7 +210,7 @@ class SQLStore:
             from sqlalchemy.dialects.postgresql import insert as dialect_insert
         else:
             from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
-        with self._engine.begin() as conn:
+        with self._connect(begin=True) as conn:
             conn.execute(dialect_insert(table).on_conflict_do_nothing(index_elements=["hash"]), rows)
 
     def get_blobs(self, hashes: Iterable[str]) -> dict[str, bytes]:
@@ -200,17 +218,21 @@ class SQLStore:
         if not wanted:
             return {}
         table = BlobRow.__table__  # type: ignore[attr-defined]
-        with self._engine.connect() as conn:
+        with self._connect() as conn:
             rows = conn.execute(select(table.c.hash, table.c.data).where(table.c.hash.in_(wanted))).all()
         return {h: bytes(data) for h, data in rows}
 
     def execute_sql(self, sql: str) -> list[tuple[Any, ...]]:
         """Run a statement and return its rows; for tests and diagnostics, not for the engine."""
-        with self._engine.begin() as conn:
+        with self._connect(begin=True) as conn:
             result = conn.execute(text(sql))
             return [tuple(r) for r in result] if result.returns_rows else []
 
     def close(self) -> None:
+        with self._writer_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
         self._engine.dispose()
 
 
@@ -226,8 +248,6 @@ def _sqlite_engine(url: str, durability: Durability) -> Engine:
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
-        if not memory:
-            cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA synchronous={synchronous}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
@@ -251,9 +271,10 @@ def open_store(url: str, *, durability: Durability = "normal", create: bool = Tr
     except ArgumentError as exc:
         raise ConfigurationError(f"not a database URL: {url!r} ({exc})") from exc
     backend = parsed.get_backend_name()
+    file_backed = backend == "sqlite" and parsed.database not in (None, "", ":memory:")
     if backend == "sqlite":
-        if parsed.database not in (None, "", ":memory:"):
-            _check_sqlite_file(Path(parsed.database or ""), create)
+        if file_backed:
+            _probe_sqlite_file(Path(parsed.database or ""), create)
         engine = _sqlite_engine(full_url, durability)
     elif backend == "postgresql":
         if parsed.get_driver_name() != "psycopg":
@@ -265,7 +286,11 @@ def open_store(url: str, *, durability: Durability = "normal", create: bool = Tr
     else:
         raise ConfigurationError(f"agentflow stores runs in SQLite or Postgres, not {backend!r} ({where})")
     try:
-        ensure_schema(engine, where)
+        ensure_schema(engine, where, create=create)
+        if file_backed:
+            # Persistent in the file; set once the file is known to be ours.
+            with engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
     except SADatabaseError as exc:
         engine.dispose()
         if isinstance(exc, OperationalError) and backend == "postgresql":
