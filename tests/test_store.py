@@ -1,0 +1,505 @@
+"""The store refuses bad input with a clear error and changes nothing; it keeps what it is given.
+
+Bad input: unknown run ids, files that are not SQLite, damaged files, someone else's database, a schema
+written by a newer agentflow, a missing database. Then durability settings, URL handling, blobs and the
+hash chain over step records. Tests taking ``db_url`` or ``app`` run on SQLite and on Postgres.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, inspect, text
+from sqlalchemy.pool import NullPool
+
+from agentflow import AgentFlow, Context
+from agentflow._store._schema import HEAD, VERSION_TABLE
+from agentflow._store._sql import SQLStore, normalize_url, open_store
+from agentflow.errors import (
+    ConfigurationError,
+    NotAnAgentFlowDatabase,
+    RunNotFound,
+    SchemaVersionError,
+    StoreError,
+)
+
+AGENTFLOW_TABLES = {"runs", "steps", "blobs", VERSION_TABLE}
+
+
+# -- helpers ----------------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _sidecars(path: Path) -> list[str]:
+    """The SQLite -wal / -shm / -journal files beside ``path``."""
+    return sorted(p.name for p in path.parent.iterdir() if p.name.startswith(path.name) and p != path)
+
+
+def _execute(url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    """Run one statement on the database at ``url`` outside agentflow, on a connection of its own."""
+    engine = create_engine(normalize_url(url), poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            result = conn.execute(text(sql), params)
+            return [tuple(row) for row in result] if result.returns_rows else []
+    finally:
+        engine.dispose()
+
+
+def _tables(url: str) -> set[str]:
+    engine = create_engine(normalize_url(url), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return set(inspect(conn).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def _engine(app: AgentFlow) -> Engine:
+    assert isinstance(app._store, SQLStore)
+    return app._store.engine
+
+
+def _engine_rows(app: AgentFlow, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    with _engine(app).connect() as conn:
+        return [tuple(row) for row in conn.execute(text(sql), params)]
+
+
+async def _add(x: int, y: int) -> int:
+    return x + y
+
+
+async def _three_steps(ctx: Context, x: int) -> int:
+    a = await ctx.step("a", _add, x, 1)
+    b = await ctx.step("b", _add, a, 10)
+    return await ctx.step("c", _add, b, 100)
+
+
+def _record_run(app: AgentFlow, run_id: str) -> None:
+    """Record a finished run of three steps under ``run_id``."""
+    workflow = app.workflow(name="three_steps")(_three_steps)
+    assert app.run(workflow, 1, run_id=run_id).output == 112
+
+
+def _make_agentflow_sqlite(path: Path) -> None:
+    """A real, closed agentflow database at ``path`` holding run ``r1``."""
+    with AgentFlow(str(path)) as app:
+        _record_run(app, "r1")
+    assert _sidecars(path) == []
+
+
+# -- unknown runs -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("call", ["get_run", "resume", "verify"])
+def test_unknown_run_id_raises_run_not_found_naming_the_id(app: AgentFlow, call: str) -> None:
+    with pytest.raises(RunNotFound, match="no-such-run-7f3a") as info:
+        getattr(app, call)("no-such-run-7f3a")
+    assert info.value.run_id == "no-such-run-7f3a"
+    assert app.list_runs() == []
+
+
+# -- files that are not agentflow databases ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content",
+    [random.Random(0).randbytes(8192), b"name,email\nada,ada@example.com\n" * 50],
+    ids=["random-bytes", "text-file"],
+)
+def test_file_that_is_not_sqlite_is_refused_and_left_unchanged(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "data.bin"
+    path.write_bytes(content)
+    before = _sha256(path)
+
+    with pytest.raises(NotAnAgentFlowDatabase) as info:
+        AgentFlow(str(path))
+
+    assert str(path) in str(info.value)
+    assert _sha256(path) == before
+    assert _sidecars(path) == []
+
+
+def test_directory_is_refused_as_a_database(tmp_path: Path) -> None:
+    with pytest.raises(NotAnAgentFlowDatabase, match="directory"):
+        AgentFlow(str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
+def _corrupt_header(path: Path) -> None:
+    """Overwrite the 16-byte magic string "SQLite format 3\\0"."""
+    data = bytearray(path.read_bytes())
+    data[0:16] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+
+
+def _corrupt_schema_page(path: Path) -> None:
+    """Overwrite the b-tree header of page 1, which holds sqlite_master."""
+    data = bytearray(path.read_bytes())
+    data[100:164] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+
+
+def _corrupt_version_table(path: Path) -> None:
+    """Overwrite the root page of agentflow's version table, the first table agentflow reads at open."""
+    with sqlite3.connect(path) as conn:
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (VERSION_TABLE,)).fetchone()
+    conn.close()
+    data = bytearray(path.read_bytes())
+    start = (root - 1) * page_size
+    data[start : start + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+
+
+CORRUPTIONS = {
+    "header": _corrupt_header,
+    "schema-page": _corrupt_schema_page,
+    "version-table-page": _corrupt_version_table,
+}
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_damaged_sqlite_file_is_refused_and_left_unchanged(tmp_path: Path, corruption: str) -> None:
+    path = tmp_path / "agentflow.db"
+    _make_agentflow_sqlite(path)
+    CORRUPTIONS[corruption](path)
+    before = _sha256(path)
+
+    with pytest.raises(NotAnAgentFlowDatabase) as info:
+        AgentFlow(str(path))
+
+    assert str(path) in str(info.value)
+    assert _sha256(path) == before
+
+
+@pytest.mark.parametrize(
+    "corruption",
+    [
+        "header",
+        "schema-page",
+        "version-table-page",
+    ],
+)
+def test_damaged_sqlite_file_gets_no_wal_or_shm_files_beside_it(tmp_path: Path, corruption: str) -> None:
+    path = tmp_path / "agentflow.db"
+    _make_agentflow_sqlite(path)
+    CORRUPTIONS[corruption](path)
+
+    with pytest.raises(NotAnAgentFlowDatabase):
+        AgentFlow(str(path))
+
+    assert _sidecars(path) == []
+
+
+def _make_foreign_sqlite(path: Path) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO customers (name) VALUES ('Ada')")
+    conn.close()
+
+
+def test_foreign_sqlite_database_is_refused_naming_its_table(tmp_path: Path) -> None:
+    path = tmp_path / "shop.db"
+    _make_foreign_sqlite(path)
+
+    with pytest.raises(NotAnAgentFlowDatabase, match="customers"):
+        AgentFlow(str(path))
+
+    with sqlite3.connect(path) as conn:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        rows = conn.execute("SELECT id, name FROM customers").fetchall()
+    conn.close()
+    assert tables == {"customers"}
+    assert rows == [(1, "Ada")]
+    assert _sidecars(path) == []
+
+
+def test_foreign_sqlite_database_bytes_are_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "shop.db"
+    _make_foreign_sqlite(path)
+    before = _sha256(path)
+
+    with pytest.raises(NotAnAgentFlowDatabase):
+        AgentFlow(str(path))
+
+    assert _sha256(path) == before
+
+
+# -- foreign Postgres schemas -----------------------------------------------------------------------------
+
+
+def test_postgres_schema_with_a_foreign_runs_table_is_refused_and_nothing_created(postgres_schema_url: str) -> None:
+    _execute(postgres_schema_url, "CREATE TABLE runs (run_number INTEGER PRIMARY KEY, ran_at DATE)")
+    _execute(postgres_schema_url, "INSERT INTO runs VALUES (1, '2024-01-01')")
+
+    with pytest.raises(NotAnAgentFlowDatabase, match="runs"):
+        AgentFlow(postgres_schema_url)
+
+    assert _tables(postgres_schema_url) == {"runs"}
+    assert _execute(postgres_schema_url, "SELECT run_number FROM runs") == [(1,)]
+
+
+def test_postgres_schema_with_unrelated_tables_gets_agentflow_tables_beside_them(postgres_schema_url: str) -> None:
+    _execute(postgres_schema_url, "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    _execute(postgres_schema_url, "INSERT INTO customers VALUES (1, 'Ada')")
+
+    with AgentFlow(postgres_schema_url) as app:
+        _record_run(app, "r1")
+        assert app.get_run("r1").output == 112
+
+    assert _tables(postgres_schema_url) == AGENTFLOW_TABLES | {"customers"}
+    assert _execute(postgres_schema_url, "SELECT id, name FROM customers") == [(1, "Ada")]
+
+
+# -- a schema written by a newer agentflow ----------------------------------------------------------------
+
+
+def test_newer_schema_version_is_refused_and_left_unchanged(db_url: str) -> None:
+    with AgentFlow(db_url) as app:
+        _record_run(app, "r1")
+    _execute(db_url, f"UPDATE {VERSION_TABLE} SET version_num = '9999_future'")
+    runs_before = _execute(db_url, "SELECT * FROM runs ORDER BY id")
+    steps_before = _execute(db_url, "SELECT * FROM steps ORDER BY run_id, seq")
+    sqlite_file = None if "://" in db_url else Path(db_url)
+    bytes_before = _sha256(sqlite_file) if sqlite_file else None
+
+    with pytest.raises(SchemaVersionError) as info:
+        AgentFlow(db_url)
+
+    message = str(info.value)
+    assert "9999_future" in message
+    assert "Upgrade agentflow" in message
+    assert HEAD in message
+    assert _execute(db_url, f"SELECT version_num FROM {VERSION_TABLE}") == [("9999_future",)]
+    assert _execute(db_url, "SELECT * FROM runs ORDER BY id") == runs_before
+    assert _execute(db_url, "SELECT * FROM steps ORDER BY run_id, seq") == steps_before
+    if sqlite_file is not None:
+        assert _sha256(sqlite_file) == bytes_before
+        assert _sidecars(sqlite_file) == []
+
+
+# -- a missing database -----------------------------------------------------------------------------------
+
+
+def test_missing_database_with_create_false_is_an_error_and_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere" / "agentflow.db"
+
+    with pytest.raises(StoreError, match="no agentflow database") as info:
+        AgentFlow(str(path), create=False)
+
+    assert str(path) in str(info.value)
+    assert not path.parent.exists()
+
+
+def test_existing_database_opens_with_create_false(tmp_path: Path) -> None:
+    path = tmp_path / "agentflow.db"
+    _make_agentflow_sqlite(path)
+    with AgentFlow(str(path), create=False) as app:
+        assert app.get_run("r1").output == 112
+
+
+# -- durability -------------------------------------------------------------------------------------------
+
+
+def _pragma(engine: Engine, name: str) -> Any:
+    with engine.connect() as conn:
+        return conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+
+
+def test_sqlite_default_durability_is_wal_with_synchronous_normal(tmp_path: Path) -> None:
+    with AgentFlow(str(tmp_path / "agentflow.db")) as app:
+        engine = _engine(app)
+        assert _pragma(engine, "journal_mode") == "wal"
+        assert _pragma(engine, "synchronous") == 1  # NORMAL
+
+
+def test_sqlite_full_durability_syncs_every_commit(tmp_path: Path) -> None:
+    with AgentFlow(str(tmp_path / "agentflow.db"), durability="full") as app:
+        engine = _engine(app)
+        assert _pragma(engine, "journal_mode") == "wal"
+        assert _pragma(engine, "synchronous") == 2  # FULL
+
+
+def test_unknown_durability_is_a_configuration_error_before_anything_is_created(tmp_path: Path) -> None:
+    path = tmp_path / "agentflow.db"
+    with pytest.raises(ConfigurationError, match="paranoid"):
+        AgentFlow(str(path), durability="paranoid")  # type: ignore[arg-type]
+    assert not path.exists()
+
+
+# -- URLs -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("runs/agentflow.db", "sqlite:///runs/agentflow.db"),
+        ("/var/lib/agentflow.db", "sqlite:////var/lib/agentflow.db"),
+        ("~/agentflow.db", f"sqlite:///{Path.home() / 'agentflow.db'}"),
+        (":memory:", "sqlite://"),
+        ("sqlite:///x.db", "sqlite:///x.db"),
+        ("postgres://u:pw@db:5432/prod", "postgresql+psycopg://u:pw@db:5432/prod"),
+        ("postgresql://u@db/prod", "postgresql+psycopg://u@db/prod"),
+        ("postgresql+psycopg://u@db/prod", "postgresql+psycopg://u@db/prod"),
+    ],
+)
+def test_normalize_url(url: str, expected: str) -> None:
+    assert normalize_url(url) == expected
+
+
+def test_unsupported_backend_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="mysql"):
+        open_store("mysql://x/y")
+
+
+def test_postgres_driver_other_than_psycopg_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="psycopg"):
+        open_store("postgresql+asyncpg://u@db/prod")
+
+
+def test_default_url_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / "from-env.db"
+    monkeypatch.setenv("AGENTFLOW_DATABASE_URL", str(target))
+
+    with AgentFlow() as app:
+        assert app.url == str(target)
+
+    assert target.exists()
+    assert not (tmp_path / ".agentflow").exists()
+
+
+def test_default_url_is_agentflow_db_in_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AGENTFLOW_DATABASE_URL", raising=False)
+
+    with AgentFlow() as app:
+        _record_run(app, "r1")
+
+    path = tmp_path / ".agentflow" / "agentflow.db"
+    assert path.is_file()
+    assert _execute(str(path), "SELECT id FROM runs") == [("r1",)]
+
+
+def test_memory_database_works(clock: Any) -> None:
+    with AgentFlow(":memory:", clock=clock) as app:
+        _record_run(app, "r1")
+        assert app.get_run("r1").output == 112
+
+
+# -- blobs ------------------------------------------------------------------------------------------------
+
+
+def _blob(data: bytes) -> tuple[str, bytes]:
+    return hashlib.sha256(data).hexdigest(), data
+
+
+def test_blobs_round_trip(app: AgentFlow) -> None:
+    blobs = dict([_blob(b"hello"), _blob(bytes(range(256)) * 3), _blob(b"")])
+    app._store.put_blobs(blobs)
+    assert app._store.get_blobs(list(blobs)) == blobs
+
+
+def test_putting_the_same_blob_twice_keeps_one_row(app: AgentFlow) -> None:
+    digest, data = _blob(b'{"role": "user", "content": "hi"}')
+    app._store.put_blobs({digest: data})
+    app._store.put_blobs({digest: data})
+
+    assert app._store.get_blobs([digest]) == {digest: data}
+    assert _engine_rows(app, "SELECT count(*) FROM blobs WHERE hash = :h", h=digest) == [(1,)]
+
+
+def test_get_blobs_leaves_out_unknown_hashes(app: AgentFlow) -> None:
+    digest, data = _blob(b"known")
+    unknown = hashlib.sha256(b"never stored").hexdigest()
+    app._store.put_blobs({digest: data})
+
+    assert app._store.get_blobs([unknown, digest, digest]) == {digest: data}
+    assert app._store.get_blobs([unknown]) == {}
+    assert app._store.get_blobs([]) == {}
+
+
+# -- the hash chain over step records ---------------------------------------------------------------------
+
+
+def _step_keys(app: AgentFlow, run_id: str) -> list[str]:
+    return [key for (key,) in _engine_rows(app, "SELECT key FROM steps WHERE run_id = :r ORDER BY seq", r=run_id)]
+
+
+def test_verify_is_none_for_an_untouched_run(app: AgentFlow) -> None:
+    _record_run(app, "r1")
+    assert len(_step_keys(app, "r1")) == 3
+    assert app.verify("r1") is None
+
+
+def test_verify_names_the_step_whose_output_was_changed(app: AgentFlow) -> None:
+    _record_run(app, "r1")
+    _record_run(app, "r2")
+    middle = _step_keys(app, "r1")[1]
+
+    with _engine(app).begin() as conn:
+        conn.execute(
+            text("UPDATE steps SET output = '999' WHERE run_id = 'r1' AND key = :key"),
+            {"key": middle},
+        )
+
+    assert app.verify("r1") == middle
+    assert app.verify("r2") is None
+
+
+def test_verify_names_the_step_after_a_removed_step(app: AgentFlow) -> None:
+    _record_run(app, "r1")
+    first, second, _third = _step_keys(app, "r1")
+
+    with _engine(app).begin() as conn:
+        conn.execute(text("DELETE FROM steps WHERE run_id = 'r1' AND key = :key"), {"key": first})
+
+    assert app.verify("r1") == second
+
+
+# -- create=False changes nothing -------------------------------------------------------------------------
+
+
+def test_create_false_refuses_an_empty_sqlite_file_and_leaves_it_empty(tmp_path: Path) -> None:
+    path = tmp_path / "empty.db"
+    path.touch()
+
+    with pytest.raises(StoreError, match="holds no agentflow database"):
+        AgentFlow(str(path), create=False)
+
+    assert path.read_bytes() == b""
+    assert _sidecars(path) == []
+
+
+def test_create_false_refuses_an_empty_postgres_schema_and_creates_nothing(postgres_schema_url: str) -> None:
+    with pytest.raises(StoreError, match="holds no agentflow database"):
+        AgentFlow(postgres_schema_url, create=False)
+
+    assert _tables(postgres_schema_url) == set()
+
+
+# -- reads from a damaged file ----------------------------------------------------------------------------
+
+
+def test_damage_found_only_when_reading_runs_is_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "agentflow.db"
+    _make_agentflow_sqlite(path)
+    with sqlite3.connect(path) as conn:
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'runs'").fetchone()
+    conn.close()
+    data = bytearray(path.read_bytes())
+    data[(root - 1) * page_size : (root - 1) * page_size + 64] = b"\xff" * 64
+    path.write_bytes(bytes(data))
+
+    with AgentFlow(str(path)) as app, pytest.raises(StoreError, match="failed"):  # opens: the damage is elsewhere
+        app.get_run("r1")

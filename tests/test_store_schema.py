@@ -1,0 +1,123 @@
+"""The migrations build exactly the tables in ``_tables.py``, and the schema version is checked at open.
+
+``test_migrations_build_exactly_the_models_schema`` is the one that fails when someone changes
+``_tables.py`` without writing a migration (or writes a migration that does not match).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Column, Connection, MetaData, String, create_engine, inspect, text
+from sqlalchemy.pool import NullPool
+
+import agentflow._store._schema as schema
+import agentflow._store.migrations as migrations_package
+from agentflow import AgentFlow
+from agentflow._store._schema import HEAD, REVISIONS, VERSION_TABLE
+from agentflow._store._sql import normalize_url, open_store
+from agentflow._store._tables import metadata
+
+MIGRATIONS = Path(migrations_package.__file__).parent
+
+
+def _diff(conn: Connection, target: MetaData) -> list[Any]:
+    """What autogenerate would write to bring the database at ``conn`` to ``target``; [] when they match."""
+    mc = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE, "compare_type": True})
+    diff = compare_metadata(mc, target)
+    # A table removal shows up as ("remove_table", Table); everything else as tuples naming the table.
+    return [d for d in diff if VERSION_TABLE not in repr(d)]
+
+
+def _version_rows(url: str) -> list[tuple[Any, ...]]:
+    engine = create_engine(normalize_url(url), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))]
+    finally:
+        engine.dispose()
+
+
+def _tables(url: str) -> set[str]:
+    engine = create_engine(normalize_url(url), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return set(inspect(conn).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_migrations_build_exactly_the_models_schema(db_url: str) -> None:
+    store = open_store(db_url)
+    try:
+        with store.engine.connect() as conn:
+            assert _diff(conn, metadata) == []
+
+            # The comparison sees differences: one extra model column is reported.
+            changed = MetaData()
+            for table in metadata.sorted_tables:
+                table.to_metadata(changed)
+            changed.tables["runs"].append_column(Column("not_migrated", String))
+            assert [(d[0], d[2], d[3].name) for d in _diff(conn, changed)] == [("add_column", "runs", "not_migrated")]
+    finally:
+        store.close()
+
+
+def test_revisions_list_the_migration_scripts_in_order() -> None:
+    scripts = ScriptDirectory(str(MIGRATIONS))
+    oldest_first = [script.revision for script in reversed(list(scripts.walk_revisions()))]
+
+    assert list(REVISIONS) == oldest_first
+    assert scripts.get_heads() == [HEAD]
+    assert REVISIONS[-1] == HEAD
+
+
+def test_opening_an_up_to_date_database_does_not_migrate(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_migration(*args: object) -> None:
+        raise AssertionError("migrate() was called")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(schema, "migrate", no_migration)
+        # The patch is live: a new database must be migrated, so this open reaches it.
+        with pytest.raises(AssertionError, match="migrate"):
+            AgentFlow(db_url)
+
+    AgentFlow(db_url).close()  # migrates for real
+
+    monkeypatch.setattr(schema, "migrate", no_migration)
+    with AgentFlow(db_url) as app:
+        assert app.list_runs() == []
+    assert _version_rows(db_url) == [(HEAD,)]
+
+
+def test_opening_an_up_to_date_database_does_not_import_alembic(tmp_path: Path) -> None:
+    path = tmp_path / "agentflow.db"
+    AgentFlow(str(path)).close()
+    code = (
+        "import sys\n"
+        "from agentflow import AgentFlow\n"
+        f"AgentFlow({str(path)!r}).close()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_empty_database_is_migrated_to_head_at_open(db_url: str) -> None:
+    # Only one revision exists. When 0002 lands, add a test beside this one: bring a fresh database to
+    # REVISIONS[-2] with alembic (command.upgrade on a Config whose script_location is MIGRATIONS and whose
+    # attributes["connection"] is an open connection), insert a run, then open it with AgentFlow and assert
+    # the version row is HEAD, the run reads back, and _diff(conn, metadata) == [].
+    assert _tables(db_url) == set()
+
+    open_store(db_url).close()
+
+    assert _version_rows(db_url) == [(HEAD,)]
+    assert _tables(db_url) == {"runs", "steps", "blobs", VERSION_TABLE}
