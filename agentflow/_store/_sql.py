@@ -249,7 +249,6 @@ def _sqlite_engine(url: str, durability: Durability) -> Engine:
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA synchronous={synchronous}")
-        cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
     return engine
