@@ -199,11 +199,9 @@ class AgentFlow:
             return await asyncio.shield(running)  # the same run is executing here already
         task = asyncio.ensure_future(self._execute_once(wf, record, fresh))
         self._inflight[record.id] = task
-        try:
-            return await asyncio.shield(task)
-        finally:
-            if task.done():
-                self._inflight.pop(record.id, None)
+        task.add_done_callback(lambda _: self._inflight.pop(record.id, None))
+        # Shielded: a caller that is cancelled stops waiting; the run itself goes on to a step boundary.
+        return await asyncio.shield(task)
 
     async def _execute_once(self, wf: Workflow, record: RunRecord, fresh: bool) -> Run:
         run_id = record.id

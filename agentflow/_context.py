@@ -72,13 +72,21 @@ class RunEngine:
                 "the step was called with another request",
             )
 
-    def _serve(self, rec: StepRecord, fn: Callable[..., Any] | None) -> Any:
+    def _serve(self, rec: StepRecord, fn: Callable[..., Any]) -> Any:
         if rec.status == "failed":
             err = json.loads(rec.error or "{}")
             raise StepFailed(rec.key, err.get("type", "Error"), err.get("message", ""), rec.attempt)
-        if fn is None:
-            return self.codec.decode(rec.output)
-        return self.codec.decode(rec.output, self.codec.return_type(fn))
+        declared = self.codec.return_type(fn)
+        try:
+            return self.codec.decode(rec.output, declared)
+        except ValueError as exc:  # pydantic's ValidationError: the declared return type changed
+            raise ReplayDivergence(
+                self.run_id,
+                rec.key,
+                rec.output,
+                getattr(declared, "__name__", repr(declared)),
+                f"the recorded output does not fit the step's declared return type ({exc.__class__.__name__})",
+            ) from exc
 
     # -- live steps -----------------------------------------------------------------------------------
 
@@ -285,16 +293,31 @@ class SyncContext(_Recorded):
         self._engine = engine
         self._loop = loop
 
+    @overload
+    def step(
+        self,
+        name: str,
+        fn: Callable[..., Awaitable[T]],
+        /,
+        *args: Any,
+        retry: RetryPolicy | None = None,
+        **kwargs: Any,
+    ) -> T: ...
+
+    @overload
     def step(
         self, name: str, fn: Callable[..., T], /, *args: Any, retry: RetryPolicy | None = None, **kwargs: Any
-    ) -> T:
-        """Run ``fn(*args, **kwargs)`` as a durable step; see ``Context.step``."""
+    ) -> T: ...
+
+    def step(
+        self, name: str, fn: Callable[..., Any], /, *args: Any, retry: RetryPolicy | None = None, **kwargs: Any
+    ) -> Any:
+        """Run ``fn(*args, **kwargs)`` as a durable step (sync or async ``fn``); see ``Context.step``."""
         _require_name(name)
         # The function runs in a worker thread, not on the loop: if it takes steps of its own, blocking
         # the loop while it waits for them would deadlock.
         call = self._engine.step(_scope.get(), name, fn, args, kwargs, retry, offload_sync=True)
-        result: T = asyncio.run_coroutine_threadsafe(call, self._loop).result()
-        return result
+        return asyncio.run_coroutine_threadsafe(call, self._loop).result()
 
 
 def _require_name(name: str) -> None:

@@ -6,8 +6,18 @@ import asyncio
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from agentflow import AgentFlow, Context, ReplayDivergence, RunNotFound, RunStatus, WorkflowNotRegistered
+
+
+class Before(BaseModel):
+    total: float
+
+
+class After(BaseModel):
+    total: float
+    currency: str  # a new required field: the recorded output lacks it
 
 
 class Crash(BaseException):
@@ -222,3 +232,35 @@ def test_step_names_with_key_separators_are_refused(app: AgentFlow) -> None:
     app.run(wf)
     assert set(results) == {"a/b", "a#1", ""}
     assert all("without '/' or '#'" in str(e) for e in results.values())
+
+
+def test_a_recorded_output_that_no_longer_fits_the_declared_type_is_a_divergence(app: AgentFlow) -> None:
+    state: dict[str, Any] = {"crash": True}
+
+    def price_v1() -> Before:
+        return Before(total=3.0)
+
+    def price_v2() -> After:
+        return After(total=3.0, currency="EUR")
+
+    price_v2.__qualname__ = price_v1.__qualname__  # the same function, edited in place
+
+    def maybe_crash() -> None:
+        if state["crash"]:
+            raise Crash
+
+    @app.workflow()
+    async def wf(ctx: Context) -> float:
+        priced = await ctx.step("price", state.get("fn", price_v1))
+        await ctx.step("crash", maybe_crash)
+        return float(priced.total)
+
+    with pytest.raises(Crash):
+        app.run(wf, run_id="r")
+    state.update(crash=False, fn=price_v2)
+
+    with pytest.raises(ReplayDivergence, match="does not fit the step's declared return type") as info:
+        app.resume("r")
+
+    assert info.value.key == "price#0"
+    assert app.get_run("r").status == RunStatus.RUNNING  # resumable once the code is fixed

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, inspect, text
-from sqlalchemy.pool import NullPool
+from dbtools import execute, table_names
+from sqlalchemy import Engine, text
 
 from agentflow import AgentFlow, Context
 from agentflow._store._schema import HEAD, VERSION_TABLE
@@ -41,26 +41,6 @@ def _sha256(path: Path) -> str:
 def _sidecars(path: Path) -> list[str]:
     """The SQLite -wal / -shm / -journal files beside ``path``."""
     return sorted(p.name for p in path.parent.iterdir() if p.name.startswith(path.name) and p != path)
-
-
-def _execute(url: str, sql: str, **params: Any) -> list[tuple[Any, ...]]:
-    """Run one statement on the database at ``url`` outside agentflow, on a connection of its own."""
-    engine = create_engine(normalize_url(url), poolclass=NullPool)
-    try:
-        with engine.begin() as conn:
-            result = conn.execute(text(sql), params)
-            return [tuple(row) for row in result] if result.returns_rows else []
-    finally:
-        engine.dispose()
-
-
-def _tables(url: str) -> set[str]:
-    engine = create_engine(normalize_url(url), poolclass=NullPool)
-    try:
-        with engine.connect() as conn:
-            return set(inspect(conn).get_table_names())
-    finally:
-        engine.dispose()
 
 
 def _engine(app: AgentFlow) -> Engine:
@@ -238,26 +218,26 @@ def test_foreign_sqlite_database_bytes_are_unchanged(tmp_path: Path) -> None:
 
 
 def test_postgres_schema_with_a_foreign_runs_table_is_refused_and_nothing_created(postgres_schema_url: str) -> None:
-    _execute(postgres_schema_url, "CREATE TABLE runs (run_number INTEGER PRIMARY KEY, ran_at DATE)")
-    _execute(postgres_schema_url, "INSERT INTO runs VALUES (1, '2024-01-01')")
+    execute(postgres_schema_url, "CREATE TABLE runs (run_number INTEGER PRIMARY KEY, ran_at DATE)")
+    execute(postgres_schema_url, "INSERT INTO runs VALUES (1, '2024-01-01')")
 
     with pytest.raises(NotAnAgentFlowDatabase, match="runs"):
         AgentFlow(postgres_schema_url)
 
-    assert _tables(postgres_schema_url) == {"runs"}
-    assert _execute(postgres_schema_url, "SELECT run_number FROM runs") == [(1,)]
+    assert table_names(postgres_schema_url) == {"runs"}
+    assert execute(postgres_schema_url, "SELECT run_number FROM runs") == [(1,)]
 
 
 def test_postgres_schema_with_unrelated_tables_gets_agentflow_tables_beside_them(postgres_schema_url: str) -> None:
-    _execute(postgres_schema_url, "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
-    _execute(postgres_schema_url, "INSERT INTO customers VALUES (1, 'Ada')")
+    execute(postgres_schema_url, "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    execute(postgres_schema_url, "INSERT INTO customers VALUES (1, 'Ada')")
 
     with AgentFlow(postgres_schema_url) as app:
         _record_run(app, "r1")
         assert app.get_run("r1").output == 112
 
-    assert _tables(postgres_schema_url) == AGENTFLOW_TABLES | {"customers"}
-    assert _execute(postgres_schema_url, "SELECT id, name FROM customers") == [(1, "Ada")]
+    assert table_names(postgres_schema_url) == AGENTFLOW_TABLES | {"customers"}
+    assert execute(postgres_schema_url, "SELECT id, name FROM customers") == [(1, "Ada")]
 
 
 # -- a schema written by a newer agentflow ----------------------------------------------------------------
@@ -266,9 +246,9 @@ def test_postgres_schema_with_unrelated_tables_gets_agentflow_tables_beside_them
 def test_newer_schema_version_is_refused_and_left_unchanged(db_url: str) -> None:
     with AgentFlow(db_url) as app:
         _record_run(app, "r1")
-    _execute(db_url, f"UPDATE {VERSION_TABLE} SET version_num = '9999_future'")
-    runs_before = _execute(db_url, "SELECT * FROM runs ORDER BY id")
-    steps_before = _execute(db_url, "SELECT * FROM steps ORDER BY run_id, seq")
+    execute(db_url, f"UPDATE {VERSION_TABLE} SET version_num = '9999_future'")
+    runs_before = execute(db_url, "SELECT * FROM runs ORDER BY id")
+    steps_before = execute(db_url, "SELECT * FROM steps ORDER BY run_id, seq")
     sqlite_file = None if "://" in db_url else Path(db_url)
     bytes_before = _sha256(sqlite_file) if sqlite_file else None
 
@@ -279,9 +259,9 @@ def test_newer_schema_version_is_refused_and_left_unchanged(db_url: str) -> None
     assert "9999_future" in message
     assert "Upgrade agentflow" in message
     assert HEAD in message
-    assert _execute(db_url, f"SELECT version_num FROM {VERSION_TABLE}") == [("9999_future",)]
-    assert _execute(db_url, "SELECT * FROM runs ORDER BY id") == runs_before
-    assert _execute(db_url, "SELECT * FROM steps ORDER BY run_id, seq") == steps_before
+    assert execute(db_url, f"SELECT version_num FROM {VERSION_TABLE}") == [("9999_future",)]
+    assert execute(db_url, "SELECT * FROM runs ORDER BY id") == runs_before
+    assert execute(db_url, "SELECT * FROM steps ORDER BY run_id, seq") == steps_before
     if sqlite_file is not None:
         assert _sha256(sqlite_file) == bytes_before
         assert _sidecars(sqlite_file) == []
@@ -387,7 +367,7 @@ def test_default_url_is_agentflow_db_in_the_working_directory(tmp_path: Path, mo
 
     path = tmp_path / ".agentflow" / "agentflow.db"
     assert path.is_file()
-    assert _execute(str(path), "SELECT id FROM runs") == [("r1",)]
+    assert execute(str(path), "SELECT id FROM runs") == [("r1",)]
 
 
 def test_memory_database_works(clock: Any) -> None:
@@ -484,7 +464,7 @@ def test_create_false_refuses_an_empty_postgres_schema_and_creates_nothing(postg
     with pytest.raises(StoreError, match="holds no agentflow database"):
         AgentFlow(postgres_schema_url, create=False)
 
-    assert _tables(postgres_schema_url) == set()
+    assert table_names(postgres_schema_url) == set()
 
 
 # -- reads from a damaged file ----------------------------------------------------------------------------

@@ -15,14 +15,14 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Column, Connection, MetaData, String, create_engine, inspect, text
-from sqlalchemy.pool import NullPool
+from dbtools import execute, table_names
+from sqlalchemy import Column, Connection, MetaData, String
 
 import agentflow._store._schema as schema
 import agentflow._store.migrations as migrations_package
 from agentflow import AgentFlow
 from agentflow._store._schema import HEAD, REVISIONS, VERSION_TABLE
-from agentflow._store._sql import normalize_url, open_store
+from agentflow._store._sql import open_store
 from agentflow._store._tables import metadata
 
 MIGRATIONS = Path(migrations_package.__file__).parent
@@ -34,24 +34,6 @@ def _diff(conn: Connection, target: MetaData) -> list[Any]:
     diff = compare_metadata(mc, target)
     # A table removal shows up as ("remove_table", Table); everything else as tuples naming the table.
     return [d for d in diff if VERSION_TABLE not in repr(d)]
-
-
-def _version_rows(url: str) -> list[tuple[Any, ...]]:
-    engine = create_engine(normalize_url(url), poolclass=NullPool)
-    try:
-        with engine.connect() as conn:
-            return [tuple(row) for row in conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))]
-    finally:
-        engine.dispose()
-
-
-def _tables(url: str) -> set[str]:
-    engine = create_engine(normalize_url(url), poolclass=NullPool)
-    try:
-        with engine.connect() as conn:
-            return set(inspect(conn).get_table_names())
-    finally:
-        engine.dispose()
 
 
 def test_migrations_build_exactly_the_models_schema(db_url: str) -> None:
@@ -94,7 +76,7 @@ def test_opening_an_up_to_date_database_does_not_migrate(db_url: str, monkeypatc
     monkeypatch.setattr(schema, "migrate", no_migration)
     with AgentFlow(db_url) as app:
         assert app.list_runs() == []
-    assert _version_rows(db_url) == [(HEAD,)]
+    assert execute(db_url, f"SELECT version_num FROM {VERSION_TABLE}") == [(HEAD,)]
 
 
 def test_opening_an_up_to_date_database_does_not_import_alembic(tmp_path: Path) -> None:
@@ -115,9 +97,9 @@ def test_empty_database_is_migrated_to_head_at_open(db_url: str) -> None:
     # REVISIONS[-2] with alembic (command.upgrade on a Config whose script_location is MIGRATIONS and whose
     # attributes["connection"] is an open connection), insert a run, then open it with AgentFlow and assert
     # the version row is HEAD, the run reads back, and _diff(conn, metadata) == [].
-    assert _tables(db_url) == set()
+    assert table_names(db_url) == set()
 
     open_store(db_url).close()
 
-    assert _version_rows(db_url) == [(HEAD,)]
-    assert _tables(db_url) == {"runs", "steps", "blobs", VERSION_TABLE}
+    assert execute(db_url, f"SELECT version_num FROM {VERSION_TABLE}") == [(HEAD,)]
+    assert table_names(db_url) == {"runs", "steps", "blobs", VERSION_TABLE}
