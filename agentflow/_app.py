@@ -200,7 +200,7 @@ class AgentFlow:
         task = asyncio.ensure_future(self._execute_once(wf, record, fresh))
         self._inflight[record.id] = task
         task.add_done_callback(lambda _: self._inflight.pop(record.id, None))
-        # Shielded: a caller that is cancelled stops waiting; the run itself goes on to a step boundary.
+        # Shielded: a caller that is cancelled stops waiting; the run itself goes on to its end.
         return await asyncio.shield(task)
 
     async def _execute_once(self, wf: Workflow, record: RunRecord, fresh: bool) -> Run:
@@ -220,8 +220,10 @@ class AgentFlow:
         except (ReplayDivergence, StoreError):
             raise  # the record is fine; the code or the database is not: leave the run resumable
         except Exception as exc:
+            engine.raise_if_halted()
             self._finish(run_id, RunStatus.FAILED, error=ErrorInfo.encode(exc))
         else:
+            engine.raise_if_halted()  # the workflow caught it, but the run must not end as if all was well
             self._finish(run_id, RunStatus.COMPLETED, output=output_json)
         return self.get_run(run_id)
 

@@ -58,18 +58,38 @@ class RunEngine:
     codec: Codec
     clock: Clock
     default_retry: RetryPolicy
+    # The first divergence or store failure. The run cannot go on once one happened, even if the
+    # workflow caught the exception: later steps raise it again, and so does the end of the run.
+    halted: AgentFlowError | None = None
+
+    def _halt(self, exc: AgentFlowError) -> AgentFlowError:
+        if self.halted is None:
+            self.halted = exc
+        return exc
+
+    def raise_if_halted(self) -> None:
+        if self.halted is not None:
+            raise self.halted
+
+    def _append(self, **fields: Any) -> None:
+        try:
+            self.journal.append(**fields)
+        except StoreError as exc:
+            raise self._halt(exc) from exc.__cause__
 
     # -- recorded steps -------------------------------------------------------------------------------
 
     def _check(self, rec: StepRecord, fp: str, request: str) -> None:
         if rec.fingerprint != fp:
             recorded = json.loads(rec.request) if rec.request else rec.fingerprint
-            raise ReplayDivergence(
-                self.run_id,
-                rec.key,
-                recorded,
-                json.loads(request),
-                "the step was called with another request",
+            raise self._halt(
+                ReplayDivergence(
+                    self.run_id,
+                    rec.key,
+                    recorded,
+                    json.loads(request),
+                    "the step was called with another request",
+                )
             )
 
     def _serve(self, rec: StepRecord, fn: Callable[..., Any]) -> Any:
@@ -80,12 +100,14 @@ class RunEngine:
         try:
             return self.codec.decode(rec.output, declared)
         except ValueError as exc:  # pydantic's ValidationError: the declared return type changed
-            raise ReplayDivergence(
-                self.run_id,
-                rec.key,
-                rec.output,
-                getattr(declared, "__name__", repr(declared)),
-                f"the recorded output does not fit the step's declared return type ({exc.__class__.__name__})",
+            raise self._halt(
+                ReplayDivergence(
+                    self.run_id,
+                    rec.key,
+                    rec.output,
+                    getattr(declared, "__name__", repr(declared)),
+                    f"the recorded output does not fit the step's declared return type ({exc.__class__.__name__})",
+                )
             ) from exc
 
     # -- live steps -----------------------------------------------------------------------------------
@@ -98,8 +120,8 @@ class RunEngine:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         retry: RetryPolicy | None,
-        offload_sync: bool,
     ) -> Any:
+        self.raise_if_halted()
         key = self.journal.next_key(scope, name)
         request = canonical_json({"fn": _qualname(fn), "args": args, "kwargs": kwargs})
         fp = fingerprint(request)
@@ -114,7 +136,7 @@ class RunEngine:
             attempt += 1
             token = _scope.set(key)
             try:
-                value = await self._invoke(key, fn, args, kwargs, policy.timeout, offload_sync)
+                value = await self._invoke(key, fn, args, kwargs, policy.timeout)
             except _PASS_THROUGH:
                 raise
             except Exception as exc:
@@ -126,7 +148,7 @@ class RunEngine:
                 if not final:
                     await self.clock.sleep(policy.delay_after(attempt))
                     continue
-                self.journal.append(
+                self._append(
                     key=key,
                     kind="step",
                     name=name,
@@ -143,7 +165,7 @@ class RunEngine:
             finally:
                 _scope.reset(token)
             output = self.codec.encode(value, f"output of step {key!r} in run {self.run_id!r}")
-            self.journal.append(
+            self._append(
                 key=key,
                 kind="step",
                 name=name,
@@ -165,14 +187,13 @@ class RunEngine:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         timeout: float | None,
-        offload_sync: bool,
     ) -> Any:
+        # Async functions run on the loop; sync ones in a worker thread, so they neither block steps
+        # running beside them nor a timeout, and may take nested steps through a SyncContext.
         if inspect.iscoroutinefunction(fn):
             pending: Awaitable[Any] = fn(*args, **kwargs)
-        elif offload_sync or timeout is not None:
-            pending = asyncio.to_thread(fn, *args, **kwargs)
         else:
-            pending = _ready(fn(*args, **kwargs))
+            pending = asyncio.to_thread(fn, *args, **kwargs)
         if timeout is None:
             value = await pending
         else:
@@ -188,6 +209,7 @@ class RunEngine:
 
     def value(self, name: str, produce: Callable[[], Any]) -> Any:
         """A value recorded once and served from the record ever after (``now``, ``uuid``, ``random``)."""
+        self.raise_if_halted()
         key = self.journal.next_key(_scope.get(), name)
         request = canonical_json({"value": name})
         fp = fingerprint(request)
@@ -197,7 +219,7 @@ class RunEngine:
             return self.codec.decode(rec.output)
         now = self.clock.time()
         value = produce()
-        self.journal.append(
+        self._append(
             key=key,
             kind="step",
             name=name,
@@ -211,10 +233,6 @@ class RunEngine:
             finished_at=now,
         )
         return value
-
-
-async def _ready(value: Any) -> Any:
-    return value
 
 
 class _Recorded:
@@ -280,7 +298,7 @@ class Context(_Recorded):
         its retries raises ``StepFailed``. ``retry`` is keyword-only and not passed to ``fn``.
         """
         _require_name(name)
-        return await self._engine.step(_scope.get(), name, fn, args, kwargs, retry, offload_sync=True)
+        return await self._engine.step(_scope.get(), name, fn, args, kwargs, retry)
 
 
 class SyncContext(_Recorded):
@@ -314,9 +332,9 @@ class SyncContext(_Recorded):
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` as a durable step (sync or async ``fn``); see ``Context.step``."""
         _require_name(name)
-        # The function runs in a worker thread, not on the loop: if it takes steps of its own, blocking
-        # the loop while it waits for them would deadlock.
-        call = self._engine.step(_scope.get(), name, fn, args, kwargs, retry, offload_sync=True)
+        # A sync function runs in a worker thread, not on the loop: if it takes steps of its own,
+        # blocking the loop while it waits for them would deadlock.
+        call = self._engine.step(_scope.get(), name, fn, args, kwargs, retry)
         return asyncio.run_coroutine_threadsafe(call, self._loop).result()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -264,3 +265,72 @@ def test_a_recorded_output_that_no_longer_fits_the_declared_type_is_a_divergence
 
     assert info.value.key == "price#0"
     assert app.get_run("r").status == RunStatus.RUNNING  # resumable once the code is fixed
+
+
+def test_a_workflow_that_swallows_a_divergence_still_does_not_complete(app: AgentFlow) -> None:
+    state = {"arg": "v1", "crash": True}
+    later: list[str] = []
+
+    def fetch(x: str) -> str:
+        return x
+
+    def maybe_crash() -> None:
+        if state["crash"]:
+            raise Crash
+
+    def after() -> str:
+        later.append("ran")
+        return "after"
+
+    @app.workflow()
+    async def wf(ctx: Context) -> str:
+        with contextlib.suppress(Exception):  # a broad handler, as real code has
+            await ctx.step("fetch", fetch, state["arg"])
+        await ctx.step("crash", maybe_crash)
+        try:
+            return await ctx.step("after", after)
+        except Exception:
+            return "fallback"
+
+    with pytest.raises(Crash):
+        app.run(wf, run_id="r")
+    state.update(arg="v2", crash=False)
+
+    with pytest.raises(ReplayDivergence, match="fetch#0"):
+        app.resume("r")
+
+    assert app.get_run("r").status == RunStatus.RUNNING
+    assert later == []  # no step ran after the divergence, though the workflow caught it
+
+
+def test_a_store_failure_the_workflow_swallows_stops_the_run_unfinished(app: AgentFlow) -> None:
+    from agentflow import StoreError
+
+    real_write = app._store.write_step
+    calls = {"n": 0}
+
+    def failing_write(step: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise StoreError("disk full")
+        real_write(step)
+
+    app._store.write_step = failing_write  # type: ignore[method-assign]
+
+    async def one(i: int) -> int:
+        return i
+
+    @app.workflow()
+    async def wf(ctx: Context) -> int:
+        total = 0
+        for i in range(4):
+            with contextlib.suppress(Exception):
+                total += await ctx.step("one", one, i)
+        return total
+
+    with pytest.raises(StoreError, match="disk full"):
+        app.run(wf, run_id="r")
+
+    run = app.get_run("r")
+    assert run.status == RunStatus.RUNNING  # resumable, not "completed" with a hole in its record
+    assert [s.key for s in run.steps] == ["one#0"]
