@@ -66,7 +66,7 @@ class Codec:
             return None
         if annotation is _NO_TYPE or annotation is Any or annotation is None or annotation is type(None):
             return json.loads(text)
-        return self._adapter(annotation).validate_json(text)
+        return self.adapter(annotation).validate_json(text)
 
     def return_type(self, fn: Callable[..., Any]) -> Any:
         """The declared return type of ``fn`` (awaited type for coroutines), or a marker for none."""
@@ -97,7 +97,8 @@ class Codec:
             return _NO_TYPE
         return hints.get("return", _NO_TYPE)
 
-    def _adapter(self, annotation: Any) -> Any:
+    def adapter(self, annotation: Any) -> Any:
+        """The cached pydantic ``TypeAdapter`` for ``annotation``."""
         try:
             return self._adapters[annotation]
         except KeyError:

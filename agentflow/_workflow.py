@@ -75,4 +75,4 @@ class Workflow:
         return bound.args[1:], bound.kwargs
 
     def _rebuild(self, value: Any, hint: Any) -> Any:
-        return self.codec._adapter(hint).validate_python(value)
+        return self.codec.adapter(hint).validate_python(value)

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, create_engine, event, insert, select, text, update
+from sqlalchemy import Connection, Engine, create_engine, event, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.exc import DatabaseError as SADatabaseError
@@ -221,12 +221,6 @@ class SQLStore:
         with self._connect() as conn:
             rows = conn.execute(select(table.c.hash, table.c.data).where(table.c.hash.in_(wanted))).all()
         return {h: bytes(data) for h, data in rows}
-
-    def execute_sql(self, sql: str) -> list[tuple[Any, ...]]:
-        """Run a statement and return its rows; for tests and diagnostics, not for the engine."""
-        with self._connect(begin=True) as conn:
-            result = conn.execute(text(sql))
-            return [tuple(r) for r in result] if result.returns_rows else []
 
     def close(self) -> None:
         with self._writer_lock:
