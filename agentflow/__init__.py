@@ -20,6 +20,7 @@ from ._clock import Clock, FakeClock, SystemClock
 from ._context import Context, SyncContext
 from ._models import ErrorInfo, Run, RunStatus, Step, StepKind, StepStatus, Usage
 from ._retry import Backoff, RetryPolicy
+from ._tool import IdempotencyKey, Tool, ToolArgumentsError, ToolResult, tool
 from .errors import (
     AgentFlowError,
     ConfigurationError,
@@ -47,6 +48,7 @@ __all__ = [
     "Context",
     "ErrorInfo",
     "FakeClock",
+    "IdempotencyKey",
     "NonRetryableError",
     "NotAnAgentFlowDatabase",
     "ReplayDivergence",
@@ -65,7 +67,11 @@ __all__ = [
     "StoreError",
     "SyncContext",
     "SystemClock",
+    "Tool",
+    "ToolArgumentsError",
+    "ToolResult",
     "Usage",
     "WorkflowNotRegistered",
     "__version__",
+    "tool",
 ]

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ._clock import Clock, SystemClock
 from ._codec import Codec
-from ._context import Context, RunEngine, SyncContext
+from ._context import Context, SyncContext
+from ._engine import RunEngine
 from ._journal import Journal, first_broken_link
+from ._llm import Budget
 from ._loop import run_sync
 from ._models import ErrorInfo, Run, RunStatus
 from ._retry import RetryPolicy
@@ -49,7 +51,8 @@ class AgentFlow:
     ``$AGENTFLOW_DATABASE_URL``, else ``./.agentflow/agentflow.db``. A new database is created and migrated;
     an existing one has its schema version checked. ``durability="full"`` makes SQLite sync every commit
     (power-loss safe); the default survives a killed process. ``clock`` is where time and sleeping come
-    from (``FakeClock`` in tests); ``retry`` is the policy of steps that do not name one.
+    from (``FakeClock`` in tests); ``retry`` is the policy of steps and tools that do not name one,
+    ``llm_retry`` that of model calls (default: 4 attempts, exponential backoff from 1 s).
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class AgentFlow:
         durability: Durability = "normal",
         clock: Clock | None = None,
         retry: RetryPolicy | None = None,
+        llm_retry: RetryPolicy | None = None,
         create: bool = True,
     ) -> None:
         from ._store._sql import default_sqlite_path, open_store
@@ -67,6 +71,7 @@ class AgentFlow:
         self._store: Store = open_store(self.url, durability=durability, create=create)
         self._clock: Clock = clock or SystemClock()
         self._default_retry = retry or RetryPolicy()
+        self._llm_retry = llm_retry or RetryPolicy(max_attempts=4, delay=1.0, backoff="exponential", max_delay=60.0)
         self._codec = Codec()
         self._workflows: dict[str, Workflow] = {}
         self._by_function: dict[Callable[..., Any], Workflow] = {}
@@ -77,15 +82,16 @@ class AgentFlow:
 
     # -- registration -----------------------------------------------------------------------------------
 
-    def workflow(self, name: str | None = None) -> Callable[[F], F]:
+    def workflow(self, name: str | None = None, *, budget: Budget | None = None) -> Callable[[F], F]:
         """Register a workflow (``async def`` or ``def``) whose first parameter is the ``Context``.
 
         ``name`` (default: the function's qualified name) is what runs record, and what ``resume`` and
-        ``recover`` look up in another process, so keep it stable.
+        ``recover`` look up in another process, so keep it stable. ``budget`` limits each run's tokens
+        and cost: a model call that could pass it raises ``BudgetExceeded`` before it is made.
         """
 
         def register(fn: F) -> F:
-            self._register(fn, name)
+            self._register(fn, name).budget = budget
             return fn
 
         return register
@@ -207,6 +213,7 @@ class AgentFlow:
         run_id = record.id
         journal = Journal(run_id, self._store, [] if fresh else self._store.load_steps(run_id))
         engine = RunEngine(run_id, journal, self._codec, self._clock, self._default_retry)
+        engine.extras.update(llm_retry=self._llm_retry, budget=wf.budget)
         if not fresh:
             self._store.update_run(run_id, {"status": RunStatus.RUNNING.value, "updated_at": self._clock.time()})
         try:
@@ -221,16 +228,26 @@ class AgentFlow:
             raise  # the record is fine; the code or the database is not: leave the run resumable
         except Exception as exc:
             engine.raise_if_halted()
-            self._finish(run_id, RunStatus.FAILED, error=ErrorInfo.encode(exc))
+            self._finish(engine, RunStatus.FAILED, error=ErrorInfo.encode(exc))
         else:
             engine.raise_if_halted()  # the workflow caught it, but the run must not end as if all was well
-            self._finish(run_id, RunStatus.COMPLETED, output=output_json)
+            self._finish(engine, RunStatus.COMPLETED, output=output_json)
         return self.get_run(run_id)
 
-    def _finish(self, run_id: str, status: RunStatus, *, output: str | None = None, error: str | None = None) -> None:
+    def _finish(
+        self, engine: RunEngine, status: RunStatus, *, output: str | None = None, error: str | None = None
+    ) -> None:
         self._store.update_run(
-            run_id,
-            {"status": status.value, "output": output, "error": error, "updated_at": self._clock.time()},
+            engine.run_id,
+            {
+                "status": status.value,
+                "output": output,
+                "error": error,
+                "updated_at": self._clock.time(),
+                "prompt_tokens": engine.prompt_tokens,
+                "completion_tokens": engine.completion_tokens,
+                "cost": engine.cost,
+            },
         )
 
     # -- reading ----------------------------------------------------------------------------------------

@@ -1,242 +1,43 @@
-"""``Context``: what a workflow uses to take durable steps, and the engine that records them.
+"""``Context`` and ``SyncContext``: what a workflow uses to take durable steps, call tools and models.
 
-A step is found in the run's journal by its key; when it is there, its fingerprint must match and its
-recorded output (or failure) is served without running anything. When it is not, the function runs live
-under the step's retry policy and its outcome is recorded in one write.
+Both are thin faces of one ``RunEngine``; ``SyncContext`` serves plain ``def`` workflows, which run in a
+worker thread, by driving the engine on the run's event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
-import json
 import random as _random
 import uuid as _uuid
-from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, TypeVar, overload
 
-from ._clock import Clock
-from ._codec import Codec, canonical_json, fingerprint
-from ._journal import Journal
-from ._models import ErrorInfo
+from ._engine import RunEngine, current_scope
+from ._llm import LLMResponse, StreamChunk
+from ._llm_calls import LLMStream, call_llm, prepare_llm_call
 from ._retry import RetryPolicy
-from ._store import StepRecord
-from .errors import (
-    AgentFlowError,
-    NonRetryableError,
-    ReplayDivergence,
-    SerializationError,
-    StepFailed,
-    StepTimeout,
-    StoreError,
-)
+from ._tool import Tool, ToolResult, tool
+from .errors import AgentFlowError
 
-__all__ = ["Context", "RunEngine", "SyncContext"]
+__all__ = ["Context", "SyncContext", "SyncLLMStream"]
 
 T = TypeVar("T")
-
-# The key of the step whose function is running, so that steps it takes are scoped under it.
-_scope: ContextVar[str] = ContextVar("agentflow_scope", default="")
-
-# Errors that are about the program or the store, not about the step: never retried, never recorded.
-_PASS_THROUGH = (ReplayDivergence, StoreError, SerializationError)
+ToolSpec = Tool | Mapping[str, Any]
 
 
-def _qualname(fn: Callable[..., Any]) -> str:
-    return getattr(fn, "__qualname__", None) or type(fn).__qualname__
+def _as_tool(engine: RunEngine, fn: Tool | Callable[..., Any]) -> Tool:
+    if isinstance(fn, Tool):
+        return fn
+    cache: dict[Callable[..., Any], Tool] = engine.extras.setdefault("tools", {})
+    made = cache.get(fn)
+    if made is None:
+        made = cache[fn] = tool(fn)
+    return made
 
 
-@dataclass
-class RunEngine:
-    """Everything one executing run needs: its journal, the clock, the codec and the default policy."""
-
-    run_id: str
-    journal: Journal
-    codec: Codec
-    clock: Clock
-    default_retry: RetryPolicy
-    # The first divergence or store failure. The run cannot go on once one happened, even if the
-    # workflow caught the exception: later steps raise it again, and so does the end of the run.
-    halted: AgentFlowError | None = None
-
-    def _halt(self, exc: AgentFlowError) -> AgentFlowError:
-        if self.halted is None:
-            self.halted = exc
-        return exc
-
-    def raise_if_halted(self) -> None:
-        if self.halted is not None:
-            raise self.halted
-
-    def _append(self, **fields: Any) -> None:
-        try:
-            self.journal.append(**fields)
-        except StoreError as exc:
-            raise self._halt(exc) from exc.__cause__
-
-    # -- recorded steps -------------------------------------------------------------------------------
-
-    def _check(self, rec: StepRecord, fp: str, request: str) -> None:
-        if rec.fingerprint != fp:
-            recorded = json.loads(rec.request) if rec.request else rec.fingerprint
-            raise self._halt(
-                ReplayDivergence(
-                    self.run_id,
-                    rec.key,
-                    recorded,
-                    json.loads(request),
-                    "the step was called with another request",
-                )
-            )
-
-    def _serve(self, rec: StepRecord, fn: Callable[..., Any]) -> Any:
-        if rec.status == "failed":
-            err = json.loads(rec.error or "{}")
-            raise StepFailed(rec.key, err.get("type", "Error"), err.get("message", ""), rec.attempt)
-        declared = self.codec.return_type(fn)
-        try:
-            return self.codec.decode(rec.output, declared)
-        except ValueError as exc:  # pydantic's ValidationError: the declared return type changed
-            raise self._halt(
-                ReplayDivergence(
-                    self.run_id,
-                    rec.key,
-                    rec.output,
-                    getattr(declared, "__name__", repr(declared)),
-                    f"the recorded output does not fit the step's declared return type ({exc.__class__.__name__})",
-                )
-            ) from exc
-
-    # -- live steps -----------------------------------------------------------------------------------
-
-    async def step(
-        self,
-        scope: str,
-        name: str,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        retry: RetryPolicy | None,
-    ) -> Any:
-        self.raise_if_halted()
-        key = self.journal.next_key(scope, name)
-        request = canonical_json({"fn": _qualname(fn), "args": args, "kwargs": kwargs})
-        fp = fingerprint(request)
-        rec = self.journal.recorded(key)
-        if rec is not None:
-            self._check(rec, fp, request)
-            return self._serve(rec, fn)
-        policy = retry or self.default_retry
-        started = self.clock.time()
-        attempt = 0
-        while True:
-            attempt += 1
-            token = _scope.set(key)
-            try:
-                value = await self._invoke(key, fn, args, kwargs, policy.timeout)
-            except _PASS_THROUGH:
-                raise
-            except Exception as exc:
-                final = (
-                    attempt >= policy.max_attempts
-                    or isinstance(exc, NonRetryableError)
-                    or (bool(policy.non_retryable) and isinstance(exc, policy.non_retryable))
-                )
-                if not final:
-                    await self.clock.sleep(policy.delay_after(attempt))
-                    continue
-                self._append(
-                    key=key,
-                    kind="step",
-                    name=name,
-                    fingerprint=fp,
-                    request=request,
-                    status="failed",
-                    attempt=attempt,
-                    output=None,
-                    error=ErrorInfo.encode(exc),
-                    started_at=started,
-                    finished_at=self.clock.time(),
-                )
-                raise StepFailed(key, type(exc).__qualname__, str(exc), attempt) from exc
-            finally:
-                _scope.reset(token)
-            output = self.codec.encode(value, f"output of step {key!r} in run {self.run_id!r}")
-            self._append(
-                key=key,
-                kind="step",
-                name=name,
-                fingerprint=fp,
-                request=request,
-                status="completed",
-                attempt=attempt,
-                output=output,
-                error=None,
-                started_at=started,
-                finished_at=self.clock.time(),
-            )
-            return value
-
-    async def _invoke(
-        self,
-        key: str,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        timeout: float | None,
-    ) -> Any:
-        # Async functions run on the loop; sync ones in a worker thread, so they neither block steps
-        # running beside them nor a timeout, and may take nested steps through a SyncContext.
-        if inspect.iscoroutinefunction(fn):
-            pending: Awaitable[Any] = fn(*args, **kwargs)
-        else:
-            pending = asyncio.to_thread(fn, *args, **kwargs)
-        if timeout is None:
-            value = await pending
-        else:
-            try:
-                value = await asyncio.wait_for(pending, timeout)
-            except (asyncio.TimeoutError, TimeoutError) as exc:
-                raise StepTimeout(key, timeout) from exc
-        if inspect.isawaitable(value):  # a sync callable that returned a coroutine (a lambda, a partial)
-            value = await value
-        return value
-
-    # -- recorded values --------------------------------------------------------------------------------
-
-    def value(self, name: str, produce: Callable[[], Any]) -> Any:
-        """A value recorded once and served from the record ever after (``now``, ``uuid``, ``random``)."""
-        self.raise_if_halted()
-        key = self.journal.next_key(_scope.get(), name)
-        request = canonical_json({"value": name})
-        fp = fingerprint(request)
-        rec = self.journal.recorded(key)
-        if rec is not None:
-            self._check(rec, fp, request)
-            return self.codec.decode(rec.output)
-        now = self.clock.time()
-        value = produce()
-        self._append(
-            key=key,
-            kind="step",
-            name=name,
-            fingerprint=fp,
-            request=request,
-            status="completed",
-            attempt=1,
-            output=json.dumps(value),
-            error=None,
-            started_at=now,
-            finished_at=now,
-        )
-        return value
-
-
-class _Recorded:
-    """The deterministic stand-ins for the clock, uuid and random, shared by both contexts."""
+class _Common:
+    """What both contexts offer the same way: the recorded clock, uuid and random values."""
 
     _engine: RunEngine
 
@@ -258,8 +59,32 @@ class _Recorded:
         """A random float in [0, 1), recorded."""
         return float(self._engine.value("random", _random.random))
 
+    def _prepare(
+        self,
+        model: str,
+        messages: Sequence[Any],
+        tools: Sequence[ToolSpec] | None,
+        response_format: Any,
+        retry: RetryPolicy | None,
+        secret_params: Sequence[str],
+        params: dict[str, Any],
+        stream: bool,
+    ) -> Any:
+        return prepare_llm_call(
+            self._engine,
+            current_scope(),
+            model=model,
+            messages=messages,
+            tools=tools,
+            response_format=response_format,
+            retry=retry,
+            secret_params=secret_params,
+            params=params,
+            stream=stream,
+        )
 
-class Context(_Recorded):
+
+class Context(_Common):
     """Handed to an ``async def`` workflow as its first argument."""
 
     def __init__(self, engine: RunEngine) -> None:
@@ -282,13 +107,7 @@ class Context(_Recorded):
     ) -> T: ...
 
     async def step(
-        self,
-        name: str,
-        fn: Callable[..., Any],
-        /,
-        *args: Any,
-        retry: RetryPolicy | None = None,
-        **kwargs: Any,
+        self, name: str, fn: Callable[..., Any], /, *args: Any, retry: RetryPolicy | None = None, **kwargs: Any
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` as a durable step named ``name`` and return its output.
 
@@ -298,11 +117,64 @@ class Context(_Recorded):
         its retries raises ``StepFailed``. ``retry`` is keyword-only and not passed to ``fn``.
         """
         _require_name(name)
-        return await self._engine.step(_scope.get(), name, fn, args, kwargs, retry)
+        return await self._engine.step(current_scope(), name, fn, args, kwargs, retry)
+
+    async def tool(
+        self, fn: Tool | Callable[..., Any], /, *, retry: RetryPolicy | None = None, **arguments: Any
+    ) -> ToolResult:
+        """Call a tool (a ``@tool`` or any typed function) with keyword ``arguments``, as a recorded step.
+
+        Arguments are validated against the tool's schema first. Invalid arguments, and a tool that
+        fails after its retries, give ``ToolResult(ok=False, error=...)``: a message the model can read,
+        not an exception. The key is ``scope/<tool name>#n``.
+        """
+        return await self._engine.tool(current_scope(), _as_tool(self._engine, fn), arguments, retry)
+
+    async def llm(
+        self,
+        *,
+        model: str,
+        messages: Sequence[Any],
+        tools: Sequence[ToolSpec] | None = None,
+        response_format: Any = None,
+        retry: RetryPolicy | None = None,
+        secret_params: Sequence[str] = (),
+        **params: Any,
+    ) -> LLMResponse:
+        """Call a model through litellm as a recorded step (key ``scope/llm#n``).
+
+        ``params`` go to ``litellm.acompletion`` (``temperature``, ``max_tokens``, ``api_key``, ...). API
+        keys, auth headers and the parameters named in ``secret_params`` reach the provider but are never
+        recorded. ``response_format`` may be a pydantic model: the answer is parsed into ``parsed``.
+        Provider errors follow ``retry`` (default: the app's ``llm_retry``); a 429 waits at least its
+        Retry-After. A recorded call is served without calling the provider.
+        """
+        call = self._prepare(model, messages, tools, response_format, retry, secret_params, params, False)
+        return await call_llm(self._engine, call)
+
+    def llm_stream(
+        self,
+        *,
+        model: str,
+        messages: Sequence[Any],
+        tools: Sequence[ToolSpec] | None = None,
+        response_format: Any = None,
+        retry: RetryPolicy | None = None,
+        secret_params: Sequence[str] = (),
+        pace: bool = False,
+        **params: Any,
+    ) -> LLMStream:
+        """A streamed model call: ``async with ctx.llm_stream(...) as s: async for chunk in s: ...``.
+
+        The key is taken when this is called. Chunks are recorded with their arrival offsets; served from
+        the record, the same chunks come back, waiting out the recorded timing when ``pace`` is true.
+        """
+        call = self._prepare(model, messages, tools, response_format, retry, secret_params, params, True)
+        return LLMStream(self._engine, call, pace)
 
 
-class SyncContext(_Recorded):
-    """Handed to a plain ``def`` workflow, which runs in a worker thread: ``ctx.step`` returns the value.
+class SyncContext(_Common):
+    """Handed to a plain ``def`` workflow, which runs in a worker thread: the calls return values.
 
     It drives the same engine as ``Context`` on the run's event loop.
     """
@@ -310,6 +182,9 @@ class SyncContext(_Recorded):
     def __init__(self, engine: RunEngine, loop: asyncio.AbstractEventLoop) -> None:
         self._engine = engine
         self._loop = loop
+
+    def _wait(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     @overload
     def step(
@@ -334,8 +209,74 @@ class SyncContext(_Recorded):
         _require_name(name)
         # A sync function runs in a worker thread, not on the loop: if it takes steps of its own,
         # blocking the loop while it waits for them would deadlock.
-        call = self._engine.step(_scope.get(), name, fn, args, kwargs, retry)
-        return asyncio.run_coroutine_threadsafe(call, self._loop).result()
+        return self._wait(self._engine.step(current_scope(), name, fn, args, kwargs, retry))
+
+    def tool(
+        self, fn: Tool | Callable[..., Any], /, *, retry: RetryPolicy | None = None, **arguments: Any
+    ) -> ToolResult:
+        """Call a tool as a recorded step; see ``Context.tool``."""
+        result: ToolResult = self._wait(
+            self._engine.tool(current_scope(), _as_tool(self._engine, fn), arguments, retry)
+        )
+        return result
+
+    def llm(
+        self,
+        *,
+        model: str,
+        messages: Sequence[Any],
+        tools: Sequence[ToolSpec] | None = None,
+        response_format: Any = None,
+        retry: RetryPolicy | None = None,
+        secret_params: Sequence[str] = (),
+        **params: Any,
+    ) -> LLMResponse:
+        """Call a model as a recorded step; see ``Context.llm``."""
+        call = self._prepare(model, messages, tools, response_format, retry, secret_params, params, False)
+        response: LLMResponse = self._wait(call_llm(self._engine, call))
+        return response
+
+    def llm_stream(
+        self,
+        *,
+        model: str,
+        messages: Sequence[Any],
+        tools: Sequence[ToolSpec] | None = None,
+        response_format: Any = None,
+        retry: RetryPolicy | None = None,
+        secret_params: Sequence[str] = (),
+        pace: bool = False,
+        **params: Any,
+    ) -> SyncLLMStream:
+        """A streamed model call for sync code: ``for chunk in ctx.llm_stream(...)``; see ``Context.llm_stream``."""
+        call = self._prepare(model, messages, tools, response_format, retry, secret_params, params, True)
+        return SyncLLMStream(LLMStream(self._engine, call, pace), self)
+
+
+class SyncLLMStream:
+    """``LLMStream`` for sync workflows: a plain iterator of ``StreamChunk``."""
+
+    def __init__(self, stream: LLMStream, ctx: SyncContext) -> None:
+        self._stream = stream
+        self._ctx = ctx
+
+    def __iter__(self) -> Iterator[StreamChunk]:
+        iterator = self._stream.__aiter__()
+        while True:
+            try:
+                chunk: StreamChunk = self._ctx._wait(iterator.__anext__())
+            except StopAsyncIteration:
+                return
+            yield chunk
+
+    @property
+    def response(self) -> LLMResponse:
+        return self._stream.response
+
+    def finish(self) -> LLMResponse:
+        """Read what is left of the stream and return the assembled response."""
+        response: LLMResponse = self._ctx._wait(self._stream.finish())
+        return response
 
 
 def _require_name(name: str) -> None:

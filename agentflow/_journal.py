@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Mapping
 
 from ._store import StepRecord, Store
 
@@ -63,6 +64,10 @@ class Journal:
     def recorded(self, key: str) -> StepRecord | None:
         return self._recorded.get(key)
 
+    def records(self) -> list[StepRecord]:
+        """The records of this run so far (loaded and appended), in no particular order."""
+        return list(self._recorded.values())
+
     def append(
         self,
         *,
@@ -80,7 +85,9 @@ class Journal:
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
         cost: float = 0.0,
+        blobs: Mapping[str, bytes] | None = None,
     ) -> StepRecord:
+        """Record a step (and the blobs it refers to) in one commit; it counts once the commit succeeded."""
         with self._lock:
             chain = chain_hash(self._chain, key, kind, fingerprint, status, output, error)
             record = StepRecord(
@@ -102,8 +109,7 @@ class Journal:
                 cost=cost,
                 chain=chain,
             )
-            self._store.write_step(record)
-            # Only once the write succeeded does the record count as recorded.
+            self._store.write_step(record, blobs)
             self._next_seq += 1
             self._chain = chain
             self._recorded[key] = record

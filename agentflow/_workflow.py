@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._codec import NO_TYPE, Codec
+from ._llm import Budget
 from .errors import ConfigurationError
 
 __all__ = ["Workflow"]
@@ -29,6 +30,7 @@ class Workflow:
     name: str
     fn: Callable[..., Any]
     codec: Codec
+    budget: Budget | None = None
     is_async: bool = field(init=False)
     code_version: str | None = field(init=False)
     signature: inspect.Signature = field(init=False)

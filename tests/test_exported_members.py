@@ -3,6 +3,11 @@
 import agentflow
 
 EXPECTED = {
+    "IdempotencyKey",
+    "Tool",
+    "ToolArgumentsError",
+    "ToolResult",
+    "tool",
     "AgentFlow",
     "AgentFlowError",
     "Backoff",

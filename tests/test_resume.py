@@ -309,11 +309,11 @@ def test_a_store_failure_the_workflow_swallows_stops_the_run_unfinished(app: Age
     real_write = app._store.write_step
     calls = {"n": 0}
 
-    def failing_write(step: Any) -> None:
+    def failing_write(step: Any, blobs: Any = None) -> None:
         calls["n"] += 1
         if calls["n"] == 2:
             raise StoreError("disk full")
-        real_write(step)
+        real_write(step, blobs)
 
     app._store.write_step = failing_write  # type: ignore[method-assign]
 

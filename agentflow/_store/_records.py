@@ -97,8 +97,11 @@ class Store(Protocol):
         """All recorded steps of a run in ``seq`` order."""
         ...
 
-    def write_step(self, step: StepRecord) -> None:
-        """Append one step record: one insert and one commit, the hot path. Safe from several threads."""
+    def write_step(self, step: StepRecord, blobs: Mapping[str, bytes] | None = None) -> None:
+        """Append one step record, and the blobs it refers to, in one commit: the hot path.
+
+        Blobs already stored are left as they are. Safe from several threads.
+        """
         ...
 
     def put_blobs(self, blobs: Mapping[str, bytes]) -> None:

@@ -102,6 +102,10 @@ class SQLStore:
         # calls that never overlap on one event loop, so a connection per run would only exhaust the pool.
         self._writer: PoolProxiedConnection | None = None
         self._writer_lock = threading.Lock()
+        self._insert_blob_sql = (
+            f"INSERT INTO blobs (hash, data, size) VALUES ({placeholder}, {placeholder}, {placeholder}) "
+            "ON CONFLICT (hash) DO NOTHING"
+        )
         self._insert_step_sql = (
             f"INSERT INTO {StepRow.__tablename__} ({', '.join(STEP_COLUMNS)}) "
             f"VALUES ({', '.join([placeholder] * len(STEP_COLUMNS))})"
@@ -178,7 +182,7 @@ class SQLStore:
             rows = conn.execute(query.order_by(table.c.seq)).all()
         return [StepRecord(*row) for row in rows]
 
-    def write_step(self, step: StepRecord) -> None:
+    def write_step(self, step: StepRecord, blobs: Mapping[str, bytes] | None = None) -> None:
         values = tuple(getattr(step, name) for name in STEP_COLUMNS)
         with self._writer_lock:
             if self._writer is None:
@@ -186,6 +190,8 @@ class SQLStore:
             dbapi: Any = self._writer.driver_connection
             try:
                 cur = dbapi.cursor()
+                if blobs:
+                    cur.executemany(self._insert_blob_sql, [(h, data, len(data)) for h, data in blobs.items()])
                 cur.execute(self._insert_step_sql, values)
                 cur.close()
                 dbapi.commit()

@@ -1,0 +1,319 @@
+"""The engine of one executing run: finds recorded steps, runs missing ones, records what happened.
+
+A step is found in the run's journal by its key; when it is there, its fingerprint must match and its
+recorded output (or failure) is served without running anything. When it is not, it runs live under a
+retry policy and its outcome is recorded in one write. Steps, tool calls and model calls all go through
+``attempts`` (retries, backoff, per-attempt timeouts) and ``record``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._clock import Clock
+from ._codec import Codec, canonical_json, fingerprint
+from ._journal import Journal
+from ._models import ErrorInfo
+from ._retry import RetryPolicy
+from ._store import StepRecord
+from ._tool import IdempotencyKey, Tool, ToolArgumentsError, ToolResult
+from .errors import (
+    AgentFlowError,
+    NonRetryableError,
+    ReplayDivergence,
+    SerializationError,
+    StepFailed,
+    StepTimeout,
+    StoreError,
+)
+
+__all__ = ["RunEngine", "current_scope"]
+
+# The key of the step whose function is running, so that steps it takes are scoped under it.
+_scope: ContextVar[str] = ContextVar("agentflow_scope", default="")
+
+# Errors about the program or the store, not about the step: never retried, never recorded.
+_PASS_THROUGH = (ReplayDivergence, StoreError, SerializationError)
+
+
+def current_scope() -> str:
+    return _scope.get()
+
+
+def _qualname(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__qualname__
+
+
+@dataclass
+class Attempts:
+    """How the attempts at a step ended: ``value`` or the final ``error``, after ``count`` attempts."""
+
+    value: Any
+    error: Exception | None
+    count: int
+
+
+@dataclass
+class RunEngine:
+    """Everything one executing run needs: its journal, the clock, the codec, the default policies."""
+
+    run_id: str
+    journal: Journal
+    codec: Codec
+    clock: Clock
+    default_retry: RetryPolicy
+    # The first divergence or store failure. The run cannot go on once one happened, even if the
+    # workflow caught the exception: later steps raise it again, and so does the end of the run.
+    halted: AgentFlowError | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    # Blobs this run has written (content-addressed), so each is sent to the store once.
+    written_blobs: set[str] = field(default_factory=set)
+    extras: dict[str, Any] = field(default_factory=dict)  # per-run state of other layers (the LLM gateway)
+
+    def __post_init__(self) -> None:
+        for rec in self.journal.records():
+            self.prompt_tokens += rec.prompt_tokens
+            self.completion_tokens += rec.completion_tokens
+            self.cost += rec.cost
+
+    # -- halting ----------------------------------------------------------------------------------------
+
+    def halt(self, exc: AgentFlowError) -> AgentFlowError:
+        if self.halted is None:
+            self.halted = exc
+        return exc
+
+    def raise_if_halted(self) -> None:
+        if self.halted is not None:
+            raise self.halted
+
+    # -- the record -------------------------------------------------------------------------------------
+
+    def begin(self, scope: str, name: str, request: Mapping[str, Any]) -> tuple[str, str, str, StepRecord | None]:
+        """Allocate the key (in call order, before any await), fingerprint the request, find the record.
+
+        Returns ``(key, request_json, fingerprint, record or None)``; a record with another fingerprint
+        is a ``ReplayDivergence``.
+        """
+        self.raise_if_halted()
+        key = self.journal.next_key(scope, name)
+        request_json = canonical_json(request)
+        fp = fingerprint(request_json)
+        rec = self.journal.recorded(key)
+        if rec is not None and rec.fingerprint != fp:
+            recorded = json.loads(rec.request) if rec.request else rec.fingerprint
+            raise self.halt(
+                ReplayDivergence(
+                    self.run_id, key, recorded, json.loads(request_json), "the step was called with another request"
+                )
+            )
+        return key, request_json, fp, rec
+
+    def record(
+        self,
+        *,
+        key: str,
+        kind: str,
+        name: str,
+        fp: str,
+        request: str,
+        started: float,
+        attempts: int,
+        output: str | None = None,
+        error: BaseException | None = None,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        cost: float = 0.0,
+        blobs: Mapping[str, bytes] | None = None,
+    ) -> StepRecord:
+        """Write one step record (and the blobs it refers to) in one commit."""
+        try:
+            rec = self.journal.append(
+                key=key,
+                kind=kind,
+                name=name,
+                fingerprint=fp,
+                request=request,
+                status="failed" if error is not None else "completed",
+                attempt=attempts,
+                output=output,
+                error=None if error is None else ErrorInfo.encode(error),
+                started_at=started,
+                finished_at=self.clock.time(),
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                cost=cost,
+                blobs=blobs,
+            )
+        except StoreError as exc:
+            raise self.halt(exc) from exc.__cause__
+        if blobs:
+            self.written_blobs.update(blobs)
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        self.cost += cost
+        return rec
+
+    def divergence(self, key: str, recorded: Any, current: Any, reason: str) -> ReplayDivergence:
+        return ReplayDivergence(self.run_id, key, recorded, current, reason)
+
+    # -- attempts ---------------------------------------------------------------------------------------
+
+    async def attempts(
+        self,
+        key: str,
+        policy: RetryPolicy,
+        invoke: Callable[[], Awaitable[Any]],
+        *,
+        retryable: Callable[[Exception], bool] | None = None,
+        wait_at_least: Callable[[Exception], float | None] | None = None,
+    ) -> Attempts:
+        """Call ``invoke`` until it succeeds or the policy gives up. Steps taken inside are scoped under
+        ``key``; each attempt is bounded by ``policy.timeout``."""
+        attempt = 0
+        while True:
+            attempt += 1
+            token = _scope.set(key)
+            try:
+                if policy.timeout is None:
+                    value = await invoke()
+                else:
+                    try:
+                        value = await asyncio.wait_for(invoke(), policy.timeout)
+                    except (asyncio.TimeoutError, TimeoutError) as exc:
+                        raise StepTimeout(key, policy.timeout) from exc
+                return Attempts(value, None, attempt)
+            except _PASS_THROUGH:
+                raise
+            except Exception as exc:
+                final = (
+                    attempt >= policy.max_attempts
+                    or isinstance(exc, NonRetryableError)
+                    or (bool(policy.non_retryable) and isinstance(exc, policy.non_retryable))
+                    or (retryable is not None and not retryable(exc))
+                )
+                if final:
+                    return Attempts(None, exc, attempt)
+                delay = policy.delay_after(attempt)
+                hint = wait_at_least(exc) if wait_at_least is not None else None
+                await self.clock.sleep(max(delay, hint) if hint is not None else delay)
+            finally:
+                _scope.reset(token)
+
+    # -- steps ------------------------------------------------------------------------------------------
+
+    async def step(
+        self,
+        scope: str,
+        name: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        retry: RetryPolicy | None,
+    ) -> Any:
+        key, request, fp, rec = self.begin(scope, name, {"fn": _qualname(fn), "args": args, "kwargs": kwargs})
+        if rec is not None:
+            return self._serve_step(rec, fn)
+        started = self.clock.time()
+        done = await self.attempts(key, retry or self.default_retry, lambda: _call(fn, args, kwargs))
+        if done.error is not None:
+            self.record(key=key, kind="step", name=name, fp=fp, request=request, started=started,
+                        attempts=done.count, error=done.error)  # fmt: skip
+            raise StepFailed(key, type(done.error).__qualname__, str(done.error), done.count) from done.error
+        output = self.codec.encode(done.value, f"output of step {key!r} in run {self.run_id!r}")
+        self.record(key=key, kind="step", name=name, fp=fp, request=request, started=started,
+                    attempts=done.count, output=output)  # fmt: skip
+        return done.value
+
+    def _serve_step(self, rec: StepRecord, fn: Callable[..., Any]) -> Any:
+        if rec.status == "failed":
+            err = json.loads(rec.error or "{}")
+            raise StepFailed(rec.key, err.get("type", "Error"), err.get("message", ""), rec.attempt)
+        declared = self.codec.return_type(fn)
+        try:
+            return self.codec.decode(rec.output, declared)
+        except ValueError as exc:  # pydantic's ValidationError: the declared return type changed
+            raise self.halt(
+                self.divergence(
+                    rec.key,
+                    rec.output,
+                    getattr(declared, "__name__", repr(declared)),
+                    f"the recorded output does not fit the step's declared return type ({exc.__class__.__name__})",
+                )
+            ) from exc
+
+    # -- tools ------------------------------------------------------------------------------------------
+
+    async def tool(self, scope: str, tool: Tool, arguments: dict[str, Any], retry: RetryPolicy | None) -> ToolResult:
+        """Call a tool as a recorded step. Bad arguments and failures come back as an error result."""
+        key, request, fp, rec = self.begin(
+            scope, tool.name, {"tool": tool.name, "arguments": arguments, "idempotent": tool.idempotent}
+        )
+        if rec is not None:
+            return self._serve_tool(tool, rec)
+        started = self.clock.time()
+        try:
+            call_args = tool.validate(arguments)
+        except ToolArgumentsError as exc:
+            self.record(key=key, kind="tool", name=tool.name, fp=fp, request=request, started=started,
+                        attempts=0, error=exc)  # fmt: skip
+            return ToolResult(tool.name, key, ok=False, error=str(exc))
+        if tool.key_parameter is not None:
+            call_args[tool.key_parameter] = IdempotencyKey(f"{self.run_id}:{key}")
+        done = await self.attempts(key, retry or self.default_retry, lambda: _call(tool.fn, (), call_args))
+        if done.error is not None:
+            self.record(key=key, kind="tool", name=tool.name, fp=fp, request=request, started=started,
+                        attempts=done.count, error=done.error)  # fmt: skip
+            return ToolResult(tool.name, key, ok=False, error=f"{type(done.error).__qualname__}: {done.error}")
+        output = self.codec.encode(done.value, f"result of tool {key!r} in run {self.run_id!r}")
+        self.record(key=key, kind="tool", name=tool.name, fp=fp, request=request, started=started,
+                    attempts=done.count, output=output)  # fmt: skip
+        return ToolResult(tool.name, key, ok=True, value=done.value)
+
+    def _serve_tool(self, tool: Tool, rec: StepRecord) -> ToolResult:
+        if rec.status == "failed":
+            err = json.loads(rec.error or "{}")
+            message = err.get("message", "")
+            if err.get("type") != ToolArgumentsError.__qualname__:
+                message = f"{err.get('type', 'Error')}: {message}"
+            return ToolResult(tool.name, rec.key, ok=False, error=message)
+        try:
+            value = self.codec.decode(rec.output, self.codec.return_type(tool.fn))
+        except ValueError as exc:
+            raise self.halt(
+                self.divergence(rec.key, rec.output, repr(tool.fn), "the recorded result does not fit the tool's type")
+            ) from exc
+        return ToolResult(tool.name, rec.key, ok=True, value=value)
+
+    # -- recorded values --------------------------------------------------------------------------------
+
+    def value(self, name: str, produce: Callable[[], Any]) -> Any:
+        """A value recorded once and served from the record ever after (``now``, ``uuid``, ``random``)."""
+        key, request, fp, rec = self.begin(_scope.get(), name, {"value": name})
+        if rec is not None:
+            return self.codec.decode(rec.output)
+        now = self.clock.time()
+        value = produce()
+        self.record(key=key, kind="step", name=name, fp=fp, request=request, started=now, attempts=1,
+                    output=json.dumps(value))  # fmt: skip
+        return value
+
+
+async def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Async functions run on the loop; sync ones in a worker thread, so they neither block steps beside
+    them nor a timeout, and may take nested steps through a SyncContext."""
+    if inspect.iscoroutinefunction(fn):
+        value = await fn(*args, **kwargs)
+    else:
+        value = await asyncio.to_thread(fn, *args, **kwargs)
+    if inspect.isawaitable(value):  # a sync callable that returned a coroutine (a lambda, a partial)
+        value = await value
+    return value

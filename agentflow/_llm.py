@@ -1,0 +1,313 @@
+"""The LLM gateway: calls go through litellm; requests, responses and streams are recorded.
+
+What is recorded for a call, under ``scope/llm#n``:
+
+- the request without secrets: model, parameters, and blob references for the messages, the tools and
+  the response format. Messages are a hash-linked chain of blobs (each node holds one message and the
+  hash of the node before it), so a conversation of n turns stores n nodes, not n growing lists;
+- the response as litellm gave it and, for a stream, every raw chunk with its arrival offset;
+- tokens and cost, counted from the response's usage and litellm's cost map.
+
+litellm is imported on the first call, not at ``import agentflow``; it is told to use the cost map it
+ships (``LITELLM_LOCAL_MODEL_COST_MAP``), so nothing is fetched from the network and costs are
+reproducible. Prompt tokens are counted before a call with tiktoken, from the encodings litellm ships.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import AgentFlowError
+
+__all__ = [
+    "Budget",
+    "BudgetExceeded",
+    "LLMResponse",
+    "StreamChunk",
+    "ToolCall",
+    "count_prompt_tokens",
+    "import_litellm",
+    "strip_secrets",
+]
+
+# Parameter and header names whose values are never recorded.
+_SECRET_NAME = re.compile(
+    r"(api_?key|secret|password|passwd|credential|access_?token|auth|bearer|session_?token|private_?key)", re.I
+)
+_BUNDLED_ENCODINGS = ("cl100k_base", "o200k_base")
+
+
+class BudgetExceeded(AgentFlowError):
+    """A model call would take the run past its budget; raised before the call is made."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Limits for one run: total tokens (prompt + completion) and total cost in USD. ``None``: no limit."""
+
+    max_tokens: int | None = None
+    max_cost: float | None = None
+
+
+def import_litellm() -> Any:
+    """litellm, imported on first use with its bundled cost map (no network at import)."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    return litellm
+
+
+# -- secrets ------------------------------------------------------------------------------------------------
+
+
+def is_secret_name(name: str, marked: Sequence[str] = ()) -> bool:
+    return name in marked or bool(_SECRET_NAME.search(name))
+
+
+def strip_secrets(params: Mapping[str, Any], marked: Sequence[str] = ()) -> dict[str, Any]:
+    """``params`` without secret values: keys, tokens, passwords, auth headers, and the names in ``marked``."""
+    clean: dict[str, Any] = {}
+    for name, value in params.items():
+        if is_secret_name(name, marked):
+            continue
+        if name in ("headers", "extra_headers") and isinstance(value, Mapping):
+            value = {h: v for h, v in value.items() if not is_secret_name(h, marked)}
+        clean[name] = value
+    return clean
+
+
+# -- tokens -------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _encoding(name: str) -> Any:
+    if "TIKTOKEN_CACHE_DIR" not in os.environ:
+        spec = importlib.util.find_spec("litellm")
+        if spec and spec.submodule_search_locations:
+            bundled = os.path.join(next(iter(spec.submodule_search_locations)), "litellm_core_utils", "tokenizers")
+            os.environ["TIKTOKEN_CACHE_DIR"] = bundled
+    import tiktoken
+
+    return tiktoken.get_encoding(name)
+
+
+def _encoding_name(model: str) -> str:
+    import tiktoken.model
+
+    base = model.rsplit("/", 1)[-1]
+    try:
+        name = tiktoken.model.encoding_name_for_model(base)
+    except KeyError:
+        return "o200k_base"
+    # Only the encodings litellm ships load offline; others would be downloaded.
+    return name if name in _BUNDLED_ENCODINGS else "cl100k_base"
+
+
+def count_prompt_tokens(model: str, messages: Sequence[Mapping[str, Any]], tools: Any = None) -> int:
+    """Prompt tokens as OpenAI counts them (content plus ~3 tokens of framing a message), offline."""
+    enc = _encoding(_encoding_name(model))
+    total = 3  # the reply is primed with <|start|>assistant<|message|>
+    for message in messages:
+        total += 3
+        for name, value in message.items():
+            text = value if isinstance(value, str) else json.dumps(value, default=str) if value else ""
+            total += len(enc.encode(text, disallowed_special=()))
+            if name == "name":
+                total += 1
+    if tools:
+        total += len(enc.encode(json.dumps(tools, default=str), disallowed_special=()))
+    return total
+
+
+# -- content-addressed messages ---------------------------------------------------------------------------
+
+
+def blob_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class MessageChain:
+    """Turns message lists into chain heads, writing each (prefix, message) node once.
+
+    Keeps the previous call's messages (copies) and their node hashes: an agent that appends to its
+    conversation hashes only the new messages.
+    """
+
+    _messages: list[Any] = field(default_factory=list)
+    _nodes: list[str] = field(default_factory=list)
+
+    def head(self, messages: Sequence[Mapping[str, Any]], new_blobs: dict[str, bytes]) -> str | None:
+        """The hash of the last node for ``messages``; nodes not seen before are added to ``new_blobs``."""
+        shared = 0
+        limit = min(len(self._messages), len(messages))
+        while shared < limit and self._messages[shared] == messages[shared]:
+            shared += 1
+        nodes = self._nodes[:shared]
+        previous = nodes[-1] if nodes else None
+        for message in messages[shared:]:
+            data = _canonical({"prev": previous, "message": message}).encode()
+            previous = blob_hash(data)
+            new_blobs[previous] = data
+            nodes.append(previous)
+        self._messages = [json.loads(json.dumps(m, default=str)) for m in messages]
+        self._nodes = nodes
+        return previous
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def read_messages(head: str | None, get_blobs: Any) -> list[dict[str, Any]]:
+    """Rebuild the message list of a recorded request from its chain head."""
+    messages: list[dict[str, Any]] = []
+    node = head
+    while node is not None:
+        data = get_blobs([node]).get(node)
+        if data is None:
+            raise AgentFlowError(f"message blob {node} is missing from the store")
+        parsed = json.loads(data)
+        messages.append(parsed["message"])
+        node = parsed["prev"]
+    messages.reverse()
+    return messages
+
+
+# -- responses ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A tool call the model asked for; ``arguments`` is the JSON text the model wrote."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def args(self) -> dict[str, Any]:
+        """The arguments parsed; ``{}`` for empty text. Invalid JSON raises ``ValueError``."""
+        if not self.arguments.strip():
+            return {}
+        parsed = json.loads(self.arguments)
+        if not isinstance(parsed, dict):
+            raise ValueError(f"tool call {self.name!r}: arguments are not a JSON object")
+        return parsed
+
+
+@dataclass(frozen=True)
+class LLMResponse:
+    """A model's answer, live or served from the record: the same object either way.
+
+    ``parsed`` is the pydantic object when the call asked for a ``response_format`` model. ``raw`` is the
+    response as litellm returned it (a dict). ``replayed`` says it came from the record.
+    """
+
+    model: str
+    text: str | None
+    tool_calls: list[ToolCall]
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    raw: dict[str, Any]
+    reasoning: str | None = None
+    parsed: Any = None
+    replayed: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def message(self) -> dict[str, Any]:
+        """The assistant message to append to the conversation."""
+        msg: dict[str, Any] = {"role": "assistant", "content": self.text}
+        if self.tool_calls:
+            msg["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in self.tool_calls
+            ]
+        return msg
+
+    @classmethod
+    def from_raw(cls, raw: dict[str, Any], cost: float, *, replayed: bool) -> LLMResponse:
+        choices = raw.get("choices") or [{}]
+        choice = choices[0]
+        message = choice.get("message") or {}
+        calls = [
+            ToolCall(
+                id=c.get("id") or "",
+                name=(c.get("function") or {}).get("name") or "",
+                arguments=(c.get("function") or {}).get("arguments") or "",
+            )
+            for c in message.get("tool_calls") or []
+        ]
+        usage = raw.get("usage") or {}
+        return cls(
+            model=raw.get("model") or "",
+            text=message.get("content"),
+            tool_calls=calls,
+            finish_reason=choice.get("finish_reason"),
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            cost=cost,
+            raw=raw,
+            reasoning=message.get("reasoning_content"),
+            replayed=replayed,
+        )
+
+
+@dataclass(frozen=True)
+class StreamChunk:
+    """One streamed piece: the text and reasoning it adds, its raw form, and when it arrived (seconds
+    after the call started). A replay yields the same chunks."""
+
+    index: int
+    text: str | None
+    reasoning: str | None
+    offset: float
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_raw(cls, index: int, raw: dict[str, Any], offset: float) -> StreamChunk:
+        choices = raw.get("choices") or []
+        delta = (choices[0].get("delta") or {}) if choices else {}
+        return cls(
+            index=index,
+            text=delta.get("content"),
+            reasoning=delta.get("reasoning_content"),
+            offset=offset,
+            raw=raw,
+        )
+
+
+# -- provider errors ----------------------------------------------------------------------------------------
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds a provider asked us to wait (a 429's Retry-After header), if it said."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    value = headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Rate limits, timeouts, conflicts and server errors are worth retrying; other 4xx errors are not."""
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int) and 400 <= status < 500:
+        return status in (408, 409, 429)
+    return True

@@ -1,0 +1,339 @@
+"""Model calls as recorded steps: ``llm`` and ``LLMStream`` run on a ``RunEngine``.
+
+The request is normalized (secrets removed, messages, tools and response format as blob references)
+before it is fingerprinted, so the record proves the same request without holding a key; the live call
+gets everything. A recorded call is served without touching litellm or the network.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ._codec import canonical_json
+from ._engine import RunEngine
+from ._llm import (
+    Budget,
+    BudgetExceeded,
+    LLMResponse,
+    MessageChain,
+    StreamChunk,
+    blob_hash,
+    count_prompt_tokens,
+    import_litellm,
+    is_retryable,
+    retry_after,
+    strip_secrets,
+)
+from ._retry import RetryPolicy
+from ._store import StepRecord
+from ._tool import Tool
+from .errors import AgentFlowError, StepFailed
+
+__all__ = ["LLMCall", "LLMStream", "StructuredOutputError", "call_llm", "prepare_llm_call"]
+
+
+class StructuredOutputError(AgentFlowError):
+    """The model's answer does not parse into the requested ``response_format`` model."""
+
+
+@dataclass
+class LLMCall:
+    """One model call, prepared: its key, the recorded request, what the live call needs."""
+
+    key: str
+    request: str
+    fp: str
+    record: StepRecord | None
+    blobs: dict[str, bytes]
+    model: str
+    messages: list[dict[str, Any]]
+    call_kwargs: dict[str, Any]
+    response_format: Any
+    retry: RetryPolicy
+
+
+def _plain_messages(messages: Sequence[Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if isinstance(m, Mapping):
+            out.append(dict(m))
+        else:  # a pydantic message object (litellm's Message, for instance)
+            from pydantic_core import to_jsonable_python
+
+            out.append(to_jsonable_python(m))
+    return out
+
+
+def _blob_ref(engine: RunEngine, value: Any, blobs: dict[str, bytes]) -> str | None:
+    if value is None:
+        return None
+    data = canonical_json(value).encode()
+    ref = blob_hash(data)
+    if ref not in engine.written_blobs:
+        blobs[ref] = data
+    return ref
+
+
+def _response_format_schema(response_format: Any) -> Any:
+    if isinstance(response_format, type) and hasattr(response_format, "model_json_schema"):
+        return {"type": "json_schema", "name": response_format.__name__, "schema": response_format.model_json_schema()}
+    return response_format
+
+
+def prepare_llm_call(
+    engine: RunEngine,
+    scope: str,
+    *,
+    model: str,
+    messages: Sequence[Any],
+    tools: Sequence[Tool | Mapping[str, Any]] | None,
+    response_format: Any,
+    retry: RetryPolicy | None,
+    secret_params: Sequence[str],
+    params: dict[str, Any],
+    stream: bool,
+) -> LLMCall:
+    """Allocate the key (in call order) and build the recorded request; finds a recorded answer."""
+    plain = _plain_messages(messages)
+    chain: MessageChain = engine.extras.setdefault("message_chain", MessageChain())
+    blobs: dict[str, bytes] = {}
+    head = chain.head(plain, blobs)
+    blobs = {h: d for h, d in blobs.items() if h not in engine.written_blobs}
+    tool_schemas = [t.schema() if isinstance(t, Tool) else dict(t) for t in tools] if tools else None
+    recorded_params = strip_secrets(params, secret_params)
+    request = {
+        "model": model,
+        "messages": head,
+        "n_messages": len(plain),
+        "tools": _blob_ref(engine, tool_schemas, blobs),
+        "response_format": _blob_ref(engine, _response_format_schema(response_format), blobs),
+        "params": recorded_params,
+        "stream": stream,
+    }
+    key, request_json, fp, rec = engine.begin(scope, "llm", request)
+    call_kwargs: dict[str, Any] = {"model": model, "messages": plain, "max_retries": 0, **params}
+    if tool_schemas:
+        call_kwargs["tools"] = tool_schemas
+    if response_format is not None:
+        call_kwargs["response_format"] = response_format
+    if stream:
+        call_kwargs["stream"] = True
+        call_kwargs.setdefault("stream_options", {"include_usage": True})
+    policy = retry or engine.extras.get("llm_retry") or engine.default_retry
+    return LLMCall(key, request_json, fp, rec, blobs, model, plain, call_kwargs, response_format, policy)
+
+
+def check_budget(engine: RunEngine, call: LLMCall) -> None:
+    """Raise ``BudgetExceeded`` when this call could take the run past its budget."""
+    budget: Budget | None = engine.extras.get("budget")
+    if budget is None or (budget.max_tokens is None and budget.max_cost is None):
+        return
+    prompt = count_prompt_tokens(call.model, call.messages, call.call_kwargs.get("tools"))
+    completion = int(call.call_kwargs.get("max_tokens") or call.call_kwargs.get("max_completion_tokens") or 0)
+    used = engine.prompt_tokens + engine.completion_tokens
+    if budget.max_tokens is not None and used + prompt + completion > budget.max_tokens:
+        raise BudgetExceeded(
+            f"{call.key}: run {engine.run_id!r} has used {used} of its {budget.max_tokens} tokens and this call "
+            f"needs at least {prompt + completion} ({prompt} prompt, counted with tiktoken"
+            f"{f', plus max_tokens={completion}' if completion else ''}); the call was not made"
+        )
+    if budget.max_cost is not None:
+        estimate = _cost_estimate(call.model, prompt, completion)
+        if engine.cost + estimate > budget.max_cost:
+            raise BudgetExceeded(
+                f"{call.key}: run {engine.run_id!r} has spent ${engine.cost:.6f} of its ${budget.max_cost:.6f} and "
+                f"this call would cost at least ${estimate:.6f}; the call was not made"
+            )
+
+
+def _cost_estimate(model: str, prompt_tokens: int, completion_tokens: int) -> float:
+    litellm = import_litellm()
+    try:
+        prompt_cost, completion_cost = litellm.cost_per_token(
+            model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+        )
+    except Exception:  # a model missing from litellm's cost map costs what we cannot know
+        return 0.0
+    return float(prompt_cost + completion_cost)
+
+
+def _cost(response: Any) -> float:
+    litellm = import_litellm()
+    try:
+        return float(litellm.completion_cost(completion_response=response) or 0.0)
+    except Exception:
+        return 0.0
+
+
+def _parse(call: LLMCall, response: LLMResponse) -> LLMResponse:
+    fmt = call.response_format
+    if not (isinstance(fmt, type) and hasattr(fmt, "model_validate_json")):
+        return response
+    try:
+        parsed = fmt.model_validate_json(response.text or "")
+    except ValueError as exc:
+        raise StructuredOutputError(
+            f"{call.key}: the model's answer does not parse as {fmt.__name__}: {str(exc).splitlines()[0]}"
+        ) from exc
+    return _with(response, parsed=parsed)
+
+
+def _with(response: LLMResponse, **changes: Any) -> LLMResponse:
+    from dataclasses import replace
+
+    return replace(response, **changes)
+
+
+def _failed(engine: RunEngine, call: LLMCall, started: float, error: Exception, attempts: int) -> StepFailed:
+    engine.record(key=call.key, kind="llm", name="llm", fp=call.fp, request=call.request, started=started,
+                  attempts=attempts, error=error, blobs=call.blobs)  # fmt: skip
+    return StepFailed(call.key, type(error).__qualname__, str(error), attempts)
+
+
+def _served(call: LLMCall) -> LLMResponse:
+    assert call.record is not None
+    rec = call.record
+    if rec.status == "failed":
+        err = json.loads(rec.error or "{}")
+        raise StepFailed(rec.key, err.get("type", "Error"), err.get("message", ""), rec.attempt)
+    output = json.loads(rec.output or "{}")
+    return _parse(call, LLMResponse.from_raw(output["response"], rec.cost, replayed=True))
+
+
+async def call_llm(engine: RunEngine, call: LLMCall) -> LLMResponse:
+    """The answer to a prepared call: from the record, or from the provider (then recorded)."""
+    if call.record is not None:
+        return _served(call)
+    check_budget(engine, call)
+    litellm = import_litellm()
+    started = engine.clock.time()
+    done = await engine.attempts(
+        call.key,
+        call.retry,
+        lambda: litellm.acompletion(**call.call_kwargs),
+        retryable=is_retryable,
+        wait_at_least=retry_after,
+    )
+    if done.error is not None:
+        raise _failed(engine, call, started, done.error, done.count) from done.error
+    raw = done.value.model_dump(mode="json")
+    response = LLMResponse.from_raw(raw, _cost(done.value), replayed=False)
+    engine.record(key=call.key, kind="llm", name="llm", fp=call.fp, request=call.request, started=started,
+                  attempts=done.count, output=canonical_json({"response": raw}),
+                  prompt_tokens=response.prompt_tokens, completion_tokens=response.completion_tokens,
+                  cost=response.cost, blobs=call.blobs)  # fmt: skip
+    return _parse(call, response)
+
+
+class LLMStream:
+    """A streamed model call: iterate it for ``StreamChunk`` objects, then read ``response``.
+
+        async with ctx.llm_stream(model=..., messages=...) as stream:
+            async for chunk in stream:
+                print(chunk.text or "", end="")
+        print(stream.response.usage)
+
+    Live, every raw chunk is recorded with its arrival offset, with the assembled response, once the
+    stream ends (leaving the ``async with`` early reads the rest first, so the record is whole). Served
+    from the record, the same chunks come back; ``pace=True`` waits out the recorded offsets.
+    """
+
+    def __init__(self, engine: RunEngine, call: LLMCall, pace: bool) -> None:
+        self._engine = engine
+        self._call = call
+        self._pace = pace
+        self._iterator: AsyncIterator[StreamChunk] | None = None
+        self._response: LLMResponse | None = None
+
+    @property
+    def key(self) -> str:
+        return self._call.key
+
+    @property
+    def response(self) -> LLMResponse:
+        """The assembled response; available once the stream has been read to its end."""
+        if self._response is None:
+            raise AgentFlowError(f"{self._call.key}: read the stream to its end (or call finish()) first")
+        return self._response
+
+    def __aiter__(self) -> AsyncIterator[StreamChunk]:
+        if self._iterator is None:
+            self._iterator = self._chunks()
+        return self._iterator
+
+    async def __aenter__(self) -> LLMStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            await self.finish()
+
+    async def finish(self) -> LLMResponse:
+        """Read what is left of the stream and return the assembled response."""
+        async for _ in self:
+            pass
+        return self.response
+
+    async def _chunks(self) -> AsyncIterator[StreamChunk]:
+        if self._call.record is not None:
+            async for chunk in self._replayed():
+                yield chunk
+            return
+        async for chunk in self._live():
+            yield chunk
+
+    async def _replayed(self) -> AsyncIterator[StreamChunk]:
+        rec = self._call.record
+        assert rec is not None
+        response = _served(self._call)  # raises the recorded failure
+        output = json.loads(rec.output or "{}")
+        previous = 0.0
+        for index, (raw, offset) in enumerate(zip(output.get("chunks", []), output.get("offsets", []), strict=True)):
+            if self._pace and offset > previous:
+                await self._engine.clock.sleep(offset - previous)
+            previous = offset
+            yield StreamChunk.from_raw(index, raw, offset)
+        self._response = response
+
+    async def _live(self) -> AsyncIterator[StreamChunk]:
+        engine, call = self._engine, self._call
+        check_budget(engine, call)
+        litellm = import_litellm()
+        started = engine.clock.time()
+        # Retries cover opening the stream; once chunks have been handed out, a failure is final.
+        done = await engine.attempts(
+            call.key,
+            call.retry,
+            lambda: litellm.acompletion(**call.call_kwargs),
+            retryable=is_retryable,
+            wait_at_least=retry_after,
+        )
+        if done.error is not None:
+            raise _failed(engine, call, started, done.error, done.count) from done.error
+        t0 = time.monotonic()
+        live: list[Any] = []
+        raws: list[dict[str, Any]] = []
+        offsets: list[float] = []
+        try:
+            async for chunk in done.value:
+                raw = chunk.model_dump(mode="json")
+                offset = round(time.monotonic() - t0, 6)
+                live.append(chunk)
+                raws.append(raw)
+                offsets.append(offset)
+                yield StreamChunk.from_raw(len(raws) - 1, raw, offset)
+        except Exception as exc:
+            raise _failed(engine, call, started, exc, done.count) from exc
+        built = litellm.stream_chunk_builder(live, messages=call.messages)
+        raw_response = built.model_dump(mode="json")
+        response = LLMResponse.from_raw(raw_response, _cost(built), replayed=False)
+        engine.record(key=call.key, kind="llm", name="llm", fp=call.fp, request=call.request, started=started,
+                      attempts=done.count,
+                      output=canonical_json({"response": raw_response, "chunks": raws, "offsets": offsets}),
+                      prompt_tokens=response.prompt_tokens, completion_tokens=response.completion_tokens,
+                      cost=response.cost, blobs=call.blobs)  # fmt: skip
+        self._response = _parse(call, response)

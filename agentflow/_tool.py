@@ -1,0 +1,159 @@
+"""``@tool``: a typed function becomes a ``Tool`` with a name, a description and a JSON schema.
+
+The schema comes from the signature through pydantic and is built on first use, so decorating a tool
+does not import pydantic. Arguments are validated before the call; a validation error is a result the
+model can read, not a crash (see ``Context.tool``). A parameter annotated ``IdempotencyKey`` is not part
+of the schema: the engine fills it with the call's idempotency key, the same on every retry and resume,
+so an external system (a payment API) can deduplicate.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, TypeVar, overload
+
+from .errors import ConfigurationError
+
+__all__ = ["IdempotencyKey", "Tool", "ToolArgumentsError", "ToolResult", "tool"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class IdempotencyKey(str):
+    """Annotate a tool parameter with this type to receive the call's idempotency key."""
+
+
+class ToolArgumentsError(ValueError):
+    """The arguments given to a tool do not match its schema; the message lists what is wrong."""
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """What a tool call gave: ``value`` when ``ok``, else ``error`` (a message the model can act on).
+
+    ``content`` is the text to hand back to a model as the tool message.
+    """
+
+    name: str
+    key: str
+    ok: bool
+    value: Any = None
+    error: str | None = None
+
+    @property
+    def content(self) -> str:
+        if not self.ok:
+            return f"error: {self.error}"
+        return self.value if isinstance(self.value, str) else json.dumps(self.value, default=str)
+
+
+@dataclass(frozen=True, eq=False)
+class Tool:
+    """A function the engine can call as a recorded step and a model can call by name."""
+
+    fn: Callable[..., Any]
+    name: str
+    description: str
+    idempotent: bool = True
+    key_parameter: str | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        hints = _hints(self.fn)
+        keys = [n for n, h in hints.items() if h is IdempotencyKey]
+        if len(keys) > 1:
+            raise ConfigurationError(f"tool {self.name!r} has more than one IdempotencyKey parameter: {keys}")
+        object.__setattr__(self, "key_parameter", keys[0] if keys else None)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the function directly, outside any run (tests, notebooks)."""
+        return self.fn(*args, **kwargs)
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.fn)
+
+    @cached_property
+    def _arguments_model(self) -> Any:
+        from pydantic import ConfigDict, create_model
+
+        hints = _hints(self.fn)
+        fields: dict[str, Any] = {}
+        for pname, param in inspect.signature(self.fn).parameters.items():
+            if pname == self.key_parameter:
+                continue
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                raise ConfigurationError(f"tool {self.name!r}: *args and **kwargs cannot be described to a model")
+            default = ... if param.default is inspect.Parameter.empty else param.default
+            fields[pname] = (hints.get(pname, Any), default)
+        config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+        return create_model(f"{self.name}_arguments", __config__=config, **fields)
+
+    @cached_property
+    def parameters(self) -> dict[str, Any]:
+        """The JSON schema of the arguments."""
+        schema: dict[str, Any] = self._arguments_model.model_json_schema()
+        schema.pop("title", None)
+        return schema
+
+    def schema(self) -> dict[str, Any]:
+        """The tool as an OpenAI-style function declaration, for ``ctx.llm(tools=[...])``."""
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
+        }
+
+    def validate(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """The arguments converted to the declared types; ``ToolArgumentsError`` naming each problem."""
+        from pydantic import ValidationError
+
+        try:
+            model = self._arguments_model.model_validate(arguments)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}" for err in exc.errors()
+            )
+            raise ToolArgumentsError(f"invalid arguments for tool {self.name!r}: {problems}") from None
+        return {name: getattr(model, name) for name in type(model).model_fields}
+
+
+@overload
+def tool(fn: F, /) -> Tool: ...
+
+
+@overload
+def tool(
+    *, name: str | None = None, description: str | None = None, idempotent: bool = True
+) -> Callable[[F], Tool]: ...
+
+
+def tool(
+    fn: F | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    idempotent: bool = True,
+) -> Tool | Callable[[F], Tool]:
+    """Make a typed function (sync or async) a ``Tool``: ``@tool`` or ``@tool(idempotent=False)``.
+
+    The description is the docstring unless given. ``idempotent=False`` marks a tool whose effect must
+    not happen twice (a payment): a replay never runs it again, and it should take an ``IdempotencyKey``.
+    """
+
+    def make(f: F) -> Tool:
+        doc = description if description is not None else inspect.getdoc(f) or ""
+        return Tool(fn=f, name=name or f.__name__, description=doc, idempotent=idempotent)
+
+    return make(fn) if fn is not None else make
+
+
+def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:
+        return {}
