@@ -13,16 +13,22 @@ stopped, and nothing recorded runs twice.
         return await ctx.step("score", score, a)
 
     run = app.run(pipeline, 3, run_id="job-1")
+
+Model calls (``ctx.llm``, ``ctx.llm_stream``) go through litellm and tools (``@tool``, ``ctx.tool``) are
+recorded steps too; ``agentflow.testing.FakeProvider`` fakes a model at the HTTP level for tests.
 """
 
 from ._app import AgentFlow
 from ._clock import Clock, FakeClock, SystemClock
-from ._context import Context, SyncContext
+from ._context import Context, SyncContext, SyncLLMStream
+from ._llm import Budget, LLMResponse, StreamChunk, ToolCall
+from ._llm_calls import LLMStream
 from ._models import ErrorInfo, Run, RunStatus, Step, StepKind, StepStatus, Usage
 from ._retry import Backoff, RetryPolicy
 from ._tool import IdempotencyKey, Tool, ToolArgumentsError, ToolResult, tool
 from .errors import (
     AgentFlowError,
+    BudgetExceeded,
     ConfigurationError,
     NonRetryableError,
     NotAnAgentFlowDatabase,
@@ -34,6 +40,7 @@ from .errors import (
     StepFailed,
     StepTimeout,
     StoreError,
+    StructuredOutputError,
     WorkflowNotRegistered,
 )
 
@@ -43,12 +50,16 @@ __all__ = [
     "AgentFlow",
     "AgentFlowError",
     "Backoff",
+    "Budget",
+    "BudgetExceeded",
     "Clock",
     "ConfigurationError",
     "Context",
     "ErrorInfo",
     "FakeClock",
     "IdempotencyKey",
+    "LLMResponse",
+    "LLMStream",
     "NonRetryableError",
     "NotAnAgentFlowDatabase",
     "ReplayDivergence",
@@ -65,10 +76,14 @@ __all__ = [
     "StepStatus",
     "StepTimeout",
     "StoreError",
+    "StreamChunk",
+    "StructuredOutputError",
     "SyncContext",
+    "SyncLLMStream",
     "SystemClock",
     "Tool",
     "ToolArgumentsError",
+    "ToolCall",
     "ToolResult",
     "Usage",
     "WorkflowNotRegistered",

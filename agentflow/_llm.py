@@ -29,7 +29,6 @@ from .errors import AgentFlowError
 
 __all__ = [
     "Budget",
-    "BudgetExceeded",
     "LLMResponse",
     "StreamChunk",
     "ToolCall",
@@ -43,10 +42,6 @@ _SECRET_NAME = re.compile(
     r"(api_?key|secret|password|passwd|credential|access_?token|auth|bearer|session_?token|private_?key)", re.I
 )
 _BUNDLED_ENCODINGS = ("cl100k_base", "o200k_base")
-
-
-class BudgetExceeded(AgentFlowError):
-    """A model call would take the run past its budget; raised before the call is made."""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from ._codec import canonical_json
 from ._engine import RunEngine
 from ._llm import (
     Budget,
-    BudgetExceeded,
     LLMResponse,
     MessageChain,
     StreamChunk,
@@ -31,13 +30,9 @@ from ._llm import (
 from ._retry import RetryPolicy
 from ._store import StepRecord
 from ._tool import Tool
-from .errors import AgentFlowError, StepFailed
+from .errors import AgentFlowError, BudgetExceeded, StepFailed, StructuredOutputError
 
-__all__ = ["LLMCall", "LLMStream", "StructuredOutputError", "call_llm", "prepare_llm_call"]
-
-
-class StructuredOutputError(AgentFlowError):
-    """The model's answer does not parse into the requested ``response_format`` model."""
+__all__ = ["LLMCall", "LLMStream", "call_llm", "prepare_llm_call"]
 
 
 @dataclass

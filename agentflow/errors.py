@@ -10,6 +10,8 @@ Tree::
     ├── SerializationError            a value cannot be stored as JSON (names the step or the run)
     ├── StepFailed                    a step failed for good; raised into the workflow, live and on resume
     ├── StepTimeout                   one attempt of a step passed its timeout (retried by the policy)
+    ├── BudgetExceeded                a model call would take the run past its budget (not made)
+    ├── StructuredOutputError         a model's answer does not parse into the requested model
     ├── ReplayDivergence              the code asks for something other than what the record holds
     └── StoreError                    the database cannot be used
         ├── NotAnAgentFlowDatabase    the file is damaged, not SQLite, or holds someone else's tables
@@ -27,6 +29,7 @@ from typing import Any
 
 __all__ = [
     "AgentFlowError",
+    "BudgetExceeded",
     "ConfigurationError",
     "NonRetryableError",
     "NotAnAgentFlowDatabase",
@@ -38,6 +41,7 @@ __all__ = [
     "StepFailed",
     "StepTimeout",
     "StoreError",
+    "StructuredOutputError",
     "WorkflowNotRegistered",
 ]
 
@@ -116,6 +120,14 @@ class StepTimeout(AgentFlowError):
         self.key = key
         self.timeout = timeout
         super().__init__(f"step {key!r}: attempt timed out after {timeout:g} s")
+
+
+class BudgetExceeded(AgentFlowError):
+    """A model call could take the run past its budget; raised before the call is made."""
+
+
+class StructuredOutputError(AgentFlowError):
+    """The model's answer does not parse into the requested ``response_format`` model."""
 
 
 class ReplayDivergence(AgentFlowError):

@@ -3,6 +3,14 @@
 import agentflow
 
 EXPECTED = {
+    "ToolCall",
+    "SyncLLMStream",
+    "StructuredOutputError",
+    "StreamChunk",
+    "LLMStream",
+    "LLMResponse",
+    "BudgetExceeded",
+    "Budget",
     "IdempotencyKey",
     "Tool",
     "ToolArgumentsError",
