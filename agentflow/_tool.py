@@ -10,7 +10,6 @@ so an external system (a payment API) can deduplicate.
 from __future__ import annotations
 
 import inspect
-import json
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,7 +48,11 @@ class ToolResult:
     def content(self) -> str:
         if not self.ok:
             return f"error: {self.error}"
-        return self.value if isinstance(self.value, str) else json.dumps(self.value, default=str)
+        if isinstance(self.value, str):
+            return self.value
+        from pydantic_core import to_json  # pydantic models and dataclasses as JSON, not their repr
+
+        return to_json(self.value, fallback=str).decode()
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,6 +101,8 @@ class Tool:
         """The JSON schema of the arguments."""
         schema: dict[str, Any] = self._arguments_model.model_json_schema()
         schema.pop("title", None)
+        for prop in schema.get("properties", {}).values():
+            prop.pop("title", None)  # the property's own name says it; titles only cost the model tokens
         return schema
 
     def schema(self) -> dict[str, Any]:

@@ -1,0 +1,613 @@
+"""The ready tools in ``agentflow.tools``: calculator, http_get, FileSandbox.
+
+No test touches the network: ``http_get`` runs on ``httpx.MockTransport``. Async tools are called with
+``asyncio.run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import agentflow.tools
+from agentflow import AgentFlow, ConfigurationError, Context, NonRetryableError, RetryPolicy, ToolArgumentsError
+from agentflow.tools import (
+    CalculatorError,
+    FileSandbox,
+    FileSandboxError,
+    HttpGetError,
+    HttpGetRefused,
+    HttpGetResult,
+    calculator,
+    http_get,
+    make_http_get,
+)
+
+
+def test_the_exported_names_are_pinned() -> None:
+    assert sorted(agentflow.tools.__all__) == [
+        "CalculatorError",
+        "FileSandbox",
+        "FileSandboxError",
+        "HttpGetError",
+        "HttpGetRefused",
+        "HttpGetResult",
+        "calculator",
+        "http_get",
+        "make_http_get",
+    ]
+
+
+def test_import_agentflow_does_not_import_the_tools_or_httpx() -> None:
+    code = (
+        "import sys, json, agentflow; print(json.dumps([m for m in ('agentflow.tools', 'httpx') if m in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == []
+
+
+# -- calculator ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("2*21", 42),
+        ("2 + 3 * 4", 14),
+        ("(2 + 3) * 4", 20),
+        ("7 // 2", 3),
+        ("-7 // 2", -4),
+        ("7 % 3", 1),
+        ("2 ** 10", 1024),
+        ("-2 ** 2", -4),
+        ("+5 - -5", 10),
+        ("1 / 4", 0.25),
+        ("sqrt(16) + abs(-3)", 7.0),
+        ("round(pi, 2)", 3.14),
+        ("round(2.7)", 3),
+        ("log(e)", 1.0),
+        ("log(8, 2)", 3.0),
+        ("exp(0) + cos(0) + sin(0) + tan(0)", 2.0),
+        ("floor(2.5) + ceil(2.5)", 5),
+        ("min(3, 1, 2) + max(4, 5)", 6),
+        ("10**999 // 10**998", 10),
+        ("  1.5e3 ", 1500.0),
+    ],
+)
+def test_calculator_computes_the_value_of_arithmetic(expression: str, expected: float) -> None:
+    result = calculator(expression=expression)
+    assert result == pytest.approx(expected)
+    assert type(result) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("expression", "named"),
+    [
+        ("__import__('os')", "'__import__' is not an available function"),
+        ("().__class__", "attribute access"),
+        ("(1).__class__", "attribute access"),
+        ("[x for x in ()]", "comprehensions"),
+        ("(x for x in (1,))", "generator expressions"),
+        ("lambda: 1", "lambdas"),
+        ("(1, 2)", "tuples"),
+        ("abs[0]", "subscripts"),
+        ("x + 1", "unknown name 'x'"),
+        ("open", "unknown name 'open'"),
+        ("sqrt", "sqrt is a function"),
+        ("'a' * 3", "'a' is not a number"),
+        ("True + 1", "True is not a number"),
+        ("2j", "complex number"),
+        ("1 < 2", "comparisons"),
+        ("1 and 2", "'and' / 'or'"),
+        ("(y := 2)", "assignments"),
+        ("2 ^ 3", "write 2**3 for powers"),
+        ("1 << 2", "shift"),
+        ("~1", "bitwise not"),
+        ("abs(x=1)", "keyword arguments"),
+        ("min()", "takes 1 or more argument(s), not 0"),
+        ("sqrt(1, 2)", "takes 1 argument(s), not 2"),
+        ("1 +", "not a valid expression"),
+        ("", "empty"),
+    ],
+)
+def test_calculator_refuses_anything_but_arithmetic_naming_the_construct(expression: str, named: str) -> None:
+    with pytest.raises(CalculatorError) as caught:
+        calculator(expression=expression)
+    assert named in str(caught.value)
+
+
+def test_calculator_refuses_a_huge_power_before_computing_it() -> None:
+    # 9**(9**9) has about 370 million digits: computing it first would hang the test.
+    with pytest.raises(CalculatorError, match="has more than 1000 digits"):
+        calculator(expression="9**9**9")
+    with pytest.raises(CalculatorError, match="more than 1000 digits"):
+        calculator(expression="10**1000")
+    assert calculator(expression="10**999") == 10**999
+
+
+@pytest.mark.parametrize("expression", ["1/0", "5 // 0", "5 % 0", "1.0 / 0.0", "0 ** -1"])
+def test_calculator_division_by_zero_is_a_clear_error(expression: str) -> None:
+    with pytest.raises(CalculatorError, match="divides by zero"):
+        calculator(expression=expression)
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("1e308 * 10", "overflows"),
+        ("1e999", "overflows"),
+        ("exp(1000)", "overflows"),
+        ("sqrt(-1)", r"sqrt\(-1\) is undefined"),
+        ("log(0)", r"log\(0\) is undefined"),
+        ("(-8) ** 0.5", "not a real number"),
+        ("round(1.5, 0.5)", "whole number"),
+        ("round(5, -10**9)", "whole number"),
+    ],
+)
+def test_calculator_values_outside_the_reals_or_the_limits_are_errors(expression: str, message: str) -> None:
+    with pytest.raises(CalculatorError, match=message):
+        calculator(expression=expression)
+
+
+def test_calculator_refuses_overlong_and_deeply_nested_expressions() -> None:
+    with pytest.raises(CalculatorError, match="the limit is 1000"):
+        calculator(expression="1+" * 500 + "1")
+    with pytest.raises(CalculatorError, match="nested more than 100 levels"):
+        calculator(expression="-" * 150 + "1")
+
+
+def test_calculator_schema_asks_for_an_expression_and_validate_rejects_anything_else() -> None:
+    declared = calculator.schema()["function"]
+    assert declared["name"] == "calculator"
+    assert "sqrt" in declared["description"]
+    assert declared["parameters"]["properties"] == {"expression": {"type": "string"}}
+    assert declared["parameters"]["required"] == ["expression"]
+    assert calculator.validate({"expression": "1+1"}) == {"expression": "1+1"}
+    for bad in ({}, {"expression": 12}, {"expression": "1", "mode": "python"}):
+        with pytest.raises(ToolArgumentsError):
+            calculator.validate(bad)
+
+
+# -- http_get -----------------------------------------------------------------------------------------
+
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def recording(handler: Handler) -> tuple[httpx.MockTransport, list[httpx.Request]]:
+    """A MockTransport that keeps the requests it answered."""
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return handler(request)
+
+    return httpx.MockTransport(answer), seen
+
+
+class CountingBody:
+    """An async body of ``chunks`` chunks of ``size`` bytes that counts how many were pulled."""
+
+    def __init__(self, chunks: int, size: int) -> None:
+        self.chunks = chunks
+        self.size = size
+        self.pulled = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for _ in range(self.chunks):
+            self.pulled += 1
+            yield b"x" * self.size
+
+
+def fetch(tool: Any, **arguments: Any) -> HttpGetResult:
+    result = asyncio.run(tool(**arguments))
+    assert isinstance(result, HttpGetResult)
+    return result
+
+
+def test_http_get_returns_status_final_url_content_type_and_text() -> None:
+    transport, seen = recording(
+        lambda r: httpx.Response(200, headers={"content-type": "text/plain; charset=utf-8"}, text="hello")
+    )
+    get = make_http_get(transport=transport)
+    result = fetch(get, url="https://example.com/a?q=1", headers={"Accept": "text/plain"})
+    assert result == HttpGetResult(
+        status_code=200,
+        url="https://example.com/a?q=1",
+        content_type="text/plain; charset=utf-8",
+        text="hello",
+        truncated=False,
+    )
+    assert [(r.method, str(r.url), r.headers["accept"]) for r in seen] == [
+        ("GET", "https://example.com/a?q=1", "text/plain")
+    ]
+
+
+def test_http_get_returns_an_error_status_as_a_result_not_an_exception() -> None:
+    transport, _ = recording(lambda r: httpx.Response(404, headers={"content-type": "text/html"}, text="no page"))
+    result = fetch(make_http_get(transport=transport), url="http://example.com/missing")
+    assert (result.status_code, result.text) == (404, "no page")
+
+
+def test_http_get_cuts_a_large_streamed_body_at_max_bytes_without_reading_the_rest() -> None:
+    body = CountingBody(chunks=10_000, size=1000)  # 10 MB, if it were all read
+    transport, _ = recording(lambda r: httpx.Response(200, headers={"content-type": "text/plain"}, content=body))
+    result = fetch(make_http_get(max_bytes=10_500, transport=transport), url="https://example.com/big")
+    assert result.truncated is True
+    assert len(result.text) == 10_500
+    assert body.pulled == 11
+
+
+def test_http_get_a_body_exactly_at_the_limit_is_not_truncated() -> None:
+    transport, _ = recording(lambda r: httpx.Response(200, headers={"content-type": "text/plain"}, text="x" * 100))
+    result = fetch(make_http_get(max_bytes=100, transport=transport), url="https://example.com/")
+    assert (len(result.text), result.truncated) == (100, False)
+
+
+def test_http_get_decodes_the_declared_charset_and_drops_a_character_split_by_the_cut() -> None:
+    transport, _ = recording(
+        lambda r: httpx.Response(200, headers={"content-type": "text/plain; charset=utf-8"}, content="é" * 10)
+    )
+    result = fetch(make_http_get(max_bytes=5, transport=transport), url="https://example.com/")
+    assert (result.text, result.truncated) == ("éé", True)
+
+    latin = httpx.MockTransport(
+        lambda r: httpx.Response(200, headers={"content-type": "text/plain; charset=latin-1"}, content=b"caf\xe9")
+    )
+    assert fetch(make_http_get(transport=latin), url="https://example.com/").text == "café"
+
+
+@pytest.mark.parametrize(
+    "url", ["file:///etc/passwd", "ftp://example.com/x", "javascript:alert(1)", "example.com/no-scheme", "http://"]
+)
+def test_http_get_refuses_urls_that_are_not_http_or_https(url: str) -> None:
+    transport, seen = recording(lambda r: httpx.Response(200, text="should not be fetched"))
+    with pytest.raises(HttpGetRefused) as caught:
+        fetch(make_http_get(transport=transport), url=url)
+    assert "http" in str(caught.value)
+    assert seen == []
+
+
+def test_http_get_refuses_a_host_not_in_allowed_hosts_and_reaches_the_allowed_ones() -> None:
+    transport, seen = recording(lambda r: httpx.Response(200, headers={"content-type": "text/plain"}, text="ok"))
+    get = make_http_get(allowed_hosts={"Docs.Example.com"}, transport=transport)
+    with pytest.raises(HttpGetRefused, match=r"'evil\.test' is not allowed; the allowed hosts are: docs\.example\.com"):
+        fetch(get, url="https://evil.test/steal")
+    with pytest.raises(HttpGetRefused, match="not allowed"):
+        fetch(get, url="https://example.com/")  # a parent domain is another host
+    assert seen == []
+    assert fetch(get, url="https://docs.example.com/page").text == "ok"
+    assert "docs.example.com" in get.description
+
+
+def test_http_get_follows_redirects_and_reports_the_final_url() -> None:
+    def site(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/a":
+            return httpx.Response(302, headers={"location": "/b"})
+        if request.url.path == "/b":
+            return httpx.Response(301, headers={"location": "https://other.example/c"})
+        return httpx.Response(200, headers={"content-type": "text/plain"}, text="arrived")
+
+    transport, seen = recording(site)
+    result = fetch(make_http_get(transport=transport), url="https://example.com/a")
+    assert (result.url, result.text) == ("https://other.example/c", "arrived")
+    assert [str(r.url) for r in seen] == [
+        "https://example.com/a",
+        "https://example.com/b",
+        "https://other.example/c",
+    ]
+
+
+def test_http_get_stops_after_max_redirects() -> None:
+    transport, seen = recording(lambda r: httpx.Response(302, headers={"location": "/again"}))
+    with pytest.raises(HttpGetRefused, match="redirected more than 3 times"):
+        fetch(make_http_get(max_redirects=3, transport=transport), url="https://example.com/loop")
+    assert len(seen) == 4
+
+
+@pytest.mark.parametrize("location", ["https://evil.test/x", "file:///etc/passwd"])
+def test_http_get_refuses_a_redirect_it_would_refuse_as_a_url(location: str) -> None:
+    transport, seen = recording(lambda r: httpx.Response(302, headers={"location": location}))
+    get = make_http_get(allowed_hosts={"example.com"}, transport=transport)
+    with pytest.raises(HttpGetRefused, match=r"redirected to .*, which is refused"):
+        fetch(get, url="https://example.com/start")
+    assert [str(r.url) for r in seen] == ["https://example.com/start"]
+
+
+def test_http_get_timeout_is_a_retryable_error_naming_the_deadline() -> None:
+    def slow(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("read timed out", request=request)
+
+    with pytest.raises(HttpGetError, match=r"GET https://example.com/ timed out after 2 s") as caught:
+        fetch(make_http_get(timeout=2, transport=httpx.MockTransport(slow)), url="https://example.com/")
+    assert not isinstance(caught.value, NonRetryableError)
+
+
+def test_http_get_deadline_covers_a_body_that_never_ends() -> None:
+    async def drip() -> AsyncIterator[bytes]:
+        yield b"first"
+        await asyncio.Event().wait()  # the server stops sending but keeps the connection open
+        yield b"never"
+
+    transport = httpx.MockTransport(
+        lambda r: httpx.Response(200, headers={"content-type": "text/plain"}, content=drip())
+    )
+    with pytest.raises(HttpGetError, match=r"timed out after 0\.01 s"):
+        fetch(make_http_get(timeout=0.01, transport=transport), url="https://example.com/")
+
+
+def test_http_get_connection_refused_is_a_retryable_error() -> None:
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+    with pytest.raises(HttpGetError, match=r"could not connect to 'example\.com'.*Connection refused") as caught:
+        fetch(make_http_get(transport=httpx.MockTransport(down)), url="https://example.com/")
+    assert not isinstance(caught.value, NonRetryableError)
+
+
+def test_http_get_refuses_binary_content_without_reading_the_body() -> None:
+    body = CountingBody(chunks=10, size=1000)
+    transport, _ = recording(lambda r: httpx.Response(200, headers={"content-type": "image/png"}, content=body))
+    with pytest.raises(HttpGetRefused, match="'image/png', which is not text"):
+        fetch(make_http_get(transport=transport), url="https://example.com/cat.png")
+    assert body.pulled == 0
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/ld+json", "text/html", "application/xml"])
+def test_http_get_reads_text_like_content_types(content_type: str) -> None:
+    transport, _ = recording(lambda r: httpx.Response(200, headers={"content-type": content_type}, text="{}"))
+    assert fetch(make_http_get(transport=transport), url="https://example.com/").text == "{}"
+
+
+def test_http_get_operator_headers_win_over_the_headers_the_model_asks_for() -> None:
+    transport, seen = recording(lambda r: httpx.Response(200, headers={"content-type": "text/plain"}, text="ok"))
+    get = make_http_get(headers={"X-Api-Key": "operator-secret"}, transport=transport)
+    fetch(get, url="https://example.com/", headers={"x-api-key": "forged", "Accept": "application/json"})
+    assert seen[0].headers.get_list("x-api-key") == ["operator-secret"]
+    assert seen[0].headers["accept"] == "application/json"
+
+
+def test_http_get_does_not_close_the_transport_it_was_given() -> None:
+    class Tracked(httpx.MockTransport):
+        closed = False
+
+        async def aclose(self) -> None:
+            self.closed = True
+
+    transport = Tracked(lambda r: httpx.Response(200, headers={"content-type": "text/plain"}, text="ok"))
+    get = make_http_get(transport=transport)
+    assert [fetch(get, url="https://example.com/").text for _ in range(2)] == ["ok", "ok"]
+    assert transport.closed is False
+
+
+def test_http_get_schema_describes_url_and_headers_and_validate_rejects_bad_arguments() -> None:
+    declared = http_get.schema()["function"]
+    assert declared["name"] == "http_get"
+    assert "1,000,000 bytes" in declared["description"]
+    properties = declared["parameters"]["properties"]
+    assert set(properties) == {"url", "headers"}
+    assert properties["url"]["type"] == "string"
+    assert declared["parameters"]["required"] == ["url"]
+    assert http_get.validate({"url": "https://example.com"}) == {"url": "https://example.com", "headers": None}
+    # The model cannot raise the limits: they are not arguments.
+    for bad in ({}, {"url": 3}, {"url": "https://x", "headers": {"a": 1}}, {"url": "https://x", "timeout": 600}):
+        with pytest.raises(ToolArgumentsError):
+            http_get.validate(bad)
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [{"timeout": 0}, {"timeout": -1.0}, {"max_bytes": 0}, {"max_redirects": -1}, {"allowed_hosts": "example.com"}],
+    ids=str,
+)
+def test_make_http_get_refuses_unusable_limits(limits: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        make_http_get(**limits)
+
+
+# -- FileSandbox --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> FileSandbox:
+    (tmp_path / "root").mkdir()
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.txt").write_text("secret")
+    return FileSandbox(tmp_path / "root", max_bytes=100, max_entries=5)
+
+
+def everything_under(folder: Path) -> dict[str, bytes | None]:
+    return {str(p): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+
+
+def test_write_then_read_round_trips_and_creates_parent_folders(sandbox: FileSandbox) -> None:
+    assert sandbox.write_file(path="notes/day 1/plan.md", content="# Plan\nrésumé") == (
+        "wrote 15 bytes to notes/day 1/plan.md"
+    )
+    assert (sandbox.root / "notes" / "day 1" / "plan.md").read_text() == "# Plan\nrésumé"
+    assert sandbox.read_file(path="notes/day 1/plan.md") == "# Plan\nrésumé"
+    assert sandbox.read_file(path="./notes/day 1/plan.md") == "# Plan\nrésumé"
+
+
+def test_writing_again_replaces_the_file(sandbox: FileSandbox) -> None:
+    sandbox.write_file(path="a.txt", content="first, longer")
+    sandbox.write_file(path="a.txt", content="second")
+    assert sandbox.read_file(path="a.txt") == "second"
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("../x", "goes up with '..'"),
+        ("a/../../x", "goes up with '..'"),
+        ("../outside/secret.txt", "goes up with '..'"),
+        ("", "the path is empty"),
+        ("a\x00b", "NUL"),
+    ],
+)
+def test_paths_leading_outside_the_sandbox_are_refused_and_nothing_is_written(
+    sandbox: FileSandbox, tmp_path: Path, path: str, message: str
+) -> None:
+    before = everything_under(tmp_path)
+    with pytest.raises(FileSandboxError, match=message):
+        sandbox.write_file(path=path, content="pwned")
+    with pytest.raises(FileSandboxError, match=message):
+        sandbox.read_file(path=path)
+    assert everything_under(tmp_path) == before
+
+
+def test_absolute_paths_are_refused_for_reading_and_writing(sandbox: FileSandbox, tmp_path: Path) -> None:
+    before = everything_under(tmp_path)
+    with pytest.raises(FileSandboxError, match="is an absolute path"):
+        sandbox.read_file(path="/etc/passwd")
+    with pytest.raises(FileSandboxError, match="is an absolute path"):
+        sandbox.read_file(path=str(tmp_path / "outside" / "secret.txt"))
+    with pytest.raises(FileSandboxError, match="is an absolute path"):
+        sandbox.write_file(path=str(tmp_path / "outside" / "new.txt"), content="pwned")
+    with pytest.raises(FileSandboxError, match="is an absolute path"):
+        sandbox.list_files(folder="/")
+    assert everything_under(tmp_path) == before
+
+
+def test_a_symlink_pointing_outside_is_refused_and_nothing_is_written(sandbox: FileSandbox, tmp_path: Path) -> None:
+    (sandbox.root / "exit").symlink_to(tmp_path / "outside", target_is_directory=True)
+    (sandbox.root / "secret-link.txt").symlink_to(tmp_path / "outside" / "secret.txt")
+    before = everything_under(tmp_path / "outside")
+    for path in ("exit/secret.txt", "secret-link.txt"):
+        with pytest.raises(FileSandboxError, match="leads outside the sandbox folder"):
+            sandbox.read_file(path=path)
+    for path in ("exit/new.txt", "exit/deeper/new.txt", "secret-link.txt"):
+        with pytest.raises(FileSandboxError, match="leads outside the sandbox folder"):
+            sandbox.write_file(path=path, content="pwned")
+    with pytest.raises(FileSandboxError, match="leads outside the sandbox folder"):
+        sandbox.list_files(folder="exit")
+    assert everything_under(tmp_path / "outside") == before
+
+
+def test_a_symlink_inside_the_sandbox_is_followed(sandbox: FileSandbox) -> None:
+    sandbox.write_file(path="real/data.txt", content="inside")
+    (sandbox.root / "alias").symlink_to(sandbox.root / "real", target_is_directory=True)
+    assert sandbox.read_file(path="alias/data.txt") == "inside"
+
+
+def test_reading_a_missing_file_is_a_clear_error(sandbox: FileSandbox) -> None:
+    with pytest.raises(FileSandboxError, match=r"there is no file 'nope\.txt'; list_files shows"):
+        sandbox.read_file(path="nope.txt")
+    with pytest.raises(FileSandboxError, match=r"there is no file 'no/such/dir\.txt'"):
+        sandbox.read_file(path="no/such/dir.txt")
+
+
+def test_reading_a_folder_or_a_non_utf8_file_is_a_clear_error(sandbox: FileSandbox) -> None:
+    (sandbox.root / "folder").mkdir()
+    (sandbox.root / "image.bin").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(FileSandboxError, match="is a folder"):
+        sandbox.read_file(path="folder")
+    with pytest.raises(FileSandboxError, match="is a folder"):
+        sandbox.write_file(path="folder", content="x")
+    with pytest.raises(FileSandboxError, match="not UTF-8 text"):
+        sandbox.read_file(path="image.bin")
+
+
+def test_reads_and_writes_over_the_size_limit_are_refused(sandbox: FileSandbox) -> None:
+    (sandbox.root / "big.txt").write_text("x" * 101)
+    with pytest.raises(FileSandboxError, match="larger than the 100-byte read limit"):
+        sandbox.read_file(path="big.txt")
+    with pytest.raises(FileSandboxError, match="the content is 101 bytes; the write limit is 100 bytes"):
+        sandbox.write_file(path="new.txt", content="x" * 101)
+    assert not (sandbox.root / "new.txt").exists()
+    (sandbox.root / "limit.txt").write_text("x" * 100)
+    assert sandbox.read_file(path="limit.txt") == "x" * 100
+
+
+def test_list_files_lists_files_recursively_as_sorted_relative_paths(sandbox: FileSandbox, tmp_path: Path) -> None:
+    for path in ("b.txt", "a/z.txt", "a/b/c.txt"):
+        sandbox.write_file(path=path, content=".")
+    (sandbox.root / "exit").symlink_to(tmp_path / "outside", target_is_directory=True)
+    assert sandbox.list_files() == ["a/b/c.txt", "a/z.txt", "b.txt"]
+    assert sandbox.list_files(folder="a") == ["a/b/c.txt", "a/z.txt"]
+    with pytest.raises(FileSandboxError, match="is not a folder"):
+        sandbox.list_files(folder="b.txt")
+
+
+def test_list_files_refuses_a_listing_over_max_entries(sandbox: FileSandbox) -> None:
+    for n in range(6):
+        sandbox.write_file(path=f"many/{n}.txt", content=".")
+    with pytest.raises(FileSandboxError, match="more than 5 files; list a subfolder"):
+        sandbox.list_files()
+
+
+def test_file_tool_schemas_describe_their_arguments_and_validate_rejects_bad_ones(sandbox: FileSandbox) -> None:
+    assert [t.name for t in sandbox.tools] == ["read_file", "write_file", "list_files"]
+    write = sandbox.write_file.schema()["function"]["parameters"]
+    assert (set(write["properties"]), write["required"]) == ({"path", "content"}, ["path", "content"])
+    assert sandbox.list_files.parameters["properties"]["folder"]["default"] == "."
+    assert "100 bytes" in sandbox.read_file.description
+    for bad in ({"path": "a.txt"}, {"path": "a.txt", "content": 5}, {"path": "a", "content": "", "mode": "a"}):
+        with pytest.raises(ToolArgumentsError):
+            sandbox.write_file.validate(bad)
+    # Writing the same content twice leaves the same file: safe to run again on a retry or a resume.
+    assert sandbox.write_file.idempotent is True
+
+
+def test_a_sandbox_needs_an_existing_folder(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="is not an existing folder"):
+        FileSandbox(tmp_path / "missing")
+
+
+def test_refusals_are_non_retryable_errors() -> None:
+    assert issubclass(CalculatorError, NonRetryableError)
+    assert issubclass(FileSandboxError, NonRetryableError)
+    assert issubclass(HttpGetRefused, NonRetryableError)
+    assert not issubclass(HttpGetError, NonRetryableError)
+
+
+# -- in a workflow ------------------------------------------------------------------------------------
+
+
+def test_tools_run_as_recorded_steps_and_only_retryable_failures_are_retried(app: AgentFlow, tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def site(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if request.url.path == "/slow":
+            raise httpx.ReadTimeout("read timed out", request=request)
+        if request.url.path == "/image":
+            return httpx.Response(200, headers={"content-type": "image/png"}, content=b"\x89PNG")
+        return httpx.Response(200, headers={"content-type": "text/plain"}, text="page")
+
+    get = make_http_get(transport=httpx.MockTransport(site))
+    (tmp_path / "work").mkdir()
+    files = FileSandbox(tmp_path / "work")
+    retry = RetryPolicy(max_attempts=3, delay=0)
+
+    @app.workflow()
+    async def agent(ctx: Context) -> list[Any]:
+        results = [
+            await ctx.tool(calculator, expression="2*21"),
+            await ctx.tool(calculator, expression="1/0", retry=retry),
+            await ctx.tool(get, url="https://example.com/page", retry=retry),
+            await ctx.tool(get, url="https://example.com/slow", retry=retry),
+            await ctx.tool(get, url="https://example.com/image", retry=retry),
+            await ctx.tool(files.write_file, path="../escape.txt", content="x", retry=retry),
+        ]
+        return [[r.ok, r.value if r.ok else r.error] for r in results]
+
+    run = app.run(agent)
+    assert run.status == "completed", run.error
+    out = run.output
+    assert out[0] == [True, 42]
+    assert out[1][0] is False and "divides by zero" in out[1][1]
+    assert out[2][0] is True and HttpGetResult.model_validate(out[2][1]).text == "page"
+    assert out[3][0] is False and "timed out" in out[3][1]
+    assert out[4][0] is False and "not text" in out[4][1]
+    assert out[5][0] is False and "goes up with '..'" in out[5][1]
+    assert calls == ["/page", "/slow", "/slow", "/slow", "/image"]
+    assert not (tmp_path / "escape.txt").exists()

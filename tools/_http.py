@@ -1,0 +1,234 @@
+"""``http_get``: fetch a URL as text, with a deadline, a size cap and an optional host allow-list.
+
+The body is streamed and cut at ``max_bytes``, so a huge or endless response never sits in memory; the
+result says when it was cut. Redirects are followed by hand, up to ``max_redirects``, and every hop is
+checked like the first URL (scheme, allowed hosts), so a redirect cannot lead the tool somewhere it would
+have refused to go. A 404 or a 500 is a result, not an error: the model reads the status and decides.
+
+Errors come in two kinds. ``HttpGetRefused`` (a ``NonRetryableError``): the URL or the response is not
+acceptable and asking again will not change that. ``HttpGetError``: the request failed on the way (a
+timeout, a refused connection) and a retry may succeed.
+
+Without ``allowed_hosts`` the tool reaches whatever this process can reach, internal services and cloud
+metadata addresses included. Give an agent that reads untrusted text an allow-list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+from collections.abc import Iterable, Mapping
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+
+from agentflow import Tool, tool
+from agentflow.errors import ConfigurationError, NonRetryableError
+
+__all__ = ["HttpGetError", "HttpGetRefused", "HttpGetResult", "http_get", "make_http_get"]
+
+# Content types read as text besides text/*: structured text formats an agent can use.
+_TEXT_SUBTYPES = frozenset(
+    {"json", "xml", "javascript", "ecmascript", "x-javascript", "x-www-form-urlencoded", "yaml", "x-yaml", "x-ndjson"}
+)
+
+
+class HttpGetError(Exception):
+    """The request failed on the way (timeout, connection, protocol); a later retry may succeed."""
+
+
+class HttpGetRefused(HttpGetError, NonRetryableError):
+    """The URL or the response is refused (scheme, host, redirects, binary content); a retry will not help."""
+
+
+class HttpGetResult(BaseModel):
+    """What ``http_get`` fetched.
+
+    ``url`` is the final URL, after redirects. ``text`` is the body decoded with the charset the server
+    declared (UTF-8 otherwise), at most ``max_bytes`` of it; ``truncated`` is true when the body was longer.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    status_code: int
+    url: str
+    content_type: str | None
+    text: str
+    truncated: bool
+
+
+def make_http_get(
+    *,
+    timeout: float = 10.0,
+    max_bytes: int = 1_000_000,
+    allowed_hosts: Iterable[str] | None = None,
+    max_redirects: int = 5,
+    headers: Mapping[str, str] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    name: str = "http_get",
+) -> Tool:
+    """An ``http_get`` tool with its own limits.
+
+    ``timeout`` bounds the whole call, redirects and body included, in seconds. ``max_bytes`` caps the body
+    read (after content decoding). ``allowed_hosts``, when given, is the exact list of host names the tool may
+    reach, on the first URL and on every redirect. ``headers`` are sent with every request and win over
+    headers the model asks for: the place for a User-Agent or an API key, which then stays out of the
+    recorded arguments. They follow redirects (httpx drops only ``Authorization`` on a redirect to another
+    origin), so pair secret headers with ``allowed_hosts``. ``transport`` replaces the network, for tests
+    (``httpx.MockTransport``) or a custom client setup; the tool does not close it.
+    """
+    if not timeout > 0:
+        raise ConfigurationError(f"make_http_get: timeout must be a positive number of seconds, not {timeout!r}")
+    if max_bytes < 1:
+        raise ConfigurationError(f"make_http_get: max_bytes must be at least 1, not {max_bytes!r}")
+    if max_redirects < 0:
+        raise ConfigurationError(f"make_http_get: max_redirects must be 0 or more, not {max_redirects!r}")
+    if isinstance(allowed_hosts, str):
+        raise ConfigurationError(
+            f"make_http_get: allowed_hosts is a set of host names, not one string: {{{allowed_hosts!r}}}"
+        )
+    hosts = None if allowed_hosts is None else frozenset(_normal_host(h) for h in allowed_hosts)
+    fixed_headers = dict(headers or {})
+    borrowed = None if transport is None else _Borrowed(transport)
+
+    async def http_get(url: str, headers: dict[str, str] | None = None) -> HttpGetResult:
+        first = _checked_url(url, hosts)
+        try:
+            request_headers = httpx.Headers(headers or {})
+            request_headers.update(fixed_headers)
+        except (UnicodeEncodeError, TypeError, ValueError) as exc:
+            raise HttpGetRefused(f"the headers cannot be sent ({exc}); header names and values must be ASCII") from None
+        try:
+            return await asyncio.wait_for(
+                _fetch(first, request_headers, hosts, timeout, max_bytes, max_redirects, borrowed), timeout
+            )
+        except (asyncio.TimeoutError, TimeoutError, httpx.TimeoutException):
+            raise HttpGetError(
+                f"GET {url} timed out after {timeout:g} s; the server is slow or unreachable, try again later "
+                "or another URL"
+            ) from None
+
+    description = (
+        "Fetch a web page or an API response over HTTP(S) with a GET request and return its status code, "
+        "final URL (after redirects), content type and text. Only http:// and https:// URLs; text content "
+        f"only (HTML, JSON, XML, plain text). The text is cut after {max_bytes:,} bytes and `truncated` is then "
+        "true. A 4xx or 5xx status is returned, not raised."
+    )
+    if hosts is not None:
+        description += f" Only these hosts can be reached: {', '.join(sorted(hosts)) or 'none'}."
+    return tool(name=name, description=description)(http_get)
+
+
+class _Borrowed(httpx.AsyncBaseTransport):
+    """A caller's transport, used but never closed: closing the client after each call must not close it."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._inner.handle_async_request(request)
+
+
+def _normal_host(host: str) -> str:
+    return host.strip().lower().rstrip(".")
+
+
+def _checked_url(url: str | httpx.URL, hosts: frozenset[str] | None) -> httpx.URL:
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise HttpGetRefused(f"{str(url)!r} is not a valid URL ({exc})") from None
+    if parsed.scheme not in ("http", "https"):
+        scheme = f"the scheme {parsed.scheme!r}" if parsed.scheme else "a URL without a scheme"
+        raise HttpGetRefused(f"only http:// and https:// URLs can be fetched, not {scheme}: {str(url)!r}")
+    if not parsed.host:
+        raise HttpGetRefused(f"{str(url)!r} has no host name")
+    if hosts is not None and _normal_host(parsed.host) not in hosts:
+        allowed = ", ".join(sorted(hosts)) or "none"
+        raise HttpGetRefused(f"the host {parsed.host!r} is not allowed; the allowed hosts are: {allowed}")
+    return parsed
+
+
+async def _fetch(
+    url: httpx.URL,
+    headers: httpx.Headers,
+    hosts: frozenset[str] | None,
+    timeout: float,
+    max_bytes: int,
+    max_redirects: int,
+    transport: httpx.AsyncBaseTransport | None,
+) -> HttpGetResult:
+    async with httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False) as client:
+        request = client.build_request("GET", url, headers=headers)
+        for _ in range(max_redirects + 1):
+            try:
+                response = await client.send(request, stream=True)
+            except httpx.TimeoutException:
+                raise  # reported with the deadline by the caller
+            except httpx.ConnectError as exc:
+                raise HttpGetError(f"could not connect to {request.url.host!r} ({exc}); check the URL") from None
+            except httpx.HTTPError as exc:
+                raise HttpGetError(f"GET {request.url} failed: {type(exc).__name__}: {exc}") from None
+            try:
+                if response.next_request is None:
+                    return await _read(response, max_bytes)
+                request = response.next_request
+            finally:
+                await response.aclose()
+            try:
+                _checked_url(request.url, hosts)
+            except HttpGetRefused as exc:
+                raise HttpGetRefused(f"{response.url} redirected to {request.url}, which is refused: {exc}") from None
+    raise HttpGetRefused(f"GET {url} was redirected more than {max_redirects} times; stopped following redirects")
+
+
+async def _read(response: httpx.Response, max_bytes: int) -> HttpGetResult:
+    content_type = response.headers.get("content-type")
+    if not _is_text(content_type):
+        raise HttpGetRefused(
+            f"{response.url} answered with {content_type!r}, which is not text; http_get reads only text "
+            "(HTML, JSON, XML, plain text)"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    truncated = False
+    try:
+        async for chunk in response.aiter_bytes():
+            room = max_bytes - size
+            if len(chunk) > room:
+                chunks.append(chunk[:room])
+                truncated = True
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except httpx.TimeoutException:
+        raise
+    except httpx.HTTPError as exc:
+        raise HttpGetError(f"reading the body of {response.url} failed: {type(exc).__name__}: {exc}") from None
+    return HttpGetResult(
+        status_code=response.status_code,
+        url=str(response.url),
+        content_type=content_type,
+        text=_decode(b"".join(chunks), response.charset_encoding, final=not truncated),
+        truncated=truncated,
+    )
+
+
+def _is_text(content_type: str | None) -> bool:
+    if not content_type:
+        return True  # undeclared: try it as text
+    mime = content_type.split(";", 1)[0].strip().lower()
+    kind, _, subtype = mime.partition("/")
+    return kind == "text" or subtype in _TEXT_SUBTYPES or subtype.endswith(("+json", "+xml"))
+
+
+def _decode(body: bytes, charset: str | None, *, final: bool) -> str:
+    try:
+        decoder = codecs.getincrementaldecoder(charset or "utf-8")(errors="replace")
+    except LookupError:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    # When the body was cut, a character split at the cut is dropped rather than shown as garbage.
+    return decoder.decode(body, final=final)
+
+
+http_get = make_http_get()
