@@ -19,6 +19,7 @@ from typing import Any
 from ._clock import Clock
 from ._codec import Codec, canonical_json, fingerprint
 from ._journal import Journal
+from ._llm import strip_secrets
 from ._models import ErrorInfo
 from ._retry import RetryPolicy
 from ._store import StepRecord
@@ -254,8 +255,9 @@ class RunEngine:
 
     async def tool(self, scope: str, tool: Tool, arguments: dict[str, Any], retry: RetryPolicy | None) -> ToolResult:
         """Call a tool as a recorded step. Bad arguments and failures come back as an error result."""
+        recorded_arguments = strip_secrets(arguments)  # an argument named like a key reaches the tool only
         key, request, fp, rec = self.begin(
-            scope, tool.name, {"tool": tool.name, "arguments": arguments, "idempotent": tool.idempotent}
+            scope, tool.name, {"tool": tool.name, "arguments": recorded_arguments, "idempotent": tool.idempotent}
         )
         if rec is not None:
             return self._serve_tool(tool, rec)

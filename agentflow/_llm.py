@@ -37,9 +37,13 @@ __all__ = [
     "strip_secrets",
 ]
 
-# Parameter and header names whose values are never recorded.
+# Parameter, header and tool-argument names whose values are never recorded: the name, with '-' read as
+# '_', holds one of these as a whole word ("x_api_key", "X-Custom-Token", "aws_secret_access_key"), so
+# that "max_tokens" or "top_k" are kept.
 _SECRET_NAME = re.compile(
-    r"(api_?key|secret|password|passwd|credential|access_?token|auth|bearer|session_?token|private_?key)", re.I
+    r"(^|_)(api_?key|key|keys|secret|password|passwd|pwd|credentials?|token|auth|authorization|bearer|cookie|"
+    r"signature|private_?key)($|_)",
+    re.I,
 )
 _BUNDLED_ENCODINGS = ("cl100k_base", "o200k_base")
 
@@ -64,7 +68,7 @@ def import_litellm() -> Any:
 
 
 def is_secret_name(name: str, marked: Sequence[str] = ()) -> bool:
-    return name in marked or bool(_SECRET_NAME.search(name))
+    return name in marked or bool(_SECRET_NAME.search(name.replace("-", "_")))
 
 
 def strip_secrets(params: Mapping[str, Any], marked: Sequence[str] = ()) -> dict[str, Any]:

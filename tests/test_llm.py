@@ -432,3 +432,23 @@ def test_concurrent_tool_calls_keep_keys_in_call_order(app: AgentFlow) -> None:
         return [(r.key, r.value) for r in results]
 
     assert app.run(wf).output == [[f"echo#{i}", i] for i in range(5)]
+
+
+def test_tool_arguments_named_like_secrets_reach_the_tool_but_not_the_record(app: AgentFlow) -> None:
+    received: list[str] = []
+
+    @tool
+    def fetch_invoice(invoice_id: str, api_key: str) -> str:
+        """Fetch an invoice from a billing API."""
+        received.append(api_key)
+        return f"invoice {invoice_id}"
+
+    @app.workflow()
+    async def wf(ctx: Context) -> str:
+        return str((await ctx.tool(fetch_invoice, invoice_id="I-1", api_key="sk-SECRET-4")).value)
+
+    run = app.run(wf, run_id="t")
+
+    assert run.output == "invoice I-1" and received == ["sk-SECRET-4"]
+    request = app._store.load_steps("t")[0].request or ""
+    assert "sk-SECRET-4" not in request and "I-1" in request

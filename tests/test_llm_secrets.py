@@ -1,0 +1,343 @@
+"""What model calls keep out of the record and out of reach: API keys, offline token counts, budgets."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from dbtools import execute
+
+from agentflow import AgentFlow, Budget, Context, RunStatus, StepFailed
+from agentflow.testing import FakeProvider, error, reply
+
+MODEL = "gpt-4o-mini"
+COMPLETIONS = "https://api.openai.com/v1/chat/completions"
+ACCOUNTS = "https://accounts.example.com/v1/accounts/A-17"
+
+
+@pytest.fixture
+def secret() -> str:
+    """The random part of an API key: the part whose trace is looked for."""
+    return secrets.token_hex(16)
+
+
+# -- scanning a database for a secret ----------------------------------------------------------------------
+
+
+def _forms(secret: str) -> dict[str, tuple[bytes, bool]]:
+    """``secret`` as stored text, hex, and base64 (at each of the three alignments inside a longer value):
+    name -> (bytes to look for, whether case matters)."""
+    raw = secret.encode()
+    forms: dict[str, tuple[bytes, bool]] = {"text": (raw, False), "hex": (raw.hex().encode(), False)}
+    for shift in range(3):
+        encoded = base64.b64encode(b"\0" * shift + raw)
+        # Keep the characters made of the secret's bits only: not those mixed with what comes before or after.
+        inner = encoded[-(-shift * 4 // 3) : (shift + len(raw)) * 8 // 6]
+        forms[f"base64+{shift}"] = (inner, True)
+        forms[f"urlsafe-base64+{shift}"] = (inner.replace(b"+", b"-").replace(b"/", b"_"), True)
+    return forms
+
+
+def _traces(haystack: bytes, secret: str) -> list[str]:
+    lowered = haystack.lower()
+    return [
+        name
+        for name, (needle, case_matters) in _forms(secret).items()
+        if (needle in haystack if case_matters else needle.lower() in lowered)
+    ]
+
+
+def _as_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    return str(value).encode()
+
+
+def _sqlite_files(path: Path) -> Iterator[Path]:
+    """The database file and its companions (-wal, -shm, -journal)."""
+    return (p for p in sorted(path.parent.iterdir()) if p.name.startswith(path.name))
+
+
+_PG_COLUMNS = (
+    "SELECT column_name FROM information_schema.columns "
+    "WHERE table_schema = current_schema() AND table_name = :t ORDER BY ordinal_position"
+)
+
+
+def _scan(url: str, secret: str) -> dict[str, list[str]]:
+    """Where ``secret`` (in any of its forms) occurs in the database: {place: [forms found]}.
+
+    SQLite: the bytes of the file and its -wal and -shm files (so deleted and not yet checkpointed data
+    count), and every column of every row, read through sqlite3. Postgres: every column of every table of
+    the schema, as psycopg gives it (bytea as bytes) and cast to text (each row as ``row::text``).
+    """
+    found: dict[str, list[str]] = {}
+
+    def look(place: str, value: Any) -> None:
+        if value is not None and (forms := _traces(_as_bytes(value), secret)):
+            found[place] = forms
+
+    if "://" not in url:
+        path = Path(url)
+        for file in _sqlite_files(path):
+            look(f"file {file.name}", file.read_bytes())
+        with closing(sqlite3.connect(path)) as conn:
+            tables = [name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            for table in tables:
+                cursor = conn.execute(f'SELECT * FROM "{table}"')
+                columns = [d[0] for d in cursor.description]
+                for n, row in enumerate(cursor):
+                    for column, value in zip(columns, row, strict=True):
+                        look(f"{table}[{n}].{column}", value)
+        return found
+    tables = [t for (t,) in execute(url, "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")]
+    assert tables, "no tables found in the schema"
+    for table in tables:
+        columns = [c for (c,) in execute(url, _PG_COLUMNS, t=table)]
+        for n, row in enumerate(execute(url, f'SELECT * FROM "{table}"')):
+            for column, value in zip(columns, row, strict=True):
+                look(f"{table}[{n}].{column}", value)
+        for n, (text,) in enumerate(execute(url, f'SELECT t::text FROM "{table}" AS t')):
+            look(f"{table}[{n}]::text", text)
+    return found
+
+
+def test_the_scan_finds_a_value_in_any_of_its_forms() -> None:
+    needle = secrets.token_hex(16)
+    for shift in range(3):
+        stored = base64.b64encode(b"x" * shift + needle.encode() + b"tail")
+        assert f"base64+{shift}" in _traces(b"..." + stored + b"...", needle)
+        assert "text" not in _traces(b"..." + stored + b"...", needle)
+    assert _traces(b"\\x" + needle.encode().hex().upper().encode(), needle) == ["hex"]
+    assert _traces(f"key={needle.upper()}".encode(), needle) == ["text"]
+    assert _traces(b"nothing here", needle) == []
+
+
+# -- a. no trace of an API key ---------------------------------------------------------------------------
+
+
+def test_an_api_key_reaches_the_provider_but_leaves_no_trace_in_the_database(
+    db_url: str, secret: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = f"sk-test-{secret}"
+    canary = f"canary-{secrets.token_hex(8)}"  # not secret: the scan must find it, or it scans nothing
+    monkeypatch.setenv("OPENAI_API_KEY", key)  # the calls without api_key= take it from here
+
+    async def lookup_account(account: str) -> dict[str, Any]:
+        """Look up an account in an API that wants the same key."""
+        async with httpx.AsyncClient() as client:
+            answer = await client.get(ACCOUNTS, headers={"Authorization": f"Bearer {key}"})
+        return {"account": account, "plan": answer.json()["plan"]}
+
+    app = AgentFlow(db_url)
+
+    @app.workflow(name="keyed")
+    async def keyed(ctx: Context, question: str) -> list[Any]:
+        messages: list[dict[str, Any]] = [{"role": "user", "content": question}]
+        plain = await ctx.llm(model=MODEL, messages=messages, api_key=key)
+        messages.append(plain.message())
+        headers = {"Authorization": f"Bearer {key}", "X-Request-Tag": canary}
+        headed = await ctx.llm(model=MODEL, messages=messages, api_key=key, extra_headers=headers)
+        marked = await ctx.llm(
+            model=MODEL, messages=messages, api_key=key, user_secret=key, secret_params=["user_secret"]
+        )
+        async with ctx.llm_stream(model=MODEL, messages=messages, api_key=key) as streamed:
+            chunks = [chunk.text async for chunk in streamed]
+        from_env = await ctx.llm(model=MODEL, messages=messages)
+        account = await ctx.tool(lookup_account, account="A-17")
+        rejected = "not rejected"
+        try:
+            await ctx.llm(model=MODEL, messages=messages)
+        except StepFailed as exc:
+            rejected = exc.error_type
+        texts = [plain.text, headed.text, marked.text, streamed.response.text, from_env.text]
+        return [*texts, "".join(c or "" for c in chunks), account.value, rejected]
+
+    try:
+        with FakeProvider() as fake:
+            accounts = fake.router.get(ACCOUNTS).mock(return_value=httpx.Response(200, json={"plan": "pro"}))
+            fake.script(reply("one"), reply("two"), reply("three"), reply("four five"), reply("six"), error(401))
+            run = app.run(keyed, f"Where is my order? {canary}", run_id="keyed-run")
+            requests = [call.request for call in fake.router.calls]  # respx forgets them on exit
+            account_calls = accounts.call_count
+        assert run.status == RunStatus.COMPLETED, run.error
+        recorded = [(s.key, str(s.status)) for s in run.steps]
+        during = _scan(db_url, secret)  # SQLite: while the app is open, the -wal file holds the latest writes
+    finally:
+        app.close()
+
+    texts = ["one", "two", "three", "four five", "six", "four five"]
+    assert run.output == [*texts, {"account": "A-17", "plan": "pro"}, "AuthenticationError"]
+    assert recorded == [
+        *[(f"llm#{n}", "completed") for n in range(5)],
+        ("lookup_account#0", "completed"),
+        ("llm#5", "failed"),
+    ]
+    # The key did reach the provider and the tool's API, on every request.
+    assert len(requests) == 7
+    assert [str(r.url) for r in requests].count(COMPLETIONS) == 6
+    assert all(r.headers["authorization"] == f"Bearer {key}" for r in requests)
+    assert requests[1].headers["x-request-tag"] == canary
+    assert fake.calls[2]["user_secret"] == key
+    assert fake.calls[3]["stream"] is True
+    assert account_calls == 1
+
+    assert during == {}
+    assert _scan(db_url, secret) == {}
+    # The scan is not blind: the canary, sent in a message (a blob) and in a header (the request), is found.
+    places = _scan(db_url, canary.removeprefix("canary-"))
+    assert any(place.startswith("blobs[") and place.endswith(".data") for place in places), places
+    assert any(place.startswith("steps[") and place.endswith(".request") for place in places), places
+
+
+@pytest.mark.parametrize("header", ["X-Custom-Token", "X-Api-Key", "Api-Key"])
+def test_a_key_sent_in_a_custom_auth_header_leaves_no_trace_in_the_database(
+    db_url: str, secret: str, header: str
+) -> None:
+    key = f"sk-test-{secret}"
+    app = AgentFlow(db_url)
+
+    @app.workflow(name="custom_header")
+    async def custom_header(ctx: Context) -> str | None:
+        messages = [{"role": "user", "content": "hello"}]
+        answer = await ctx.llm(model=MODEL, messages=messages, api_key="sk-fake", extra_headers={header: key})
+        return answer.text
+
+    try:
+        with FakeProvider() as fake:
+            fake.script(reply("hi"))
+            run = app.run(custom_header, run_id="custom-header-run")
+            sent = fake.router.calls[0].request.headers[header]
+    finally:
+        app.close()
+
+    assert run.status == RunStatus.COMPLETED, run.error
+    assert sent == key
+    assert _scan(db_url, secret) == {}
+
+
+# -- b. token counts offline -------------------------------------------------------------------------------
+
+_COUNT_OFFLINE = """
+import json, socket, sys
+
+attempts = []
+
+def refuse(name):
+    def refused(*args, **kwargs):
+        attempts.append(f"{name}{args[1:] if name.startswith('socket.') else args}")
+        raise OSError("the network is blocked")
+    return refused
+
+socket.socket.connect = refuse("socket.connect")
+socket.socket.connect_ex = refuse("socket.connect_ex")
+socket.getaddrinfo = refuse("getaddrinfo")
+socket.create_connection = refuse("create_connection")
+
+import agentflow
+from agentflow._llm import count_prompt_tokens
+
+litellm_after_import = "litellm" in sys.modules
+texts = sys.argv[1:]
+counts = {
+    model: [count_prompt_tokens(model, [{"role": "user", "content": text}]) for text in texts]
+    for model in ("gpt-4o-mini", "gpt-3.5-turbo", "acme/unknown-model-7")
+}
+import tiktoken
+
+# What tiktoken itself says, from the encodings the models use: content + role + 3 a message + 3 a reply.
+expected = {
+    name: [len(enc.encode(text)) + len(enc.encode("user")) + 3 + 3 for text in texts]
+    for name, enc in ((n, tiktoken.get_encoding(n)) for n in ("o200k_base", "cl100k_base"))
+}
+print(json.dumps({
+    "counts": counts,
+    "expected": expected,
+    "attempts": attempts,
+    "litellm_after_import": litellm_after_import,
+    "litellm_after_counting": "litellm" in sys.modules,
+}))
+"""
+
+
+def test_tiktoken_counts_prompt_tokens_with_the_network_blocked_and_without_importing_litellm(
+    tmp_path: Path,
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR")}
+    env["TMPDIR"] = str(tmp_path)  # tiktoken's default cache is under the temp dir: make it an empty one
+    texts = ["hello world", "Привет, мир! Как дела? 你好, 世界"]
+    done = subprocess.run(
+        [sys.executable, "-c", _COUNT_OFFLINE, *texts], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert result["attempts"] == []
+    assert result["litellm_after_import"] is False
+    assert result["litellm_after_counting"] is False
+    o200k, cl100k = result["expected"]["o200k_base"], result["expected"]["cl100k_base"]
+    assert o200k[0] == cl100k[0] == 9  # "hello world" is 2 tokens, "user" 1, and 3 + 3 of framing
+    assert o200k[1] != cl100k[1]  # the second text tells the two encodings apart
+    assert result["counts"] == {
+        "gpt-4o-mini": o200k,
+        "gpt-3.5-turbo": cl100k,
+        "acme/unknown-model-7": o200k,  # an unknown model is counted with the newest bundled encoding
+    }
+    assert list(tmp_path.iterdir()) == []  # nothing was cached under the temp dir
+
+
+# -- c. budgets ---------------------------------------------------------------------------------------------
+
+
+def test_a_call_that_would_pass_the_token_budget_is_not_made_and_the_run_fails(app: AgentFlow) -> None:
+    # The first call: 9 prompt tokens by tiktoken ("hello world"), 15 by the provider's usage. The second
+    # one then needs more than the 5 tokens left of 20.
+    @app.workflow(name="thrifty", budget=Budget(max_tokens=20))
+    async def thrifty(ctx: Context) -> list[str | None]:
+        messages: list[dict[str, Any]] = [{"role": "user", "content": "hello world"}]
+        first = await ctx.llm(model=MODEL, messages=messages, api_key="sk-fake")
+        messages += [first.message(), {"role": "user", "content": "and more"}]
+        second = await ctx.llm(model=MODEL, messages=messages, api_key="sk-fake")
+        return [first.text, second.text]
+
+    with FakeProvider() as fake:
+        fake.script(reply("Hi there.", usage=(10, 5)), reply("never sent"))
+        run = app.run(thrifty, run_id="thrifty-run")
+
+    assert run.status == RunStatus.FAILED
+    assert run.error is not None
+    assert run.error.type == "BudgetExceeded"
+    assert "the call was not made" in run.error.message
+    assert "llm#1" in run.error.message
+    assert fake.call_count == 1
+    assert [s.key for s in run.steps] == ["llm#0"]
+    assert (run.usage.prompt_tokens, run.usage.completion_tokens) == (10, 5)
+
+
+def test_a_cost_budget_smaller_than_the_first_call_stops_it_before_the_provider_is_asked(app: AgentFlow) -> None:
+    @app.workflow(name="penniless", budget=Budget(max_cost=1e-9))
+    async def penniless(ctx: Context) -> str | None:
+        answer = await ctx.llm(model=MODEL, messages=[{"role": "user", "content": "hello world"}], api_key="sk-fake")
+        return answer.text
+
+    with FakeProvider() as fake:
+        fake.script(reply("never sent"))
+        run = app.run(penniless, run_id="penniless-run")
+
+    assert run.status == RunStatus.FAILED
+    assert run.error is not None
+    assert run.error.type == "BudgetExceeded"
+    assert "the call was not made" in run.error.message
+    assert fake.call_count == 0
+    assert run.steps == []
