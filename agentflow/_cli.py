@@ -253,6 +253,20 @@ def _runs_listing(runs: list[Run], width: int) -> RenderableType:
     return Group(*lines)
 
 
+def _output_preview(step: Step) -> str:
+    """What a step gave, in a line: a model call's answer (text or the tools it asked for) and tokens."""
+    if step.kind.value == "llm" and isinstance(step.output, dict) and "response" in step.output:
+        from ._llm import LLMResponse
+
+        answer = LLMResponse.from_raw(step.output["response"], step.cost, replayed=True)
+        said = " ".join((answer.text or "").split())
+        if answer.tool_calls:
+            calls = ", ".join(f"{c.name}({_one_line(c.arguments)})" for c in answer.tool_calls)
+            said = f"{said} → {calls}" if said else f"→ {calls}"
+        return f"[{answer.prompt_tokens}+{answer.completion_tokens} tok] {said or '(no text)'}"
+    return _json(step.output)
+
+
 def _steps_listing(steps: list[Step], width: int) -> RenderableType:
     """A table of the steps when it fits in ``width``, else two lines per step."""
     first_start = min(s.started_at for s in steps)
@@ -261,7 +275,7 @@ def _steps_listing(steps: list[Step], width: int) -> RenderableType:
         if step.error is not None:
             result = Text(_truncate(_one_line(str(step.error)), _STEP_ERROR_CHARS), style="red")
         else:
-            result = Text(_truncate(_json(step.output), _PREVIEW_CHARS))
+            result = Text(_truncate(_output_preview(step), _PREVIEW_CHARS))
         rows.append(
             [
                 Text(str(step.seq)),

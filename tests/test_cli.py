@@ -418,3 +418,26 @@ def test_console_script_is_installed_and_reports_errors_without_traceback(tmp_pa
     assert "no agentflow database at" in missing.stderr
     assert "Traceback" not in missing.stderr
     assert not (tmp_path / "none.db").exists()
+
+
+def test_show_previews_a_model_call_by_its_answer_and_tokens(db_url: str) -> None:
+    from agentflow.testing import FakeProvider, reply, tool_call
+
+    flow = AgentFlow(db_url)
+
+    @flow.workflow(name="asker")
+    async def asker(ctx: Context) -> str:
+        first = await ctx.llm(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], api_key="sk-x")
+        second = await ctx.llm(model="gpt-4o-mini", messages=[{"role": "user", "content": "go"}], api_key="sk-x")
+        return f"{first.text}{second.text}"
+
+    with FakeProvider() as fake:
+        fake.script(reply("Hello there", usage=(11, 2)), tool_call("lookup_order", {"order_id": "A-1"}, usage=(7, 5)))
+        flow.run(asker, run_id="llm-run")
+    flow.close()
+
+    result = invoke("show", "llm-run", "--db", db_url)
+
+    assert result.exit_code == 0, result.output
+    assert "[11+2 tok] Hello there" in result.output
+    assert '[7+5 tok] → lookup_order({"order_id": "A-1"})' in result.output
