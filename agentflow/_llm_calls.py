@@ -199,10 +199,12 @@ def _served(call: LLMCall) -> LLMResponse:
     return _parse(call, LLMResponse.from_raw(output["response"], rec.cost, replayed=True))
 
 
-async def call_llm(engine: RunEngine, call: LLMCall) -> LLMResponse:
-    """The answer to a prepared call: from the record, or from the provider (then recorded)."""
-    if call.record is not None:
-        return _served(call)
+async def _ask_provider(engine: RunEngine, call: LLMCall) -> tuple[Any, float, int]:
+    """Check the budget, then call litellm under the call's retry policy.
+
+    Returns ``(litellm's answer, start time, attempts)``; a final failure is recorded and raised as
+    ``StepFailed``. For a stream this covers opening it: once chunks are handed out, a failure is final.
+    """
     check_budget(engine, call)
     litellm = import_litellm()
     started = engine.clock.time()
@@ -215,10 +217,18 @@ async def call_llm(engine: RunEngine, call: LLMCall) -> LLMResponse:
     )
     if done.error is not None:
         raise _failed(engine, call, started, done.error, done.count) from done.error
-    raw = done.value.model_dump(mode="json")
-    response = LLMResponse.from_raw(raw, _cost(done.value), replayed=False)
+    return done.value, started, done.count
+
+
+async def call_llm(engine: RunEngine, call: LLMCall) -> LLMResponse:
+    """The answer to a prepared call: from the record, or from the provider (then recorded)."""
+    if call.record is not None:
+        return _served(call)
+    answer, started, attempts = await _ask_provider(engine, call)
+    raw = answer.model_dump(mode="json")
+    response = LLMResponse.from_raw(raw, _cost(answer), replayed=False)
     engine.record(key=call.key, kind="llm", name="llm", fp=call.fp, request=call.request, started=started,
-                  attempts=done.count, output=canonical_json({"response": raw}),
+                  attempts=attempts, output=canonical_json({"response": raw}),
                   prompt_tokens=response.prompt_tokens, completion_tokens=response.completion_tokens,
                   cost=response.cost, blobs=call.blobs)  # fmt: skip
     return _parse(call, response)
@@ -296,25 +306,13 @@ class LLMStream:
 
     async def _live(self) -> AsyncIterator[StreamChunk]:
         engine, call = self._engine, self._call
-        check_budget(engine, call)
-        litellm = import_litellm()
-        started = engine.clock.time()
-        # Retries cover opening the stream; once chunks have been handed out, a failure is final.
-        done = await engine.attempts(
-            call.key,
-            call.retry,
-            lambda: litellm.acompletion(**call.call_kwargs),
-            retryable=is_retryable,
-            wait_at_least=retry_after,
-        )
-        if done.error is not None:
-            raise _failed(engine, call, started, done.error, done.count) from done.error
+        opened, started, attempts = await _ask_provider(engine, call)
         t0 = time.monotonic()
         live: list[Any] = []
         raws: list[dict[str, Any]] = []
         offsets: list[float] = []
         try:
-            async for chunk in done.value:
+            async for chunk in opened:
                 raw = chunk.model_dump(mode="json")
                 offset = round(time.monotonic() - t0, 6)
                 live.append(chunk)
@@ -322,12 +320,12 @@ class LLMStream:
                 offsets.append(offset)
                 yield StreamChunk.from_raw(len(raws) - 1, raw, offset)
         except Exception as exc:
-            raise _failed(engine, call, started, exc, done.count) from exc
-        built = litellm.stream_chunk_builder(live, messages=call.messages)
+            raise _failed(engine, call, started, exc, attempts) from exc
+        built = import_litellm().stream_chunk_builder(live, messages=call.messages)
         raw_response = built.model_dump(mode="json")
         response = LLMResponse.from_raw(raw_response, _cost(built), replayed=False)
         engine.record(key=call.key, kind="llm", name="llm", fp=call.fp, request=call.request, started=started,
-                      attempts=done.count,
+                      attempts=attempts,
                       output=canonical_json({"response": raw_response, "chunks": raws, "offsets": offsets}),
                       prompt_tokens=response.prompt_tokens, completion_tokens=response.completion_tokens,
                       cost=response.cost, blobs=call.blobs)  # fmt: skip
