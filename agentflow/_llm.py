@@ -15,6 +15,7 @@ reproducible. Prompt tokens are counted before a call with tiktoken, from the en
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import importlib.util
@@ -130,35 +131,42 @@ def count_prompt_tokens(model: str, messages: Sequence[Mapping[str, Any]], tools
 
 
 def blob_hash(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    """The sha256 of ``data``, base64url without padding: 43 characters where hex takes 64."""
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
 @dataclass
 class MessageChain:
-    """Turns message lists into chain heads, writing each (prefix, message) node once.
+    """Turns message lists into chain heads, storing each call's new messages once.
 
-    Keeps the previous call's messages (copies) and their node hashes: an agent that appends to its
-    conversation hashes only the new messages.
+    A node is the JSON array ``[previous node hash or null, [messages...]]``: the messages a call added
+    after the conversation its previous node stands for. A call that resends its conversation plus a
+    few messages adds one node. The chain keeps the last call's messages (copies) and where its nodes
+    end, so only the new messages are hashed and copied.
     """
 
     _messages: list[Any] = field(default_factory=list)
-    _nodes: list[str] = field(default_factory=list)
+    _ends: list[tuple[int, str]] = field(default_factory=list)  # (messages covered, node hash), in order
 
     def head(self, messages: Sequence[Mapping[str, Any]], new_blobs: dict[str, bytes]) -> str | None:
-        """The hash of the last node for ``messages``; nodes not seen before are added to ``new_blobs``."""
+        """The hash of the node standing for ``messages``; a node not written before goes to ``new_blobs``."""
         shared = 0
         limit = min(len(self._messages), len(messages))
         while shared < limit and self._messages[shared] == messages[shared]:
             shared += 1
-        nodes = self._nodes[:shared]
-        previous = nodes[-1] if nodes else None
-        for message in messages[shared:]:
-            data = _canonical({"prev": previous, "message": message}).encode()
+        ends = [(n, h) for n, h in self._ends if n <= shared]
+        start, previous = ends[-1] if ends else (0, None)
+        kept = self._messages[:start]
+        if start < len(messages):
+            added = list(messages[start:])
+            text = _canonical([previous, added])
+            data = text.encode()
             previous = blob_hash(data)
             new_blobs[previous] = data
-            nodes.append(previous)
-        self._messages = [json.loads(json.dumps(m, default=str)) for m in messages]
-        self._nodes = nodes
+            ends.append((len(messages), previous))
+            kept.extend(json.loads(text)[1])  # copies: the caller may change its list later
+        self._messages = kept
+        self._ends = ends
         return previous
 
 
@@ -168,17 +176,15 @@ def _canonical(value: Any) -> str:
 
 def read_messages(head: str | None, get_blobs: Any) -> list[dict[str, Any]]:
     """Rebuild the message list of a recorded request from its chain head."""
-    messages: list[dict[str, Any]] = []
+    parts: list[list[dict[str, Any]]] = []
     node = head
     while node is not None:
         data = get_blobs([node]).get(node)
         if data is None:
             raise AgentFlowError(f"message blob {node} is missing from the store")
-        parsed = json.loads(data)
-        messages.append(parsed["message"])
-        node = parsed["prev"]
-    messages.reverse()
-    return messages
+        node, added = json.loads(data)
+        parts.append(added)
+    return [message for part in reversed(parts) for message in part]
 
 
 # -- responses ----------------------------------------------------------------------------------------------

@@ -100,15 +100,15 @@ def prepare_llm_call(
     blobs = {h: d for h, d in blobs.items() if h not in engine.written_blobs}
     tool_schemas = [t.schema() if isinstance(t, Tool) else dict(t) for t in tools] if tools else None
     recorded_params = strip_secrets(params, secret_params)
-    request = {
-        "model": model,
-        "messages": head,
-        "n_messages": len(plain),
+    request: dict[str, Any] = {"model": model, "messages": head, "n_messages": len(plain)}
+    # Only what is there: a record holds no empty fields (a conversation records one request a turn).
+    optional = {
         "tools": _blob_ref(engine, tool_schemas, blobs),
         "response_format": _blob_ref(engine, _response_format_schema(response_format), blobs),
         "params": recorded_params,
         "stream": stream,
     }
+    request.update({name: value for name, value in optional.items() if value})
     key, request_json, fp, rec = engine.begin(scope, "llm", request)
     call_kwargs: dict[str, Any] = {"model": model, "messages": plain, "max_retries": 0, **params}
     if tool_schemas:
@@ -157,6 +157,10 @@ def _cost_estimate(model: str, prompt_tokens: int, completion_tokens: int) -> fl
 
 
 def _cost(response: Any) -> float:
+    # litellm prices every response it returns; pricing it again costs ~190 us a call.
+    priced = (getattr(response, "_hidden_params", None) or {}).get("response_cost")
+    if priced is not None:
+        return float(priced)
     litellm = import_litellm()
     try:
         return float(litellm.completion_cost(completion_response=response) or 0.0)
@@ -175,6 +179,18 @@ def _parse(call: LLMCall, response: LLMResponse) -> LLMResponse:
             f"{call.key}: the model's answer does not parse as {fmt.__name__}: {str(exc).splitlines()[0]}"
         ) from exc
     return _with(response, parsed=parsed)
+
+
+def _dump(model: Any) -> dict[str, Any]:
+    """A litellm response or chunk as JSON data, without the many null fields it carries."""
+    dumped: dict[str, Any] = model.model_dump(mode="json", exclude_none=True)
+    return dumped
+
+
+def _json(value: Any) -> str:
+    from pydantic_core import to_json
+
+    return to_json(value).decode()
 
 
 def _with(response: LLMResponse, **changes: Any) -> LLMResponse:
@@ -225,10 +241,10 @@ async def call_llm(engine: RunEngine, call: LLMCall) -> LLMResponse:
     if call.record is not None:
         return _served(call)
     answer, started, attempts = await _ask_provider(engine, call)
-    raw = answer.model_dump(mode="json")
+    raw = _dump(answer)
     response = LLMResponse.from_raw(raw, _cost(answer), replayed=False)
     engine.record(key=call.key, kind="llm", name="llm", fp=call.fp, request=call.request, started=started,
-                  attempts=attempts, output=canonical_json({"response": raw}),
+                  attempts=attempts, output=_json({"response": raw}),
                   prompt_tokens=response.prompt_tokens, completion_tokens=response.completion_tokens,
                   cost=response.cost, blobs=call.blobs)  # fmt: skip
     return _parse(call, response)
@@ -313,7 +329,7 @@ class LLMStream:
         offsets: list[float] = []
         try:
             async for chunk in opened:
-                raw = chunk.model_dump(mode="json")
+                raw = _dump(chunk)
                 offset = round(time.monotonic() - t0, 6)
                 live.append(chunk)
                 raws.append(raw)
@@ -322,11 +338,11 @@ class LLMStream:
         except Exception as exc:
             raise _failed(engine, call, started, exc, attempts) from exc
         built = import_litellm().stream_chunk_builder(live, messages=call.messages)
-        raw_response = built.model_dump(mode="json")
+        raw_response = _dump(built)
         response = LLMResponse.from_raw(raw_response, _cost(built), replayed=False)
         engine.record(key=call.key, kind="llm", name="llm", fp=call.fp, request=call.request, started=started,
                       attempts=attempts,
-                      output=canonical_json({"response": raw_response, "chunks": raws, "offsets": offsets}),
+                      output=_json({"response": raw_response, "chunks": raws, "offsets": offsets}),
                       prompt_tokens=response.prompt_tokens, completion_tokens=response.completion_tokens,
                       cost=response.cost, blobs=call.blobs)  # fmt: skip
         self._response = _parse(call, response)

@@ -280,7 +280,7 @@ def test_a_conversation_stores_each_message_once(app: AgentFlow) -> None:
     requests = [json.loads(r.request or "{}") for r in app._store.load_steps(run.id)]
     heads = [r["messages"] for r in requests]
     assert [r["n_messages"] for r in requests] == [1, 3, 5, 7, 9, 11]
-    # 11 distinct messages were sent (the last answer was never sent back): 11 chain nodes, not 36.
+    # 11 distinct messages were sent (the last answer was never sent back): stored once each, not 36 times.
     from agentflow._store._sql import SQLStore
 
     assert isinstance(app._store, SQLStore)
@@ -289,7 +289,8 @@ def test_a_conversation_stores_each_message_once(app: AgentFlow) -> None:
 
         for h, data in conn.execute(text("SELECT hash, data FROM blobs")):
             blobs[h] = bytes(data)
-    assert len(blobs) == 11
+    stored = [message for data in blobs.values() for message in json.loads(data)[1]]
+    assert len(stored) == 11 and len(blobs) == 6  # each message once, in one node a call
     last = read_messages(heads[-1], lambda hashes: {h: blobs[h] for h in hashes})
     assert last == fake.calls[-1]["messages"]
 
