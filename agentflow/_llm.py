@@ -22,7 +22,7 @@ import importlib.util
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,13 +143,24 @@ class MessageChain:
     after the conversation its previous node stands for. A call that resends its conversation plus a
     few messages adds one node. The chain keeps the last call's messages (copies) and where its nodes
     end, so only the new messages are hashed and copied.
+
+    A node is made when a call is prepared but stored when a call is recorded, and a prepared call may
+    never be recorded (a budget stop, a stream never read). So the chain keeps every node it made until
+    ``written`` says it is stored, and ``head`` hands out all of the head's unwritten ancestors too.
     """
 
     _messages: list[Any] = field(default_factory=list)
     _ends: list[tuple[int, str]] = field(default_factory=list)  # (messages covered, node hash), in order
+    _unwritten: dict[str, bytes] = field(default_factory=dict)
+
+    def written(self, hashes: Iterable[str]) -> None:
+        """These nodes are in the store now."""
+        for h in hashes:
+            self._unwritten.pop(h, None)
 
     def head(self, messages: Sequence[Mapping[str, Any]], new_blobs: dict[str, bytes]) -> str | None:
-        """The hash of the node standing for ``messages``; a node not written before goes to ``new_blobs``."""
+        """The hash of the node standing for ``messages``; the nodes of its chain not yet stored go to
+        ``new_blobs``."""
         shared = 0
         limit = min(len(self._messages), len(messages))
         while shared < limit and self._messages[shared] == messages[shared]:
@@ -162,11 +173,12 @@ class MessageChain:
             text = _canonical([previous, added])
             data = text.encode()
             previous = blob_hash(data)
-            new_blobs[previous] = data
+            self._unwritten[previous] = data
             ends.append((len(messages), previous))
             kept.extend(json.loads(text)[1])  # copies: the caller may change its list later
         self._messages = kept
         self._ends = ends
+        new_blobs.update((h, self._unwritten[h]) for _, h in ends if h in self._unwritten)
         return previous
 
 

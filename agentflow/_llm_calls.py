@@ -199,9 +199,16 @@ def _with(response: LLMResponse, **changes: Any) -> LLMResponse:
     return replace(response, **changes)
 
 
-def _failed(engine: RunEngine, call: LLMCall, started: float, error: Exception, attempts: int) -> StepFailed:
+def _record(engine: RunEngine, call: LLMCall, started: float, attempts: int, **fields: Any) -> None:
+    """Record the call (with the blobs it refers to) and tell the message chain they are stored."""
     engine.record(key=call.key, kind="llm", name="llm", fp=call.fp, request=call.request, started=started,
-                  attempts=attempts, error=error, blobs=call.blobs)  # fmt: skip
+                  attempts=attempts, blobs=call.blobs, **fields)  # fmt: skip
+    chain: MessageChain = engine.extras["message_chain"]
+    chain.written(call.blobs)
+
+
+def _failed(engine: RunEngine, call: LLMCall, started: float, error: Exception, attempts: int) -> StepFailed:
+    _record(engine, call, started, attempts, error=error)
     return StepFailed(call.key, type(error).__qualname__, str(error), attempts)
 
 
@@ -243,10 +250,8 @@ async def call_llm(engine: RunEngine, call: LLMCall) -> LLMResponse:
     answer, started, attempts = await _ask_provider(engine, call)
     raw = _dump(answer)
     response = LLMResponse.from_raw(raw, _cost(answer), replayed=False)
-    engine.record(key=call.key, kind="llm", name="llm", fp=call.fp, request=call.request, started=started,
-                  attempts=attempts, output=_json({"response": raw}),
-                  prompt_tokens=response.prompt_tokens, completion_tokens=response.completion_tokens,
-                  cost=response.cost, blobs=call.blobs)  # fmt: skip
+    _record(engine, call, started, attempts, output=_json({"response": raw}), prompt_tokens=response.prompt_tokens,
+            completion_tokens=response.completion_tokens, cost=response.cost)  # fmt: skip
     return _parse(call, response)
 
 
@@ -340,9 +345,8 @@ class LLMStream:
         built = import_litellm().stream_chunk_builder(live, messages=call.messages)
         raw_response = _dump(built)
         response = LLMResponse.from_raw(raw_response, _cost(built), replayed=False)
-        engine.record(key=call.key, kind="llm", name="llm", fp=call.fp, request=call.request, started=started,
-                      attempts=attempts,
-                      output=_json({"response": raw_response, "chunks": raws, "offsets": offsets}),
-                      prompt_tokens=response.prompt_tokens, completion_tokens=response.completion_tokens,
-                      cost=response.cost, blobs=call.blobs)  # fmt: skip
+        _record(engine, call, started, attempts,
+                output=_json({"response": raw_response, "chunks": raws, "offsets": offsets}),
+                prompt_tokens=response.prompt_tokens, completion_tokens=response.completion_tokens,
+                cost=response.cost)  # fmt: skip
         self._response = _parse(call, response)

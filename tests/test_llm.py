@@ -453,3 +453,26 @@ def test_tool_arguments_named_like_secrets_reach_the_tool_but_not_the_record(app
     assert run.output == "invoice I-1" and received == ["sk-SECRET-4"]
     request = app._store.load_steps("t")[0].request or ""
     assert "sk-SECRET-4" not in request and "I-1" in request
+
+
+def test_a_call_that_was_never_made_leaves_no_gap_in_the_stored_conversation(app: AgentFlow) -> None:
+    @app.workflow()
+    async def chat(ctx: Context) -> list[str]:
+        messages: list[dict[str, Any]] = [user("first question")]
+        ctx.llm_stream(model=MODEL, messages=messages, api_key=KEY)  # prepared, never read: not recorded
+        messages.append(user("second question"))
+        answer = await ctx.llm(model=MODEL, messages=messages, api_key=KEY)
+        return [answer.text or ""]
+
+    with FakeProvider() as fake:
+        fake.script(reply("answer"))
+        run = app.run(chat, run_id="c")
+
+    assert run.output == ["answer"]
+    from agentflow._store._sql import SQLStore
+
+    assert isinstance(app._store, SQLStore)
+    (step,) = app._store.load_steps("c")
+    head = json.loads(step.request or "{}")["messages"]
+    rebuilt = read_messages(head, app._store.get_blobs)  # every node on the chain was stored
+    assert rebuilt == [user("first question"), user("second question")]
