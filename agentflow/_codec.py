@@ -30,6 +30,10 @@ def _fallback(value: Any) -> str:
 
 def canonical_json(value: Any) -> str:
     """JSON with sorted keys and no spaces: equal requests give equal text."""
+    try:  # plain JSON data (the usual request) goes straight through the C encoder
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+    except (TypeError, ValueError):
+        pass
     from pydantic_core import to_jsonable_python
 
     plain = to_jsonable_python(value, fallback=_fallback)

@@ -16,6 +16,7 @@ reproducible. Prompt tokens are counted before a call with tiktoken, from the en
 from __future__ import annotations
 
 import base64
+import bisect
 import functools
 import hashlib
 import importlib.util
@@ -137,20 +138,22 @@ def blob_hash(data: bytes) -> str:
 
 @dataclass
 class MessageChain:
-    """Turns message lists into chain heads, storing each call's new messages once.
+    """Turns message lists into chain heads, storing each message once per conversation branch.
 
-    A node is the JSON array ``[previous node hash or null, [messages...]]``: the messages a call added
-    after the conversation its previous node stands for. A call that resends its conversation plus a
-    few messages adds one node. The chain keeps the last call's messages (copies) and where its nodes
-    end, so only the new messages are hashed and copied.
+    A node is the JSON array ``[previous node hash or null, [messages...]]``. A call that resends its
+    conversation plus a few messages adds one node. When a call shares only part of the previous call's
+    last node (the same history, another last message), the shared part becomes a node of its own, so
+    calls that branch there later add only what is new. The chain keeps the last call's messages
+    (copies) and where its nodes end, so only new messages are hashed and copied.
 
     A node is made when a call is prepared but stored when a call is recorded, and a prepared call may
-    never be recorded (a budget stop, a stream never read). So the chain keeps every node it made until
-    ``written`` says it is stored, and ``head`` hands out all of the head's unwritten ancestors too.
+    never be recorded (a budget stop, a stream never read). So the chain keeps the nodes it made until
+    ``written`` says they are stored, and ``head`` hands out all of the head's unstored ancestors too.
     """
 
     _messages: list[Any] = field(default_factory=list)
-    _ends: list[tuple[int, str]] = field(default_factory=list)  # (messages covered, node hash), in order
+    _ends: list[int] = field(default_factory=list)  # how many messages each node of the chain covers
+    _nodes: list[str] = field(default_factory=list)  # the node hashes, in chain order
     _unwritten: dict[str, bytes] = field(default_factory=dict)
 
     def written(self, hashes: Iterable[str]) -> None:
@@ -159,27 +162,33 @@ class MessageChain:
             self._unwritten.pop(h, None)
 
     def head(self, messages: Sequence[Mapping[str, Any]], new_blobs: dict[str, bytes]) -> str | None:
-        """The hash of the node standing for ``messages``; the nodes of its chain not yet stored go to
+        """The hash of the node standing for ``messages``; the chain's nodes not yet stored go to
         ``new_blobs``."""
         shared = 0
         limit = min(len(self._messages), len(messages))
         while shared < limit and self._messages[shared] == messages[shared]:
             shared += 1
-        ends = [(n, h) for n, h in self._ends if n <= shared]
-        start, previous = ends[-1] if ends else (0, None)
-        kept = self._messages[:start]
-        if start < len(messages):
-            added = list(messages[start:])
-            text = _canonical([previous, added])
-            data = text.encode()
-            previous = blob_hash(data)
-            self._unwritten[previous] = data
-            ends.append((len(messages), previous))
-            kept.extend(json.loads(text)[1])  # copies: the caller may change its list later
-        self._messages = kept
-        self._ends = ends
-        new_blobs.update((h, self._unwritten[h]) for _, h in ends if h in self._unwritten)
-        return previous
+        keep = bisect.bisect_right(self._ends, shared)  # nodes lying wholly within the shared prefix
+        del self._ends[keep:], self._nodes[keep:]
+        start = self._ends[-1] if self._ends else 0
+        del self._messages[start:]
+        for stop in sorted({shared, len(messages)}):
+            if stop > start:
+                self._add(messages[start:stop])
+                start = stop
+        if self._unwritten:
+            in_chain = set(self._nodes)
+            new_blobs.update((h, d) for h, d in self._unwritten.items() if h in in_chain)
+        return self._nodes[-1] if self._nodes else None
+
+    def _add(self, added: Sequence[Mapping[str, Any]]) -> None:
+        previous = self._nodes[-1] if self._nodes else None
+        text = _canonical([previous, list(added)])
+        node = blob_hash(text.encode())
+        self._unwritten[node] = text.encode()
+        self._ends.append(len(self._messages) + len(added))
+        self._nodes.append(node)
+        self._messages.extend(json.loads(text)[1])  # copies: the caller may change its list later
 
 
 def _canonical(value: Any) -> str:

@@ -54,7 +54,9 @@ class LLMCall:
 def _plain_messages(messages: Sequence[Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for m in messages:
-        if isinstance(m, Mapping):
+        if type(m) is dict:
+            out.append(m)  # not copied: the message chain keeps copies of what it records
+        elif isinstance(m, Mapping):
             out.append(dict(m))
         else:  # a pydantic message object (litellm's Message, for instance)
             from pydantic_core import to_jsonable_python

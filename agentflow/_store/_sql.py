@@ -190,8 +190,8 @@ class SQLStore:
             dbapi: Any = self._writer.driver_connection
             try:
                 cur = dbapi.cursor()
-                if blobs:
-                    cur.executemany(self._insert_blob_sql, [(h, data, len(data)) for h, data in blobs.items()])
+                for h, data in (blobs or {}).items():  # usually one: a call's new message node
+                    cur.execute(self._insert_blob_sql, (h, data, len(data)))
                 cur.execute(self._insert_step_sql, values)
                 cur.close()
                 dbapi.commit()
