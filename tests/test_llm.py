@@ -476,3 +476,33 @@ def test_a_call_that_was_never_made_leaves_no_gap_in_the_stored_conversation(app
     head = json.loads(step.request or "{}")["messages"]
     rebuilt = read_messages(head, app._store.get_blobs)  # every node on the chain was stored
     assert rebuilt == [user("first question"), user("second question")]
+
+
+def test_reasoning_and_usage_survive_a_streamed_round_trip_and_its_replay(app: AgentFlow) -> None:
+    seen: list[tuple[list[str], str | None, int]] = []
+    state = {"crash": True}
+
+    def maybe_crash() -> None:
+        if state["crash"]:
+            raise Crash
+
+    @app.workflow()
+    async def think(ctx: Context) -> None:
+        async with ctx.llm_stream(model=MODEL, messages=[user("why?")], api_key=KEY) as s:
+            reasoning = [c.reasoning async for c in s if c.reasoning]
+        seen.append((reasoning, s.response.reasoning, s.response.completion_tokens))
+        await ctx.step("crash", maybe_crash)
+
+    with FakeProvider() as fake:
+        fake.script(reply("Because.", reasoning="First, consider the question.", usage=(6, 9)))
+        with pytest.raises(Crash):
+            app.run(think, run_id="t")
+    state["crash"] = False
+    with FakeProvider() as fake:
+        app.resume("t")
+        assert fake.call_count == 0
+
+    live, replayed = seen
+    assert "".join(live[0]) == "First, consider the question."
+    assert live[1] == "First, consider the question." and live[2] == 9
+    assert replayed == live
