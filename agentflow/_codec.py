@@ -19,7 +19,7 @@ from .errors import SerializationError
 
 __all__ = ["Codec", "canonical_json", "fingerprint"]
 
-_NO_TYPE = object()
+NO_TYPE = object()  # the marker for "no declared type"
 
 
 def _fallback(value: Any) -> str:
@@ -64,11 +64,11 @@ class Codec:
         except (PydanticSerializationError, ValueError) as exc:  # ValueError: circular reference
             raise SerializationError(where, value, str(exc).splitlines()[0]) from exc
 
-    def decode(self, text: str | None, annotation: Any = _NO_TYPE) -> Any:
+    def decode(self, text: str | None, annotation: Any = NO_TYPE) -> Any:
         """The value stored as ``text``, rebuilt as ``annotation`` when one is given."""
         if text is None:
             return None
-        if annotation is _NO_TYPE or annotation is Any or annotation is None or annotation is type(None):
+        if annotation is NO_TYPE or annotation is Any or annotation is None or annotation is type(None):
             return json.loads(text)
         return self.adapter(annotation).validate_json(text)
 
@@ -98,8 +98,8 @@ class Codec:
         try:
             hints = typing.get_type_hints(target)
         except Exception:
-            return _NO_TYPE
-        return hints.get("return", _NO_TYPE)
+            return NO_TYPE
+        return hints.get("return", NO_TYPE)
 
     def adapter(self, annotation: Any) -> Any:
         """The cached pydantic ``TypeAdapter`` for ``annotation``."""
@@ -118,6 +118,3 @@ class Codec:
         from pydantic import TypeAdapter
 
         return TypeAdapter(annotation)
-
-
-NO_TYPE = _NO_TYPE

@@ -23,6 +23,7 @@ import importlib.util
 import json
 import os
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,9 +61,10 @@ class Budget:
 
 def import_litellm() -> Any:
     """litellm, imported on first use with its bundled cost map (no network at import)."""
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    import litellm
-
+    litellm = sys.modules.get("litellm")
+    if litellm is None:
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        import litellm
     return litellm
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ._codec import canonical_json
@@ -98,8 +98,7 @@ def prepare_llm_call(
     plain = _plain_messages(messages)
     chain: MessageChain = engine.extras.setdefault("message_chain", MessageChain())
     blobs: dict[str, bytes] = {}
-    head = chain.head(plain, blobs)
-    blobs = {h: d for h, d in blobs.items() if h not in engine.written_blobs}
+    head = chain.head(plain, blobs)  # adds the chain's nodes not stored yet
     tool_schemas = [t.schema() if isinstance(t, Tool) else dict(t) for t in tools] if tools else None
     recorded_params = strip_secrets(params, secret_params)
     request: dict[str, Any] = {"model": model, "messages": head, "n_messages": len(plain)}
@@ -180,7 +179,7 @@ def _parse(call: LLMCall, response: LLMResponse) -> LLMResponse:
         raise StructuredOutputError(
             f"{call.key}: the model's answer does not parse as {fmt.__name__}: {str(exc).splitlines()[0]}"
         ) from exc
-    return _with(response, parsed=parsed)
+    return replace(response, parsed=parsed)
 
 
 def _dump(model: Any) -> dict[str, Any]:
@@ -193,12 +192,6 @@ def _json(value: Any) -> str:
     from pydantic_core import to_json
 
     return to_json(value).decode()
-
-
-def _with(response: LLMResponse, **changes: Any) -> LLMResponse:
-    from dataclasses import replace
-
-    return replace(response, **changes)
 
 
 def _record(engine: RunEngine, call: LLMCall, started: float, attempts: int, **fields: Any) -> None:
