@@ -18,20 +18,25 @@ Model calls (``ctx.llm``, ``ctx.llm_stream``) go through litellm and tools (``@t
 recorded steps too; ``agentflow.testing.FakeProvider`` fakes a model at the HTTP level for tests.
 """
 
+from ._agent import Agent, AgentResult
 from ._app import AgentFlow
 from ._clock import Clock, FakeClock, SystemClock
 from ._context import Context, SyncContext, SyncLLMStream
+from ._graph import Graph, Node, SyncGraph
 from ._llm import Budget, LLMResponse, StreamChunk, ToolCall
 from ._llm_calls import LLMStream
-from ._models import ErrorInfo, Run, RunStatus, Step, StepKind, StepStatus, Usage
+from ._models import ErrorInfo, Replay, Run, RunStatus, Step, StepKind, StepStatus, Usage
 from ._retry import Backoff, RetryPolicy
 from ._tool import IdempotencyKey, Tool, ToolArgumentsError, ToolResult, tool
 from .errors import (
     AgentFlowError,
     BudgetExceeded,
     ConfigurationError,
+    GraphFailed,
+    MaxTurnsExceeded,
     NonRetryableError,
     NotAnAgentFlowDatabase,
+    PlanInvalid,
     ReplayDivergence,
     RunConflict,
     RunNotFound,
@@ -46,9 +51,23 @@ from .errors import (
 
 __version__ = "0.1.0"
 
+# Plans are pydantic models: imported on first use, so that `import agentflow` stays light.
+_LAZY = {"Plan", "PlanResult", "PlanStep", "PlanningAgent", "check_plan", "plan_step"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        from . import _plan
+
+        return getattr(_plan, name)
+    raise AttributeError(f"module 'agentflow' has no attribute {name!r}")
+
+
 __all__ = [
+    "Agent",
     "AgentFlow",
     "AgentFlowError",
+    "AgentResult",
     "Backoff",
     "Budget",
     "BudgetExceeded",
@@ -57,11 +76,21 @@ __all__ = [
     "Context",
     "ErrorInfo",
     "FakeClock",
+    "Graph",
+    "GraphFailed",
     "IdempotencyKey",
     "LLMResponse",
     "LLMStream",
+    "MaxTurnsExceeded",
+    "Node",
     "NonRetryableError",
     "NotAnAgentFlowDatabase",
+    "Plan",
+    "PlanInvalid",
+    "PlanResult",
+    "PlanStep",
+    "PlanningAgent",
+    "Replay",
     "ReplayDivergence",
     "RetryPolicy",
     "Run",
@@ -79,6 +108,7 @@ __all__ = [
     "StreamChunk",
     "StructuredOutputError",
     "SyncContext",
+    "SyncGraph",
     "SyncLLMStream",
     "SystemClock",
     "Tool",
@@ -88,5 +118,7 @@ __all__ = [
     "Usage",
     "WorkflowNotRegistered",
     "__version__",
+    "check_plan",
+    "plan_step",
     "tool",
 ]

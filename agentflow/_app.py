@@ -21,11 +21,12 @@ from ._engine import RunEngine
 from ._journal import Journal, first_broken_link
 from ._llm import Budget
 from ._loop import run_sync
-from ._models import ErrorInfo, Run, RunStatus
+from ._models import ErrorInfo, Replay, Run, RunStatus, Step
 from ._retry import RetryPolicy
-from ._store import RunRecord, Store
+from ._store import RunRecord, StepRecord, Store
 from ._workflow import Workflow
 from .errors import (
+    AgentFlowError,
     ConfigurationError,
     ReplayDivergence,
     RunConflict,
@@ -42,6 +43,7 @@ __all__ = ["AgentFlow"]
 log = logging.getLogger("agentflow")
 F = TypeVar("F", bound=Callable[..., Any])
 _RESUMABLE = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
+_FINISHED = (RunStatus.COMPLETED.value, RunStatus.FAILED.value)
 
 
 class AgentFlow:
@@ -76,6 +78,7 @@ class AgentFlow:
         self._workflows: dict[str, Workflow] = {}
         self._by_function: dict[Callable[..., Any], Workflow] = {}
         self._inflight: dict[str, asyncio.Task[Run]] = {}
+        self._step_listeners: list[Callable[[str, Step], None]] = []
 
     def __repr__(self) -> str:
         return f"AgentFlow({self._store.url!r})"
@@ -96,6 +99,17 @@ class AgentFlow:
 
         return register
 
+    def register(self, workflow: Any, /, name: str | None = None) -> None:
+        """Register a workflow function, or an ``Agent`` (under its name), without running it.
+
+        What ``resume``, ``replay`` and ``recover`` need in a process that did not start the run:
+        they look the run's workflow up by the name it was recorded under.
+        """
+        if getattr(workflow, "__agentflow_workflow__", None) is not None:
+            self._lookup(workflow)
+        else:
+            self._register(workflow, name)
+
     def _register(self, fn: Callable[..., Any], name: str | None) -> Workflow:
         wf_name = name or fn.__qualname__
         known = self._workflows.get(wf_name)
@@ -114,7 +128,33 @@ class AgentFlow:
                 return self._workflows[workflow]
             except KeyError:
                 raise WorkflowNotRegistered(workflow, list(self._workflows)) from None
+        as_workflow = getattr(workflow, "__agentflow_workflow__", None)
+        if as_workflow is not None:  # an Agent: runs as a workflow of its own, named after it
+            name, fn = as_workflow()
+            return self._by_function.get(fn) or self._register(fn, name)
         return self._by_function.get(workflow) or self._register(workflow, None)
+
+    def on_step(self, listener: Callable[[str, Step], None]) -> Callable[[], None]:
+        """Call ``listener(run_id, step)`` each time a run of this app records a step (live, not served).
+
+        For progress displays and logs: it runs on the run's event loop, so keep it quick; an exception
+        in it is logged and does not stop the run. Returns a function that removes the listener.
+        """
+        self._step_listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._step_listeners:
+                self._step_listeners.remove(listener)
+
+        return remove
+
+    def _tell_listeners(self, run_id: str, rec: StepRecord) -> None:
+        step = Step.from_record(rec)
+        for listener in list(self._step_listeners):
+            try:
+                listener(run_id, step)
+            except Exception:
+                log.exception("step listener %r failed on %s of run %s", listener, step.key, run_id)
 
     # -- running ----------------------------------------------------------------------------------------
 
@@ -214,16 +254,12 @@ class AgentFlow:
         journal = Journal(run_id, self._store, [] if fresh else self._store.load_steps(run_id))
         engine = RunEngine(run_id, journal, self._codec, self._clock, self._default_retry)
         engine.extras.update(llm_retry=self._llm_retry, budget=wf.budget)
+        if self._step_listeners:
+            engine.listeners.append(lambda rec: self._tell_listeners(run_id, rec))
         if not fresh:
             self._store.update_run(run_id, {"status": RunStatus.RUNNING.value, "updated_at": self._clock.time()})
         try:
-            args, kwargs = wf.decode_input(record.input)
-            if wf.is_async:
-                output = await wf.fn(Context(engine), *args, **kwargs)
-            else:
-                ctx = SyncContext(engine, asyncio.get_running_loop())
-                output = await asyncio.to_thread(wf.fn, ctx, *args, **kwargs)
-            output_json = self._codec.encode(output, f"output of run {run_id!r}")
+            output_json = await self._invoke(wf, engine, record)
         except (ReplayDivergence, StoreError):
             raise  # the record is fine; the code or the database is not: leave the run resumable
         except Exception as exc:
@@ -233,6 +269,71 @@ class AgentFlow:
             engine.raise_if_halted()  # the workflow caught it, but the run must not end as if all was well
             self._finish(engine, RunStatus.COMPLETED, output=output_json)
         return self.get_run(run_id)
+
+    async def _invoke(self, wf: Workflow, engine: RunEngine, record: RunRecord) -> str:
+        """Call the workflow on the run's input; its output as JSON."""
+        args, kwargs = wf.decode_input(record.input)
+        if wf.is_async:
+            output = await wf.fn(Context(engine), *args, **kwargs)
+        else:
+            ctx = SyncContext(engine, asyncio.get_running_loop())
+            output = await asyncio.to_thread(wf.fn, ctx, *args, **kwargs)
+        return self._codec.encode(output, f"output of run {record.id!r}")
+
+    # -- replay -------------------------------------------------------------------------------------------
+
+    def replay(self, run_id: str) -> Replay:
+        """Run a finished run's workflow again against its record, offline, and check it ends the same.
+
+        Strict: every step, tool call and model call is served from the record (nothing runs, nothing is
+        called, nothing is written, no API key is needed), and the replay must ask for exactly the
+        recorded steps and end with the recorded output or error. Anything else raises
+        ``ReplayDivergence`` naming the first key where code and record part.
+        """
+        return run_sync(lambda: self.replay_async(run_id))
+
+    async def replay_async(self, run_id: str) -> Replay:
+        """``replay`` for async callers."""
+        record = self._store.get_run(run_id)
+        if record is None:
+            raise RunNotFound(run_id)
+        if record.status not in _FINISHED:
+            raise AgentFlowError(
+                f"run {run_id!r} is {record.status}, not finished: resume it (app.resume) before replaying it"
+            )
+        wf = self._lookup(record.workflow)
+        steps = self._store.load_steps(run_id)
+        engine = RunEngine(
+            run_id, Journal(run_id, self._store, steps), self._codec, self._clock, self._default_retry, strict=True
+        )
+        engine.extras.update(llm_retry=self._llm_retry, budget=wf.budget)
+        output_json: str | None = None
+        error: Exception | None = None
+        try:
+            output_json = await self._invoke(wf, engine, record)
+        except (ReplayDivergence, StoreError):
+            raise
+        except Exception as exc:
+            engine.raise_if_halted()
+            error = exc
+        engine.raise_if_halted()
+        missed = [r.key for r in steps if r.key not in engine.served]
+        if missed:
+            raise ReplayDivergence(
+                run_id, missed[0], "recorded", "never asked for",
+                f"the replay ended without asking for {len(missed)} recorded step(s): {', '.join(missed[:5])}",
+            )  # fmt: skip
+        if record.status == RunStatus.COMPLETED.value:
+            if error is not None or json.loads(output_json or "null") != json.loads(record.output or "null"):
+                now = output_json if error is None else ErrorInfo.from_json(ErrorInfo.encode(error))
+                raise ReplayDivergence(run_id, "<output>", record.output, now, "the replay ended another way")
+        else:
+            recorded = ErrorInfo.from_json(record.error)
+            got = None if error is None else ErrorInfo.from_json(ErrorInfo.encode(error))
+            if recorded is None or got is None or (got.type, got.message) != (recorded.type, recorded.message):
+                raise ReplayDivergence(run_id, "<error>", str(recorded), str(got), "the replay ended another way")
+        output = None if output_json is None else self._codec.decode(output_json, wf.return_type)
+        return Replay(run_id=run_id, status=RunStatus(record.status), output=output, served=len(engine.served))
 
     def _finish(
         self, engine: RunEngine, status: RunStatus, *, output: str | None = None, error: str | None = None

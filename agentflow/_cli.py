@@ -2,6 +2,7 @@
 
     agentflow runs [--status failed] [--workflow triage] [--limit 50] [--db URL]
     agentflow show RUN_ID [--traceback] [--db URL]
+    agentflow demo [--db URL]
 
 Presentation only: everything shown comes from the public API (``AgentFlow.list_runs``, ``get_run``,
 ``Run.steps``). The database is opened with ``create=False``, so looking never creates one. Errors
@@ -167,6 +168,18 @@ def show_command(
         # A rule, not a panel: the traceback stays copyable, without border characters in it.
         out.print(Rule(Text(f"traceback of {label}"), style="red"))
         out.print(Text(err.traceback.rstrip()), soft_wrap=True)
+
+
+@cli.command("demo")
+def demo_command(db: DbOption = None) -> None:
+    """Run the support agent offline, kill it halfway (SIGKILL), resume it, and replay it strictly."""
+    from ._demo import run_demo
+
+    try:
+        code = run_demo(db)
+    except AgentFlowError as exc:
+        _fail(str(exc))
+    raise typer.Exit(code=code)
 
 
 # -- opening the database and failing ---------------------------------------------------------------------

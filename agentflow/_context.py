@@ -14,13 +14,14 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar, overload
 
 from ._engine import RunEngine, current_scope
+from ._graph import Graph, SyncGraph
 from ._llm import LLMResponse, StreamChunk
 from ._llm_calls import LLMStream, call_llm, prepare_llm_call
 from ._retry import RetryPolicy
 from ._tool import Tool, ToolResult, tool
 from .errors import AgentFlowError
 
-__all__ = ["Context", "SyncContext", "SyncLLMStream"]
+__all__ = ["Context", "Facts", "SyncContext", "SyncLLMStream"]
 
 T = TypeVar("T")
 ToolSpec = Tool | Mapping[str, Any]
@@ -58,6 +59,23 @@ class _Common:
     def random(self) -> float:
         """A random float in [0, 1), recorded."""
         return float(self._engine.value("random", _random.random))
+
+    @property
+    def facts(self) -> Facts:
+        """Durable facts (long-term memory) in this run's database; plain calls, not recorded steps."""
+        return Facts(self._engine)
+
+    def checkpoint(self, name: str, state: Mapping[str, Any], *, snapshot_every: int = 10) -> str:
+        """Record ``state`` (JSON data) as the next checkpoint named ``name``; returns its key.
+
+        Stored as a JSON patch against the previous checkpoint of that name, or a full snapshot every
+        ``snapshot_every`` checkpoints (and when the patch would be the larger). ``run.state_at(step)``
+        rebuilds the state at any step. Resumed, a recorded checkpoint is not written again.
+        """
+        _require_name(name)
+        from ._checkpoint import record_checkpoint
+
+        return record_checkpoint(self._engine, current_scope(), name, state, every=snapshot_every)
 
     def _prepare(
         self,
@@ -118,6 +136,14 @@ class Context(_Common):
         """
         _require_name(name)
         return await self._engine.step(current_scope(), name, fn, args, kwargs, retry)
+
+    def graph(self, name: str, /, *, concurrency: int | None = None) -> Graph:
+        """A new step graph named ``name``: declare nodes with ``add``, then ``await graph.run()``.
+
+        Independent nodes run concurrently, at most ``concurrency`` at once (None: no limit); each is a
+        durable step named ``<name>.<node id>``. See ``Graph``.
+        """
+        return Graph(self._engine, name, concurrency=concurrency)
 
     async def tool(
         self, fn: Tool | Callable[..., Any], /, *, retry: RetryPolicy | None = None, **arguments: Any
@@ -211,6 +237,10 @@ class SyncContext(_Common):
         # blocking the loop while it waits for them would deadlock.
         return self._wait(self._engine.step(current_scope(), name, fn, args, kwargs, retry))
 
+    def graph(self, name: str, /, *, concurrency: int | None = None) -> SyncGraph:
+        """A new step graph whose ``run()`` blocks and returns the outputs; see ``Context.graph``."""
+        return SyncGraph(self._engine, name, self._wait, concurrency=concurrency)
+
     def tool(
         self, fn: Tool | Callable[..., Any], /, *, retry: RetryPolicy | None = None, **arguments: Any
     ) -> ToolResult:
@@ -285,3 +315,30 @@ def _require_name(name: str) -> None:
             f"a step name must be a non-empty string without '/' or '#', got {name!r} "
             "(they separate scopes and counters in keys)"
         )
+
+
+class Facts:
+    """Durable facts by namespace and key, in the run's database and shared by every run that uses it.
+
+    Reads and writes are plain database calls, not recorded: take them inside a step (as
+    ``agentflow.memory.LongTermMemory`` does) so that a resumed or replayed run sees what was read the
+    first time. Values are JSON data; a write records which run made it.
+    """
+
+    def __init__(self, engine: RunEngine) -> None:
+        self._engine = engine
+        self._store = engine.journal.store  # the database the run records its steps in
+
+    def put(self, namespace: str, key: str, value: Any) -> None:
+        """Set ``key`` in ``namespace`` to ``value``, replacing what it held."""
+        text = self._engine.codec.encode(value, f"fact {key!r} of namespace {namespace!r}")
+        self._store.put_fact(namespace, key, text, self._engine.run_id, updated_at=self._engine.clock.time())
+
+    def get(self, namespace: str, *, keys: Sequence[str] | None = None, prefix: str | None = None) -> dict[str, Any]:
+        """The facts of ``namespace`` in key order: all, those named in ``keys``, or those under ``prefix``."""
+        found = self._store.get_facts(namespace, keys=keys, prefix=prefix)
+        return {key: self._engine.codec.decode(text) for key, text in found.items()}
+
+    def delete(self, namespace: str, key: str) -> bool:
+        """Remove ``key`` from ``namespace``; False when it was not there."""
+        return self._store.delete_fact(namespace, key)

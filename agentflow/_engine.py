@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from .errors import (
 )
 
 __all__ = ["RunEngine", "current_scope"]
+
+log = logging.getLogger("agentflow")
 
 # The key of the step whose function is running, so that steps it takes are scoped under it.
 _scope: ContextVar[str] = ContextVar("agentflow_scope", default="")
@@ -78,6 +81,11 @@ class RunEngine:
     # Blobs this run has written (content-addressed), so each is sent to the store once.
     written_blobs: set[str] = field(default_factory=set)
     extras: dict[str, Any] = field(default_factory=dict)  # per-run state of other layers (the LLM gateway)
+    # Told of every step once it is recorded (a live display, say); a failing listener is logged, not raised.
+    listeners: list[Callable[[StepRecord], None]] = field(default_factory=list)
+    # A strict replay serves the record only: a step missing from it is a divergence, nothing is written.
+    strict: bool = False
+    served: set[str] = field(default_factory=set)  # the keys served from the record (a replay checks them)
 
     def __post_init__(self) -> None:
         for rec in self.journal.records():
@@ -116,6 +124,14 @@ class RunEngine:
                     self.run_id, key, recorded, json.loads(request_json), "the step was called with another request"
                 )
             )
+        if rec is None and self.strict:
+            raise self.halt(
+                ReplayDivergence(
+                    self.run_id, key, None, json.loads(request_json), "the replay asks for a step the run never took"
+                )
+            )
+        if rec is not None:
+            self.served.add(key)
         return key, request_json, fp, rec
 
     def record(
@@ -136,6 +152,8 @@ class RunEngine:
         blobs: Mapping[str, bytes] | None = None,
     ) -> StepRecord:
         """Write one step record (and the blobs it refers to) in one commit."""
+        if self.strict:  # begin() refused every step that is not recorded; nothing gets here
+            raise AgentFlowError(f"{key}: a strict replay writes nothing (this is a bug in agentflow)")
         try:
             rec = self.journal.append(
                 key=key,
@@ -161,6 +179,11 @@ class RunEngine:
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
         self.cost += cost
+        for listener in self.listeners:
+            try:
+                listener(rec)
+            except Exception:
+                log.exception("a step listener failed on %s of run %s", key, self.run_id)
         return rec
 
     def divergence(self, key: str, recorded: Any, current: Any, reason: str) -> ReplayDivergence:

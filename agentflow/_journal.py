@@ -54,6 +54,11 @@ class Journal:
         self._counters: dict[str, int] = {}
         self._lock = threading.Lock()  # a sync workflow's thread and the event loop may both append
 
+    @property
+    def store(self) -> Store:
+        """The database this run records its steps in."""
+        return self._store
+
     def next_key(self, scope: str, name: str) -> str:
         """The key of the next use of ``name`` in ``scope``; call it in program order, before any await."""
         base = f"{scope}/{name}" if scope else name

@@ -166,10 +166,14 @@ class MessageChain:
     def head(self, messages: Sequence[Mapping[str, Any]], new_blobs: dict[str, bytes]) -> str | None:
         """The hash of the node standing for ``messages``; the chain's nodes not yet stored go to
         ``new_blobs``."""
-        shared = 0
-        limit = min(len(self._messages), len(messages))
-        while shared < limit and self._messages[shared] == messages[shared]:
-            shared += 1
+        known = len(self._messages)
+        if len(messages) >= known and self._messages == list(messages[:known]):
+            shared = known  # the usual case, a conversation that grew: one list comparison, in C
+        else:
+            shared = 0
+            limit = min(known, len(messages))
+            while shared < limit and self._messages[shared] == messages[shared]:
+                shared += 1
         keep = bisect.bisect_right(self._ends, shared)  # nodes lying wholly within the shared prefix
         del self._ends[keep:], self._nodes[keep:]
         start = self._ends[-1] if self._ends else 0

@@ -32,7 +32,7 @@ from ._store import StepRecord
 from ._tool import Tool
 from .errors import AgentFlowError, BudgetExceeded, StepFailed, StructuredOutputError
 
-__all__ = ["LLMCall", "LLMStream", "call_llm", "prepare_llm_call"]
+__all__ = ["LLMCall", "LLMStream", "call_llm", "over_budget", "prepare_llm_call"]
 
 
 @dataclass
@@ -128,22 +128,46 @@ def check_budget(engine: RunEngine, call: LLMCall) -> None:
     budget: Budget | None = engine.extras.get("budget")
     if budget is None or (budget.max_tokens is None and budget.max_cost is None):
         return
-    prompt = count_prompt_tokens(call.model, call.messages, call.call_kwargs.get("tools"))
-    completion = int(call.call_kwargs.get("max_tokens") or call.call_kwargs.get("max_completion_tokens") or 0)
-    used = engine.prompt_tokens + engine.completion_tokens
-    if budget.max_tokens is not None and used + prompt + completion > budget.max_tokens:
-        raise BudgetExceeded(
-            f"{call.key}: run {engine.run_id!r} has used {used} of its {budget.max_tokens} tokens and this call "
-            f"needs at least {prompt + completion} ({prompt} prompt, counted with tiktoken"
-            f"{f', plus max_tokens={completion}' if completion else ''}); the call was not made"
+    problem = over_budget(
+        budget,
+        engine.prompt_tokens + engine.completion_tokens,
+        engine.cost,
+        call.model,
+        call.messages,
+        call.call_kwargs,
+    )
+    if problem is not None:
+        raise BudgetExceeded(f"{call.key}: run {engine.run_id!r} {problem}; the call was not made")
+
+
+def over_budget(
+    budget: Budget,
+    used_tokens: int,
+    used_cost: float,
+    model: str,
+    messages: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+) -> str | None:
+    """What a call with ``messages`` and ``params`` would pass in ``budget`` (None: nothing), having used
+    ``used_tokens`` and ``used_cost`` already. Prompt tokens are counted with tiktoken, offline."""
+    if budget.max_tokens is None and budget.max_cost is None:
+        return None
+    prompt = count_prompt_tokens(model, messages, params.get("tools"))
+    completion = int(params.get("max_tokens") or params.get("max_completion_tokens") or 0)
+    if budget.max_tokens is not None and used_tokens + prompt + completion > budget.max_tokens:
+        return (
+            f"has used {used_tokens} of its {budget.max_tokens} tokens and this call needs at least "
+            f"{prompt + completion} ({prompt} prompt, counted with tiktoken"
+            f"{f', plus max_tokens={completion}' if completion else ''})"
         )
     if budget.max_cost is not None:
-        estimate = _cost_estimate(call.model, prompt, completion)
-        if engine.cost + estimate > budget.max_cost:
-            raise BudgetExceeded(
-                f"{call.key}: run {engine.run_id!r} has spent ${engine.cost:.6f} of its ${budget.max_cost:.6f} and "
-                f"this call would cost at least ${estimate:.6f}; the call was not made"
+        estimate = _cost_estimate(model, prompt, completion)
+        if used_cost + estimate > budget.max_cost:
+            return (
+                f"has spent ${used_cost:.6f} of its ${budget.max_cost:.6f} and this call would cost at least "
+                f"${estimate:.6f}"
             )
+    return None
 
 
 def _cost_estimate(model: str, prompt_tokens: int, completion_tokens: int) -> float:

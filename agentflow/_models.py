@@ -173,6 +173,41 @@ class Run:
             return []
         return [Step.from_record(r) for r in self._store.load_steps(self.id)]
 
+    def state_at(self, step: str | int | Step, *, chain: str | None = None) -> Any:
+        """The checkpointed state (an agent's messages and scratch state) as it was at ``step``.
+
+        ``step`` is a key, a ``seq`` or a ``Step``; the state is that of the last checkpoint recorded at or
+        before it, rebuilt from the snapshot before it and the JSON patches since (None when there is no
+        checkpoint yet). A run with checkpoints of several agents needs ``chain``: the checkpoint key
+        without its ``#n`` (``support.state``), or its last part when that is unambiguous.
+        """
+        from ._checkpoint import checkpoint_chains, rebuild_state
+        from .errors import AgentFlowError
+
+        if isinstance(step, Step):
+            seq = step.seq
+        elif isinstance(step, int):
+            seq = step
+        else:
+            found = [s.seq for s in self.steps if s.key == step]
+            if not found:
+                raise AgentFlowError(f"run {self.id!r} has no step {step!r}")
+            seq = found[0]
+        chains = checkpoint_chains(self.steps)
+        if chain is None:
+            if len(chains) > 1:
+                raise AgentFlowError(f"run {self.id!r} checkpoints several states; pass chain= one of {sorted(chains)}")
+            names = list(chains)
+        else:
+            names = [c for c in chains if c == chain] or [c for c in chains if c.endswith("/" + chain)]
+            if len(names) != 1:
+                raise AgentFlowError(
+                    f"run {self.id!r}: chain {chain!r} matches {len(names)} of its checkpoint chains {sorted(chains)}"
+                )
+        if not names:
+            return None
+        return rebuild_state(chains[names[0]], seq)
+
     @classmethod
     def from_record(cls, rec: RunRecord, output: Any, store: Store | None) -> Run:
         return cls(
@@ -191,3 +226,14 @@ class Run:
             cost=rec.cost,
             _store=store,
         )
+
+
+@dataclass(frozen=True)
+class Replay:
+    """A strict replay that matched its record: the run ``status`` and ``output`` it reproduced, and how
+    many recorded steps it was ``served`` (all of them)."""
+
+    run_id: str
+    status: RunStatus
+    output: Any
+    served: int

@@ -10,7 +10,10 @@ Tree::
     ├── SerializationError            a value cannot be stored as JSON (names the step or the run)
     ├── StepFailed                    a step failed for good; raised into the workflow, live and on resume
     ├── StepTimeout                   one attempt of a step passed its timeout (retried by the policy)
+    ├── GraphFailed                   nodes of a step graph failed; the others ran or were skipped
     ├── BudgetExceeded                a model call would take the run past its budget (not made)
+    ├── MaxTurnsExceeded              an agent took all its turns without a final answer
+    ├── PlanInvalid                   a planning agent's model could not produce a plan that can run
     ├── StructuredOutputError         a model's answer does not parse into the requested model
     ├── ReplayDivergence              the code asks for something other than what the record holds
     └── StoreError                    the database cannot be used
@@ -31,8 +34,11 @@ __all__ = [
     "AgentFlowError",
     "BudgetExceeded",
     "ConfigurationError",
+    "GraphFailed",
+    "MaxTurnsExceeded",
     "NonRetryableError",
     "NotAnAgentFlowDatabase",
+    "PlanInvalid",
     "ReplayDivergence",
     "RunConflict",
     "RunNotFound",
@@ -122,8 +128,59 @@ class StepTimeout(AgentFlowError):
         super().__init__(f"step {key!r}: attempt timed out after {timeout:g} s")
 
 
+class GraphFailed(AgentFlowError):
+    """Nodes of a step graph failed for good; raised by ``Graph.run`` once every other node ran.
+
+    The nodes that depend (directly or not) on a failed one were skipped; the independent ones ran to
+    their end. ``outputs`` maps each completed node's id to its output, ``errors`` each failed node's id
+    to its ``StepFailed``, and ``skipped`` lists the ids that did not run. Completed and failed nodes are
+    recorded, so a resumed run serves them (the failures too) without running them again. Catch it to use
+    the partial outputs or to take another path.
+    """
+
+    def __init__(self, graph: str, outputs: dict[str, Any], errors: dict[str, StepFailed], skipped: list[str]) -> None:
+        self.graph = graph
+        self.outputs = outputs
+        self.errors = errors
+        self.skipped = skipped
+        failed = "; ".join(f"{nid!r} ({exc.error_type}: {exc.error_message})" for nid, exc in errors.items())
+        not_run = ", ".join(repr(nid) for nid in skipped) or "none"
+        done = ", ".join(repr(nid) for nid in outputs) or "none"
+        plural = "s" if len(errors) != 1 else ""
+        super().__init__(
+            f"graph {graph!r}: node{plural} {failed} failed; skipped, as they depend on a failed node: {not_run}; "
+            f"completed: {done}. The completed outputs are in .outputs and the failures in .errors: catch "
+            "GraphFailed to use them, or fix the failing node and start a new run"
+        )
+
+
 class BudgetExceeded(AgentFlowError):
     """A model call could take the run past its budget; raised before the call is made."""
+
+
+class MaxTurnsExceeded(AgentFlowError):
+    """An agent used all of its ``max_turns`` model turns and the model still asked for tools."""
+
+    def __init__(self, agent: str, max_turns: int, last_tools: list[str]) -> None:
+        self.agent = agent
+        self.max_turns = max_turns
+        super().__init__(
+            f"agent {agent!r} reached max_turns={max_turns} without a final answer (the last turn asked for "
+            f"{', '.join(last_tools) or 'nothing'}); raise max_turns or make the instructions say when to stop"
+        )
+
+
+class PlanInvalid(AgentFlowError):
+    """The model's plan still had problems after ``max_fixes`` rounds of being told what was wrong."""
+
+    def __init__(self, planner: str, max_fixes: int, problems: list[str]) -> None:
+        self.planner = planner
+        self.problems = problems
+        listing = "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+        super().__init__(
+            f"planner {planner!r} got no plan that can run after {max_fixes} round(s) of fixes: {listing}. "
+            "Raise max_fixes, or give the model clearer tool descriptions"
+        )
 
 
 class StructuredOutputError(AgentFlowError):

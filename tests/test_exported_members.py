@@ -3,6 +3,17 @@
 import agentflow
 
 EXPECTED = {
+    "Plan",
+    "PlanInvalid",
+    "PlanResult",
+    "PlanStep",
+    "PlanningAgent",
+    "check_plan",
+    "plan_step",
+    "Agent",
+    "AgentResult",
+    "MaxTurnsExceeded",
+    "Replay",
     "ToolCall",
     "SyncLLMStream",
     "StructuredOutputError",
@@ -24,6 +35,10 @@ EXPECTED = {
     "Context",
     "ErrorInfo",
     "FakeClock",
+    "Graph",
+    "GraphFailed",
+    "Node",
+    "SyncGraph",
     "NonRetryableError",
     "NotAnAgentFlowDatabase",
     "ReplayDivergence",

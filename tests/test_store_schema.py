@@ -16,13 +16,14 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from dbtools import execute, table_names
-from sqlalchemy import Column, Connection, MetaData, String
+from sqlalchemy import Column, Connection, MetaData, String, create_engine
+from sqlalchemy.pool import NullPool
 
 import agentflow._store._schema as schema
 import agentflow._store.migrations as migrations_package
-from agentflow import AgentFlow
+from agentflow import AgentFlow, RunStatus
 from agentflow._store._schema import HEAD, REVISIONS, VERSION_TABLE
-from agentflow._store._sql import open_store
+from agentflow._store._sql import normalize_url, open_store
 from agentflow._store._tables import metadata
 
 MIGRATIONS = Path(migrations_package.__file__).parent
@@ -93,13 +94,62 @@ def test_opening_an_up_to_date_database_does_not_import_alembic(tmp_path: Path) 
 
 
 def test_empty_database_is_migrated_to_head_at_open(db_url: str) -> None:
-    # Only one revision exists. When 0002 lands, add a test beside this one: bring a fresh database to
-    # REVISIONS[-2] with alembic (command.upgrade on a Config whose script_location is MIGRATIONS and whose
-    # attributes["connection"] is an open connection), insert a run, then open it with AgentFlow and assert
-    # the version row is HEAD, the run reads back, and _diff(conn, metadata) == [].
     assert table_names(db_url) == set()
 
     open_store(db_url).close()
 
     assert execute(db_url, f"SELECT version_num FROM {VERSION_TABLE}") == [(HEAD,)]
-    assert table_names(db_url) == {"runs", "steps", "blobs", VERSION_TABLE}
+    assert table_names(db_url) == {"runs", "steps", "blobs", "facts", VERSION_TABLE}
+
+
+def _migrate_to(db_url: str, revision: str) -> None:
+    """Bring the database at ``db_url`` to ``revision`` with Alembic, as an older agentflow left it."""
+    from alembic import command
+    from alembic.config import Config
+
+    engine = create_engine(normalize_url(db_url), poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = conn
+            command.upgrade(config, revision)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("start", REVISIONS[:-1])
+def test_a_database_at_an_older_revision_is_migrated_to_head_at_open_and_keeps_its_runs(
+    db_url: str, start: str
+) -> None:
+    _migrate_to(db_url, start)
+    assert execute(db_url, f"SELECT version_num FROM {VERSION_TABLE}") == [(start,)]
+    execute(
+        db_url,
+        "INSERT INTO runs (id, workflow, status, input, output, created_at, updated_at) "
+        "VALUES ('old', 'triage', 'completed', '{\"args\":[],\"kwargs\":{}}', '42', 1.0, 2.0)",
+    )
+
+    with AgentFlow(db_url) as app:
+        run = app.get_run("old")
+        assert (run.status, run.output) == (RunStatus.COMPLETED, 42)
+
+    assert execute(db_url, f"SELECT version_num FROM {VERSION_TABLE}") == [(HEAD,)]
+    store = open_store(db_url)
+    try:
+        with store.engine.connect() as conn:
+            assert _diff(conn, metadata) == []
+        store.put_fact("agent", "language", '"fr"', "old")
+        assert store.get_facts("agent") == {"language": '"fr"'}
+    finally:
+        store.close()
+
+
+def test_migrating_0001_to_0002_adds_the_facts_table(db_url: str) -> None:
+    _migrate_to(db_url, "0001_initial")
+    assert "facts" not in table_names(db_url)
+
+    open_store(db_url).close()
+
+    assert "facts" in table_names(db_url)
+    assert execute(db_url, f"SELECT version_num FROM {VERSION_TABLE}") == [(HEAD,)]

@@ -110,4 +110,25 @@ class Store(Protocol):
 
     def get_blobs(self, hashes: Iterable[str]) -> dict[str, bytes]: ...
 
+    def put_fact(
+        self, namespace: str, key: str, value_json: str, run_id: str | None, *, updated_at: float | None = None
+    ) -> None:
+        """Set the fact ``key`` of ``namespace`` to ``value_json`` (JSON text), replacing any value it had.
+
+        ``run_id`` is the run that writes it; ``updated_at`` defaults to now (seconds since the epoch).
+        """
+        ...
+
+    def get_facts(
+        self, namespace: str, *, keys: Iterable[str] | None = None, prefix: str | None = None
+    ) -> dict[str, str]:
+        """The facts of ``namespace`` (key to JSON text), in key order: all of them, those named in
+        ``keys``, or those whose key starts with ``prefix`` (taken literally: ``%`` and ``_`` are not
+        wildcards). ``keys`` and ``prefix`` together give the named keys that have the prefix."""
+        ...
+
+    def delete_fact(self, namespace: str, key: str) -> bool:
+        """Remove one fact; False when there was none."""
+        ...
+
     def close(self) -> None: ...

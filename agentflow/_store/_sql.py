@@ -11,11 +11,12 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, create_engine, event, insert, select, update
+from sqlalchemy import Connection, Engine, create_engine, delete, event, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.exc import DatabaseError as SADatabaseError
@@ -24,7 +25,7 @@ from sqlalchemy.pool import PoolProxiedConnection, StaticPool
 from ..errors import ConfigurationError, NotAnAgentFlowDatabase, StoreError
 from ._records import STEP_COLUMNS, RunRecord, StepRecord
 from ._schema import VERSION_TABLE, check_revision, ensure_schema
-from ._tables import BlobRow, RunRow, StepRow
+from ._tables import BlobRow, FactRow, RunRow, StepRow
 
 __all__ = ["Durability", "SQLStore", "normalize_url", "open_store"]
 
@@ -207,17 +208,21 @@ class SQLStore:
                 self._writer = None
                 raise StoreError(f"could not record step {step.key!r} of run {step.run_id!r}: {exc}") from exc
 
+    def _dialect_insert(self, table: Any) -> Any:
+        """An ``INSERT`` with ``ON CONFLICT`` support: both dialects spell it the same way."""
+        if self._engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+        return dialect_insert(table)
+
     def put_blobs(self, blobs: Mapping[str, bytes]) -> None:
         if not blobs:
             return
         table = BlobRow.__table__  # type: ignore[attr-defined]
         rows = [{"hash": h, "data": data, "size": len(data)} for h, data in blobs.items()]
-        if self._engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
         with self._connect(begin=True) as conn:
-            conn.execute(dialect_insert(table).on_conflict_do_nothing(index_elements=["hash"]), rows)
+            conn.execute(self._dialect_insert(table).on_conflict_do_nothing(index_elements=["hash"]), rows)
 
     def get_blobs(self, hashes: Iterable[str]) -> dict[str, bytes]:
         wanted = list(dict.fromkeys(hashes))
@@ -227,6 +232,49 @@ class SQLStore:
         with self._connect() as conn:
             rows = conn.execute(select(table.c.hash, table.c.data).where(table.c.hash.in_(wanted))).all()
         return {h: bytes(data) for h, data in rows}
+
+    # -- facts (long-term memory) ----------------------------------------------------------------------
+
+    def put_fact(
+        self, namespace: str, key: str, value_json: str, run_id: str | None, *, updated_at: float | None = None
+    ) -> None:
+        table = FactRow.__table__  # type: ignore[attr-defined]
+        row = {
+            "namespace": namespace,
+            "key": key,
+            "value": value_json,
+            "updated_at": time.time() if updated_at is None else updated_at,
+            "run_id": run_id,
+        }
+        stmt = self._dialect_insert(table).values(row)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["namespace", "key"],
+            set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at, "run_id": stmt.excluded.run_id},
+        )
+        with self._connect(begin=True) as conn:
+            conn.execute(stmt)
+
+    def get_facts(
+        self, namespace: str, *, keys: Iterable[str] | None = None, prefix: str | None = None
+    ) -> dict[str, str]:
+        table = FactRow.__table__  # type: ignore[attr-defined]
+        query = select(table.c.key, table.c.value).where(table.c.namespace == namespace)
+        if keys is not None:
+            wanted = list(dict.fromkeys(keys))
+            if not wanted:
+                return {}
+            query = query.where(table.c.key.in_(wanted))
+        if prefix:
+            query = query.where(table.c.key.startswith(prefix, autoescape=True))
+        with self._connect() as conn:
+            rows = conn.execute(query.order_by(table.c.key)).all()
+        return {k: v for k, v in rows}
+
+    def delete_fact(self, namespace: str, key: str) -> bool:
+        table = FactRow.__table__  # type: ignore[attr-defined]
+        with self._connect(begin=True) as conn:
+            result = conn.execute(delete(table).where(table.c.namespace == namespace, table.c.key == key))
+        return bool(result.rowcount)
 
     def close(self) -> None:
         with self._writer_lock:

@@ -9,7 +9,7 @@ from sqlalchemy import Column, Float, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
-__all__ = ["BlobRow", "RunRow", "StepRow", "metadata"]
+__all__ = ["BlobRow", "FactRow", "RunRow", "StepRow", "metadata"]
 
 
 class _AgentFlowTable(SQLModel, registry=registry()):
@@ -76,6 +76,22 @@ class BlobRow(_AgentFlowTable, table=True):
     hash: str = Field(sa_column=Column(String, primary_key=True))
     data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     size: int = Field(sa_column=Column(Integer, nullable=False))
+
+
+class FactRow(_AgentFlowTable, table=True):
+    """A durable fact of long-term memory: a JSON value under a key, in a namespace (an agent's name).
+
+    Facts outlive runs; ``run_id`` says which run wrote the current value. Reads of a namespace by key
+    or key prefix use the primary key.
+    """
+
+    __tablename__ = "facts"
+
+    namespace: str = Field(sa_column=Column(String, primary_key=True))
+    key: str = Field(sa_column=Column(String, primary_key=True))
+    value: str = Field(sa_column=Column(Text, nullable=False))
+    updated_at: float = Field(sa_column=Column(Float, nullable=False))
+    run_id: str | None = Field(default=None, sa_column=Column(String))
 
 
 metadata = _AgentFlowTable.metadata
