@@ -31,7 +31,7 @@ def test_quickstart_code_block_runs_as_written(tmp_path: Path) -> None:
 
 def test_model_calls_and_tools_block_runs_offline_as_written(tmp_path: Path) -> None:
     blocks = _blocks("python")
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     assert _run_block(blocks[1], tmp_path) == [
         "Order A-17 has shipped.",
         "['llm#0', 'lookup_order#0', 'llm#1']",
@@ -39,9 +39,18 @@ def test_model_calls_and_tools_block_runs_offline_as_written(tmp_path: Path) -> 
     ]
 
 
+def test_agents_block_runs_offline_as_written(tmp_path: Path) -> None:
+    assert _run_block(_blocks("python")[2], tmp_path) == [
+        "Order A-17 has shipped.",
+        "['llm#0', 'lookup_order#0', 'support.state#0', 'llm#1', 'support.state#1']",
+        "4",
+        "True",
+    ]
+
+
 def test_readme_commands_are_the_ones_ci_and_the_examples_use() -> None:
     main_job, tests = _blocks("sh")
     ci = (REPO / ".ci" / "run").read_text()
     assert tests.strip() in ci
-    script = re.search(r"\.venv/bin/python (\S+\.py)", main_job)
-    assert script is not None and (REPO / script.group(1)).exists()
+    # The main job is `agentflow demo` (tests/test_examples.py runs it through the installed script).
+    assert main_job.strip().endswith("&& .venv/bin/agentflow demo")
