@@ -12,7 +12,11 @@ state, rebuilt on resume by serving the recorded turns, so one ``Agent`` serves 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import inspect
+import json
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -117,12 +121,26 @@ class Agent:
         self.budget = budget
         self.params = dict(params or {})
         self.snapshot_every = snapshot_every
+        self.defined_in: str | None = sys._getframe(1).f_globals.get("__name__")  # where the code lives
         self._workflow: Callable[..., Any] | None = None
 
     def __repr__(self) -> str:
         return f"Agent(name={self.name!r}, model={self.model!r}, tools={[t.name for t in self.tools]})"
 
     # -- running as a workflow ----------------------------------------------------------------------------
+
+    def code_version(self) -> str:
+        """A hash of what decides the agent's behaviour: model, instructions, limits, and each tool's
+        schema and source. Recorded with each run; a replay under another version says so."""
+        return code_version_of(
+            {
+                "model": self.model,
+                "instructions": self.instructions,
+                "max_turns": self.max_turns,
+                "tools": [tool_fingerprint(t) for t in self.tools],
+                "memory": type(self.memory).__qualname__ if self.memory is not None else None,
+            }
+        )
 
     def __agentflow_workflow__(self) -> tuple[str, Callable[..., Any]]:
         """``app.run(agent, input)``: the agent as a workflow of its own, registered under its name."""
@@ -180,7 +198,11 @@ class Agent:
         return {"messages": result.messages, "scratch": result.scratch}
 
     def _checkpoint(self, ctx: Context, result: AgentResult) -> None:
-        ctx.checkpoint(f"{self.name}.state", self.state(result), snapshot_every=self.snapshot_every)
+        live = self.state(result)
+        recorded = ctx.checkpoint(f"{self.name}.state", live, snapshot_every=self.snapshot_every)
+        if recorded != json.loads(json.dumps(live, default=str)):  # a fork edited the state: go on from it
+            result.messages[:] = recorded.get("messages", result.messages)
+            result.scratch = dict(recorded.get("scratch", result.scratch))
 
     def _check_budget(self, ctx: Context, result: AgentResult, messages: list[dict[str, Any]]) -> None:
         if self.budget is None:
@@ -204,6 +226,20 @@ class Agent:
             return f"error: the arguments of {call.name!r} are not a JSON object ({exc}); send them as one"
         result = await ctx.tool(found, **arguments)
         return result.content
+
+
+def tool_fingerprint(t: Tool) -> dict[str, Any]:
+    """What a tool contributes to an agent's code version: its schema and its function's source."""
+    try:
+        source = inspect.getsource(t.fn)
+    except (OSError, TypeError):
+        source = getattr(t.fn, "__qualname__", repr(t.fn))
+    return {"schema": t.schema(), "idempotent": t.idempotent, "source": source}
+
+
+def code_version_of(description: Mapping[str, Any]) -> str:
+    text = json.dumps(description, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _asked_for(response: LLMResponse) -> list[str]:

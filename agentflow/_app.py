@@ -12,6 +12,7 @@ import logging
 import os
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ._clock import Clock, SystemClock
@@ -21,7 +22,9 @@ from ._engine import RunEngine
 from ._journal import Journal, first_broken_link
 from ._llm import Budget
 from ._loop import run_sync
-from ._models import ErrorInfo, Replay, Run, RunStatus, Step
+from ._models import ErrorInfo, Replay, ReplayMode, Run, RunStatus, Step
+from ._overrides import NO_OVERRIDE, override_output
+from ._refs import ref_of_object
 from ._retry import RetryPolicy
 from ._store import RunRecord, StepRecord, Store
 from ._workflow import Workflow
@@ -85,16 +88,23 @@ class AgentFlow:
 
     # -- registration -----------------------------------------------------------------------------------
 
-    def workflow(self, name: str | None = None, *, budget: Budget | None = None) -> Callable[[F], F]:
+    def workflow(
+        self, name: str | None = None, *, budget: Budget | None = None, code_version: str | None = None
+    ) -> Callable[[F], F]:
         """Register a workflow (``async def`` or ``def``) whose first parameter is the ``Context``.
 
         ``name`` (default: the function's qualified name) is what runs record, and what ``resume`` and
-        ``recover`` look up in another process, so keep it stable. ``budget`` limits each run's tokens
-        and cost: a model call that could pass it raises ``BudgetExceeded`` before it is made.
+        ``recover`` look up in another process, so keep it stable. ``code_version`` is recorded with each
+        run (default: a hash of the function's source); a replay under another version says so.
+        ``budget`` limits each run's tokens and cost: a model call that could pass it raises
+        ``BudgetExceeded`` before it is made.
         """
 
         def register(fn: F) -> F:
-            self._register(fn, name).budget = budget
+            wf = self._register(fn, name)
+            wf.budget = budget
+            if code_version is not None:
+                wf.code_version = code_version
             return fn
 
         return register
@@ -131,7 +141,13 @@ class AgentFlow:
         as_workflow = getattr(workflow, "__agentflow_workflow__", None)
         if as_workflow is not None:  # an Agent: runs as a workflow of its own, named after it
             name, fn = as_workflow()
-            return self._by_function.get(fn) or self._register(fn, name)
+            known = self._by_function.get(fn)
+            if known is not None:
+                return known
+            wf = self._register(fn, name)
+            wf.ref = ref_of_object(workflow, getattr(workflow, "defined_in", None))
+            wf.version_source = getattr(workflow, "code_version", None)
+            return wf
         return self._by_function.get(workflow) or self._register(workflow, None)
 
     def on_step(self, listener: Callable[[str, Step], None]) -> Callable[[], None]:
@@ -182,7 +198,8 @@ class AgentFlow:
             input=input_json,
             created_at=now,
             updated_at=now,
-            code_version=wf.code_version,
+            code_version=wf.current_version(),
+            workflow_ref=wf.ref,
         )
         if self._store.insert_run(record):
             return await self._execute(wf, record, fresh=True)
@@ -239,20 +256,25 @@ class AgentFlow:
                 log.error("recover: run %s was left as it was: %s", record.id, exc)
         return recovered
 
-    async def _execute(self, wf: Workflow, record: RunRecord, *, fresh: bool) -> Run:
+    async def _execute(
+        self, wf: Workflow, record: RunRecord, *, fresh: bool, source: dict[str, StepRecord] | None = None
+    ) -> Run:
         running = self._inflight.get(record.id)
         if running is not None and running.get_loop() is asyncio.get_running_loop():
             return await asyncio.shield(running)  # the same run is executing here already
-        task = asyncio.ensure_future(self._execute_once(wf, record, fresh))
+        task = asyncio.ensure_future(self._execute_once(wf, record, fresh, source))
         self._inflight[record.id] = task
         task.add_done_callback(lambda _: self._inflight.pop(record.id, None))
         # Shielded: a caller that is cancelled stops waiting; the run itself goes on to its end.
         return await asyncio.shield(task)
 
-    async def _execute_once(self, wf: Workflow, record: RunRecord, fresh: bool) -> Run:
+    async def _execute_once(
+        self, wf: Workflow, record: RunRecord, fresh: bool, source: dict[str, StepRecord] | None = None
+    ) -> Run:
         run_id = record.id
         journal = Journal(run_id, self._store, [] if fresh else self._store.load_steps(run_id))
         engine = RunEngine(run_id, journal, self._codec, self._clock, self._default_retry)
+        engine.source = source or {}
         engine.extras.update(llm_retry=self._llm_retry, budget=wf.budget)
         if self._step_listeners:
             engine.listeners.append(lambda rec: self._tell_listeners(run_id, rec))
@@ -282,18 +304,23 @@ class AgentFlow:
 
     # -- replay -------------------------------------------------------------------------------------------
 
-    def replay(self, run_id: str) -> Replay:
+    def replay(self, run_id: str, mode: ReplayMode = "strict") -> Replay:
         """Run a finished run's workflow again against its record, offline, and check it ends the same.
 
-        Strict: every step, tool call and model call is served from the record (nothing runs, nothing is
-        called, nothing is written, no API key is needed), and the replay must ask for exactly the
-        recorded steps and end with the recorded output or error. Anything else raises
-        ``ReplayDivergence`` naming the first key where code and record part.
+        ``strict``: every step, tool call and model call is served from the record (nothing runs, nothing
+        is called, nothing is written, no API key is needed); the replay must ask for exactly the recorded
+        steps and end with the recorded output or error, or ``ReplayDivergence`` names the first key where
+        code and record part, with the recorded and the new request and the JSON patch between them.
+        ``relaxed``: the same, serving by key without checking fingerprints. ``live``: serves until the
+        first divergence, then goes on live in a new run (linked to this one by ``forked_from``), and the
+        ``Replay`` says where it diverged. No replay makes a non-idempotent tool call the run made.
         """
-        return run_sync(lambda: self.replay_async(run_id))
+        return run_sync(lambda: self.replay_async(run_id, mode))
 
-    async def replay_async(self, run_id: str) -> Replay:
+    async def replay_async(self, run_id: str, mode: ReplayMode = "strict") -> Replay:
         """``replay`` for async callers."""
+        if mode not in ("strict", "relaxed", "live"):
+            raise ConfigurationError(f"replay mode {mode!r}: use 'strict', 'relaxed' or 'live'")
         record = self._store.get_run(run_id)
         if record is None:
             raise RunNotFound(run_id)
@@ -304,9 +331,22 @@ class AgentFlow:
         wf = self._lookup(record.workflow)
         steps = self._store.load_steps(run_id)
         engine = RunEngine(
-            run_id, Journal(run_id, self._store, steps), self._codec, self._clock, self._default_retry, strict=True
+            run_id, Journal(run_id, self._store, steps), self._codec, self._clock, self._default_retry, mode=mode
         )
         engine.extras.update(llm_retry=self._llm_retry, budget=wf.budget)
+        engine.source = {r.key: r for r in steps}
+        engine.code_versions = (record.code_version, wf.current_version())
+        diverged: list[ReplayDivergence] = []
+        if mode == "live":
+
+            def go_live(report: ReplayDivergence) -> None:
+                new_id = f"{run_id}-live-{uuid.uuid4().hex[:8]}"
+                self._insert_derived(record, wf, new_id, report.key)
+                engine.journal.rebase(new_id, [r for r in steps if r.key in engine.served])
+                engine.run_id = new_id
+                diverged.append(report)
+
+            engine.on_diverge = go_live
         output_json: str | None = None
         error: Exception | None = None
         try:
@@ -317,6 +357,28 @@ class AgentFlow:
             engine.raise_if_halted()
             error = exc
         engine.raise_if_halted()
+        if diverged:  # the rest ran live, in a run of its own
+            if error is None:
+                self._finish(engine, RunStatus.COMPLETED, output=output_json)
+            else:
+                self._finish(engine, RunStatus.FAILED, error=ErrorInfo.encode(error))
+            status = RunStatus.COMPLETED if error is None else RunStatus.FAILED
+            output = None if output_json is None else self._codec.decode(output_json, wf.return_type)
+            return Replay(run_id, status, output, len(engine.served), mode, diverged[0], engine.run_id)
+        self._check_ending(record, steps, engine, output_json, error)
+        output = None if output_json is None else self._codec.decode(output_json, wf.return_type)
+        return Replay(run_id, RunStatus(record.status), output, len(engine.served), mode)
+
+    def _check_ending(
+        self,
+        record: RunRecord,
+        steps: list[StepRecord],
+        engine: RunEngine,
+        output_json: str | None,
+        error: Exception | None,
+    ) -> None:
+        """A replay that took every recorded step must also end as the run did."""
+        run_id = record.id
         missed = [r.key for r in steps if r.key not in engine.served]
         if missed:
             raise ReplayDivergence(
@@ -332,8 +394,59 @@ class AgentFlow:
             got = None if error is None else ErrorInfo.from_json(ErrorInfo.encode(error))
             if recorded is None or got is None or (got.type, got.message) != (recorded.type, recorded.message):
                 raise ReplayDivergence(run_id, "<error>", str(recorded), str(got), "the replay ended another way")
-        output = None if output_json is None else self._codec.decode(output_json, wf.return_type)
-        return Replay(run_id=run_id, status=RunStatus(record.status), output=output, served=len(engine.served))
+
+    def _insert_derived(self, source: RunRecord, wf: Workflow, new_id: str, at: str) -> RunRecord:
+        """Insert a run made from ``source`` (a fork, or the live part of a replay), linked to it."""
+        now = self._clock.time()
+        derived = RunRecord(
+            id=new_id,
+            workflow=wf.name,
+            status=RunStatus.RUNNING.value,
+            input=source.input,
+            created_at=now,
+            updated_at=now,
+            code_version=wf.current_version(),
+            workflow_ref=wf.ref,
+            forked_from=source.id,
+            forked_at=at,
+        )
+        if not self._store.insert_run(derived):
+            raise RunConflict(new_id, "a run with this id exists already")
+        return derived
+
+    # -- fork ---------------------------------------------------------------------------------------------
+
+    def fork(self, run_id: str, at: str, override: Any = NO_OVERRIDE, *, new_run_id: str | None = None) -> Run:
+        """A new run that reuses ``run_id``'s record before the step ``at`` and runs the rest live.
+
+        ``override`` is what the step ``at`` gives in the fork instead of what it gave: the text (or a
+        message dict, or a whole response) of a model call, the result of a tool, the value of a step,
+        or an agent's state for a checkpoint. Without it, ``at`` runs live too. The new run records
+        ``forked_from`` and ``forked_at``; the source run is never changed. A non-idempotent tool call
+        the source run made is served from its record, not made again.
+        """
+        return run_sync(lambda: self.fork_async(run_id, at, override, new_run_id=new_run_id))
+
+    async def fork_async(
+        self, run_id: str, at: str, override: Any = NO_OVERRIDE, *, new_run_id: str | None = None
+    ) -> Run:
+        """``fork`` for async callers."""
+        record = self._store.get_run(run_id)
+        if record is None:
+            raise RunNotFound(run_id)
+        wf = self._lookup(record.workflow)
+        steps = self._store.load_steps(run_id)
+        by_key = {r.key: r for r in steps}
+        target = by_key.get(at)
+        if target is None:
+            keys = ", ".join(r.key for r in steps[:12])
+            raise AgentFlowError(f"run {run_id!r} has no step {at!r} to fork at; its steps: {keys}")
+        keep = [r for r in steps if r.seq < target.seq]
+        if override is not NO_OVERRIDE:
+            keep.append(replace(target, status="completed", error=None, output=override_output(target, override)))
+        derived = self._insert_derived(record, wf, new_run_id or f"{run_id}-fork-{uuid.uuid4().hex[:8]}", at)
+        Journal(derived.id, self._store, []).rebase(derived.id, keep)
+        return await self._execute(wf, derived, fresh=False, source=by_key)
 
     def _finish(
         self, engine: RunEngine, status: RunStatus, *, output: str | None = None, error: str | None = None

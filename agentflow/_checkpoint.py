@@ -41,11 +41,12 @@ def chain_of(key: str) -> str:
     return key.rsplit("#", 1)[0]
 
 
-def record_checkpoint(engine: RunEngine, scope: str, name: str, state: Mapping[str, Any], *, every: int) -> str:
-    """Record ``state`` as the next checkpoint of the chain ``scope/name``; returns its key.
+def record_checkpoint(engine: RunEngine, scope: str, name: str, state: Mapping[str, Any], *, every: int) -> Any:
+    """Record ``state`` as the next checkpoint of the chain ``scope/name``; returns the state as recorded.
 
-    Resumed or replayed, a checkpoint already in the record is not written again; the live state (which
-    the served steps before it rebuilt) becomes the base of the next patch.
+    Resumed or replayed, a checkpoint already in the record is not written again and the recorded state
+    is returned: it equals ``state`` unless the record was edited (a fork that overrides an agent's
+    state), in which case the caller should carry on from the recorded one.
     """
     if every < 1:
         raise AgentFlowError(f"checkpoint every must be at least 1, got {every}")
@@ -56,9 +57,16 @@ def record_checkpoint(engine: RunEngine, scope: str, name: str, state: Mapping[s
     chain = chain_of(key)
     last = chains.get(chain)
     if rec is not None:
-        snapshot = rec.output is not None and rec.output.startswith('{"snapshot"')
-        chains[chain] = _Last(copy, 0 if snapshot or last is None else last.since_snapshot + 1)
-        return key
+        recorded = json.loads(rec.output or "{}")
+        if "snapshot" in recorded:
+            chains[chain] = _Last(recorded["snapshot"], 0)
+        else:
+            import jsonpatch
+
+            base = last.state if last is not None else copy
+            patched = jsonpatch.apply_patch(base, recorded.get("patch", []), in_place=False)
+            chains[chain] = _Last(patched, last.since_snapshot + 1 if last is not None else 0)
+        return json.loads(canonical_json(chains[chain].state))
     output: str | None = None
     if last is not None and last.since_snapshot + 1 < every:
         import jsonpatch
@@ -74,7 +82,7 @@ def record_checkpoint(engine: RunEngine, scope: str, name: str, state: Mapping[s
         chains[chain] = _Last(copy, last.since_snapshot + 1 if last is not None else 0)
     now = engine.clock.time()
     engine.record(key=key, kind="checkpoint", name=name, fp=fp, request=request, started=now, attempts=1, output=output)
-    return key
+    return json.loads(text)
 
 
 class _CheckpointLike(Protocol):

@@ -65,12 +65,14 @@ class _Common:
         """Durable facts (long-term memory) in this run's database; plain calls, not recorded steps."""
         return Facts(self._engine)
 
-    def checkpoint(self, name: str, state: Mapping[str, Any], *, snapshot_every: int = 10) -> str:
-        """Record ``state`` (JSON data) as the next checkpoint named ``name``; returns its key.
+    def checkpoint(self, name: str, state: Mapping[str, Any], *, snapshot_every: int = 10) -> Any:
+        """Record ``state`` (JSON data) as the next checkpoint named ``name``; returns it as recorded.
 
         Stored as a JSON patch against the previous checkpoint of that name, or a full snapshot every
         ``snapshot_every`` checkpoints (and when the patch would be the larger). ``run.state_at(step)``
-        rebuilds the state at any step. Resumed, a recorded checkpoint is not written again.
+        rebuilds the state at any step. Resumed, a recorded checkpoint is not written again and its
+        recorded state is returned: different from ``state`` only where a fork overrode it, and then the
+        workflow should go on from the returned state.
         """
         _require_name(name)
         from ._checkpoint import record_checkpoint

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ._clock import Clock
 from ._codec import Codec, canonical_json, fingerprint
@@ -83,9 +83,16 @@ class RunEngine:
     extras: dict[str, Any] = field(default_factory=dict)  # per-run state of other layers (the LLM gateway)
     # Told of every step once it is recorded (a live display, say); a failing listener is logged, not raised.
     listeners: list[Callable[[StepRecord], None]] = field(default_factory=list)
-    # A strict replay serves the record only: a step missing from it is a divergence, nothing is written.
-    strict: bool = False
+    # "resume" serves what is recorded and runs the rest; "strict" and "relaxed" replays serve only (with
+    # and without checking fingerprints) and write nothing; "live" serves until the first divergence,
+    # then calls on_diverge (which moves the journal to a new run) and goes on as "resume".
+    mode: Literal["resume", "strict", "relaxed", "live"] = "resume"
+    on_diverge: Callable[[ReplayDivergence], None] | None = None
     served: set[str] = field(default_factory=set)  # the keys served from the record (a replay checks them)
+    # The source run's records, for a fork or a live replay: a non-idempotent tool call found there (same
+    # key, same request) is served from it instead of being made a second time.
+    source: dict[str, StepRecord] = field(default_factory=dict)
+    code_versions: tuple[str | None, str | None] | None = None  # (recorded, current), for reports
 
     def __post_init__(self) -> None:
         for rec in self.journal.records():
@@ -109,30 +116,72 @@ class RunEngine:
     def begin(self, scope: str, name: str, request: Mapping[str, Any]) -> tuple[str, str, str, StepRecord | None]:
         """Allocate the key (in call order, before any await), fingerprint the request, find the record.
 
-        Returns ``(key, request_json, fingerprint, record or None)``; a record with another fingerprint
-        is a ``ReplayDivergence``.
+        Returns ``(key, request_json, fingerprint, record or None)``. What a record with another
+        fingerprint, or a missing record, means depends on ``mode``: resuming, the first is a
+        ``ReplayDivergence`` and the second a step to run; a strict replay refuses both; a relaxed one
+        serves by key and refuses only a miss; a live replay goes on live from the first of either.
         """
         self.raise_if_halted()
         key = self.journal.next_key(scope, name)
         request_json = canonical_json(request)
         fp = fingerprint(request_json)
         rec = self.journal.recorded(key)
-        if rec is not None and rec.fingerprint != fp:
-            recorded = json.loads(rec.request) if rec.request else rec.fingerprint
-            raise self.halt(
-                ReplayDivergence(
-                    self.run_id, key, recorded, json.loads(request_json), "the step was called with another request"
-                )
-            )
-        if rec is None and self.strict:
-            raise self.halt(
-                ReplayDivergence(
-                    self.run_id, key, None, json.loads(request_json), "the replay asks for a step the run never took"
-                )
-            )
+        if rec is not None and rec.fingerprint != fp and self.mode != "relaxed":
+            if self.mode == "live":
+                self._diverge(key, rec, request_json, "the step was called with another request")
+                return key, request_json, fp, None
+            raise self.halt(self.divergence_report(key, rec, request_json, "the step was called with another request"))
+        if rec is None and self.mode in ("strict", "relaxed", "live"):
+            reason = "the replay asks for a step the run never took"
+            if self.mode != "live":
+                raise self.halt(self.divergence_report(key, None, request_json, reason))
+            self._diverge(key, None, request_json, reason)
         if rec is not None:
             self.served.add(key)
         return key, request_json, fp, rec
+
+    def _diverge(self, key: str, rec: StepRecord | None, request_json: str, reason: str) -> None:
+        """A live replay leaves the record here: the rest runs live, in a new run (``on_diverge``)."""
+        report = self.divergence_report(key, rec, request_json, reason)
+        self.mode = "resume"
+        if self.on_diverge is None:
+            raise self.halt(report)
+        self.on_diverge(report)
+
+    def divergence_report(self, key: str, rec: StepRecord | None, request_json: str, reason: str) -> ReplayDivergence:
+        """A ``ReplayDivergence`` with the recorded and the new request made readable (messages spelled
+        out, not blob hashes) and the JSON patch from one to the other."""
+        import jsonpatch
+
+        current = self._readable(json.loads(request_json))
+        recorded = None if rec is None else self._readable(json.loads(rec.request) if rec.request else {})
+        diff = jsonpatch.make_patch(recorded or {}, current).patch if isinstance(current, dict) else []
+        note = None
+        if self.code_versions is not None and self.code_versions[0] != self.code_versions[1]:
+            note = f"recorded under code version {self.code_versions[0]}, replayed under {self.code_versions[1]}"
+        return ReplayDivergence(self.run_id, key, recorded, current, reason, diff=diff, note=note)
+
+    def _readable(self, request: Any) -> Any:
+        """A request with its message chain head replaced by the messages, where the blobs can be found."""
+        if not isinstance(request, dict) or not isinstance(request.get("messages"), str):
+            return request
+        from ._llm import read_messages
+
+        chain = self.extras.get("message_chain")
+        pending: Mapping[str, bytes] = getattr(chain, "_unwritten", {}) if chain is not None else {}
+
+        def get_blobs(hashes: list[str]) -> dict[str, bytes]:
+            found = {h: pending[h] for h in hashes if h in pending}
+            missing = [h for h in hashes if h not in found]
+            if missing:
+                found.update(self.journal.store.get_blobs(missing))
+            return found
+
+        try:
+            messages = read_messages(request["messages"], get_blobs)
+        except AgentFlowError:
+            return request
+        return {**request, "messages": messages}
 
     def record(
         self,
@@ -152,8 +201,8 @@ class RunEngine:
         blobs: Mapping[str, bytes] | None = None,
     ) -> StepRecord:
         """Write one step record (and the blobs it refers to) in one commit."""
-        if self.strict:  # begin() refused every step that is not recorded; nothing gets here
-            raise AgentFlowError(f"{key}: a strict replay writes nothing (this is a bug in agentflow)")
+        if self.mode in ("strict", "relaxed"):  # begin() refused every step that is not recorded
+            raise AgentFlowError(f"{key}: a {self.mode} replay writes nothing (this is a bug in agentflow)")
         try:
             rec = self.journal.append(
                 key=key,
@@ -185,6 +234,18 @@ class RunEngine:
             except Exception:
                 log.exception("a step listener failed on %s of run %s", key, self.run_id)
         return rec
+
+    def adopt(self, original: StepRecord) -> StepRecord:
+        """Record a copy of another run's record of the same key (its output or error, as it was)."""
+        try:
+            return self.journal.append(
+                key=original.key, kind=original.kind, name=original.name, fingerprint=original.fingerprint,
+                request=original.request, status=original.status, attempt=original.attempt, output=original.output,
+                error=original.error, started_at=original.started_at, finished_at=original.finished_at,
+                prompt_tokens=original.prompt_tokens, completion_tokens=original.completion_tokens, cost=original.cost,
+            )  # fmt: skip
+        except StoreError as exc:
+            raise self.halt(exc) from exc.__cause__
 
     def divergence(self, key: str, recorded: Any, current: Any, reason: str) -> ReplayDivergence:
         return ReplayDivergence(self.run_id, key, recorded, current, reason)
@@ -284,6 +345,10 @@ class RunEngine:
         )
         if rec is not None:
             return self._serve_tool(tool, rec)
+        original = self.source.get(key)
+        if not tool.idempotent and original is not None and original.fingerprint == fp:
+            # A fork or a live replay reaching a payment the source run made: never make it twice.
+            return self._serve_tool(tool, self.adopt(original))
         started = self.clock.time()
         try:
             call_args = tool.validate(arguments)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Mapping
+from dataclasses import replace
 
 from ._store import StepRecord, Store
 
@@ -119,3 +120,24 @@ class Journal:
             self._chain = chain
             self._recorded[key] = record
             return record
+
+    def rebase(self, run_id: str, keep: list[StepRecord]) -> list[StepRecord]:
+        """Become the journal of a new run ``run_id`` that starts with copies of ``keep`` (in their order).
+
+        For a fork, or a live replay that diverged: the copies are renumbered, chained anew under the
+        new run id (the chain starts from the run's id) and written; nothing else of the old record is
+        served any more. Returns the copies.
+        """
+        with self._lock:
+            chain = genesis(run_id)
+            copies: list[StepRecord] = []
+            for seq, rec in enumerate(keep):
+                chain = chain_hash(chain, rec.key, rec.kind, rec.fingerprint, rec.status, rec.output, rec.error)
+                copies.append(replace(rec, run_id=run_id, seq=seq, chain=chain))
+            for copy in copies:
+                self._store.write_step(copy, None)
+            self.run_id = run_id
+            self._recorded = {c.key: c for c in copies}
+            self._next_seq = len(copies)
+            self._chain = chain
+            return copies

@@ -8,10 +8,11 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from ._store import RunRecord, StepRecord, Store
+    from .errors import ReplayDivergence
 
 __all__ = ["ErrorInfo", "Run", "RunStatus", "Step", "StepKind", "StepStatus", "Usage"]
 
@@ -164,6 +165,8 @@ class Run:
     forked_from: str | None
     usage: Usage
     cost: float
+    workflow_ref: str | None = None
+    forked_at: str | None = None
     _store: Store | None = field(default=None, repr=False, compare=False)
 
     @cached_property
@@ -224,16 +227,29 @@ class Run:
             forked_from=rec.forked_from,
             usage=Usage(rec.prompt_tokens, rec.completion_tokens),
             cost=rec.cost,
+            workflow_ref=rec.workflow_ref,
+            forked_at=rec.forked_at,
             _store=store,
         )
 
 
+ReplayMode = Literal["strict", "relaxed", "live"]
+
+
 @dataclass(frozen=True)
 class Replay:
-    """A strict replay that matched its record: the run ``status`` and ``output`` it reproduced, and how
-    many recorded steps it was ``served`` (all of them)."""
+    """How a replay went: the ``status`` and ``output`` it reached and how many recorded steps it was
+    ``served``. A live replay that diverged says where (``diverged``, the report) and names the run that
+    went on live (``live_run_id``); a strict or relaxed one that returns matched its record."""
 
     run_id: str
     status: RunStatus
     output: Any
     served: int
+    mode: ReplayMode = "strict"
+    diverged: ReplayDivergence | None = None
+    live_run_id: str | None = None
+
+    @property
+    def matched(self) -> bool:
+        return self.diverged is None

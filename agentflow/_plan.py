@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ._agent import Agent
+from ._agent import Agent, code_version_of, tool_fingerprint
 from ._context import Context
 from ._graph import Node
 from ._tool import Tool, tool
@@ -234,7 +235,20 @@ class PlanningAgent:
         self.max_fixes = max_fixes
         self.max_replans = max_replans
         self.params = dict(params or {})
+        self.defined_in: str | None = sys._getframe(1).f_globals.get("__name__")  # where the code lives
         self._workflow: Callable[..., Any] | None = None
+
+    def code_version(self) -> str:
+        """A hash of the model, instructions, limits, tools and sub-agents (recorded with each run)."""
+        return code_version_of(
+            {
+                "model": self.model,
+                "instructions": self.instructions,
+                "limits": [self.concurrency, self.max_fixes, self.max_replans],
+                "tools": [tool_fingerprint(t) for t in self.tools.values()],
+                "agents": {name: agent.code_version() for name, agent in self.agents.items()},
+            }
+        )
 
     def __agentflow_workflow__(self) -> tuple[str, Callable[..., Any]]:
         """``app.run(planner, goal)``: the planner as a workflow of its own, registered under its name."""

@@ -10,6 +10,7 @@ from typing import Any
 
 from ._codec import NO_TYPE, Codec
 from ._llm import Budget
+from ._refs import ref_of_function
 from .errors import ConfigurationError
 
 __all__ = ["Workflow"]
@@ -33,16 +34,26 @@ class Workflow:
     budget: Budget | None = None
     is_async: bool = field(init=False)
     code_version: str | None = field(init=False)
+    ref: str | None = field(init=False)  # module:qualname, for tools that must import the code by themselves
+    # Computes the version when the code is an object whose behaviour can change (an Agent's instructions).
+    version_source: Callable[[], str | None] | None = field(init=False, default=None)
     signature: inspect.Signature = field(init=False)
 
     def __post_init__(self) -> None:
         self.is_async = inspect.iscoroutinefunction(self.fn)
         self.code_version = _code_version(self.fn)
+        self.ref = ref_of_function(self.fn)
         self.signature = inspect.signature(self.fn)
         if not self.signature.parameters:
             raise ConfigurationError(
                 f"workflow {self.name!r} must take the context as its first parameter: def {self.name}(ctx, ...)"
             )
+
+    def current_version(self) -> str | None:
+        """The code version now: recorded with each new run, compared by replays."""
+        if self.version_source is not None:
+            self.code_version = self.version_source()
+        return self.code_version
 
     @property
     def return_type(self) -> Any:

@@ -194,17 +194,53 @@ class ReplayDivergence(AgentFlowError):
     one recorded there. The run is left as it was, so it can be resumed after the code is fixed.
     """
 
-    def __init__(self, run_id: str, key: str, recorded: Any, current: Any, reason: str) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        key: str,
+        recorded: Any,
+        current: Any,
+        reason: str,
+        *,
+        diff: list[dict[str, Any]] | None = None,
+        note: str | None = None,
+    ) -> None:
         self.run_id = run_id
         self.key = key
+        self.path = key.split("/")  # the enclosing steps' keys, outermost first, then the step's own
         self.recorded = recorded
         self.current = current
-        super().__init__(
-            f"run {run_id!r} diverged from its record at step {key!r}: {reason}\n"
-            f"  recorded: {recorded!r}\n  now:      {current!r}\n"
+        self.reason = reason
+        self.diff = diff or []
+        self.note = note
+        lines = [f"run {run_id!r} diverged from its record at step {key!r}: {reason}"]
+        if len(self.path) > 1:
+            lines.append(f"  step path: {' > '.join(self.path)}")
+        if note:
+            lines.append(f"  {note}")
+        if self.diff:
+            lines.append("  diff (JSON patch, recorded -> now):")
+            lines += [f"    {_op(op)}" for op in self.diff[:20]]
+            if len(self.diff) > 20:
+                lines.append(f"    ... and {len(self.diff) - 20} more")
+        else:
+            lines += [f"  recorded: {_short(recorded)}", f"  now:      {_short(current)}"]
+        lines.append(
             "The code changed since this run was recorded. Restore the code that recorded it to resume, "
-            "or start a new run."
+            "replay it with mode='live' to go on from here in a new run, or start a new run."
         )
+        super().__init__("\n".join(lines))
+
+
+def _short(value: Any, limit: int = 400) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _op(op: dict[str, Any]) -> str:
+    value = f" {_short(op['value'], 200)}" if "value" in op else ""
+    source = f" from {op['from']}" if "from" in op else ""
+    return f"{op.get('op')} {op.get('path')}{source}{value}"
 
 
 class StoreError(AgentFlowError):

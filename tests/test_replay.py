@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from agentflow import (
@@ -109,3 +111,132 @@ def test_an_unfinished_run_is_not_replayed(app: AgentFlow) -> None:
         app.run(crashes, run_id="r")
     with pytest.raises(AgentFlowError, match="resume it"):
         app.replay("r")
+
+
+# -- reports, modes and forks ------------------------------------------------------------------------------
+
+
+def two_question_workflow(app: AgentFlow, second: dict[str, str]) -> Any:
+    @app.workflow(name="two_questions")
+    async def ask(ctx: Context, topic: str) -> str:
+        first = await ctx.llm(model=MODEL, messages=[{"role": "user", "content": f"About {topic}?"}], **PARAMS)
+        follow = [{"role": "user", "content": second["text"]}]
+        answer = await ctx.llm(model=MODEL, messages=follow, **PARAMS)
+        return f"{first.text} / {answer.text}"
+
+    return ask
+
+
+def test_a_divergence_report_names_the_key_its_path_and_the_json_patch(app: AgentFlow) -> None:
+    agent = Agent(name="support", model=MODEL, instructions="Be brief.", params=PARAMS)
+    with FakeProvider() as fake:
+        fake.script(reply("Hi."))
+        app.run(agent, "Hello", run_id="r")
+
+    agent.instructions = "Be verbose."
+    with pytest.raises(ReplayDivergence) as caught:
+        app.replay("r")
+    report = caught.value
+    assert report.key == "llm#0" and report.path == ["llm#0"]
+    assert {"op": "replace", "path": "/messages/0/content", "value": "Be verbose."} in report.diff
+    assert report.recorded["messages"][0]["content"] == "Be brief."  # messages spelled out, not blob hashes
+    text = str(report)
+    assert "replace /messages/0/content 'Be verbose.'" in text
+    assert "recorded under code version" in text  # the agent's instructions are part of its code version
+
+
+def test_relaxed_replay_serves_by_key_and_ignores_fingerprints(app: AgentFlow) -> None:
+    second = {"text": "And tomorrow?"}
+    workflow = two_question_workflow(app, second)
+    with FakeProvider() as fake:
+        fake.script(reply("Sunny."), reply("Rain."))
+        app.run(workflow, "weather", run_id="r")
+
+    second["text"] = "And the day after?"
+    with pytest.raises(ReplayDivergence):
+        app.replay("r")
+    replay = app.replay("r", mode="relaxed")
+    assert replay.matched and replay.output == "Sunny. / Rain."
+
+
+def test_live_replay_goes_on_live_from_the_divergence_in_a_new_run(app: AgentFlow) -> None:
+    second = {"text": "And tomorrow?"}
+    workflow = two_question_workflow(app, second)
+    with FakeProvider() as fake:
+        fake.script(reply("Sunny."), reply("Rain."))
+        source = app.run(workflow, "weather", run_id="r")
+
+    second["text"] = "And the day after?"
+    with FakeProvider() as fake:
+        fake.script(reply("Snow."))  # only the divergent call reaches the model
+        replay = app.replay("r", mode="live")
+        assert fake.call_count == 1 and fake.calls[0]["messages"][0]["content"] == "And the day after?"
+
+    assert not replay.matched and replay.diverged is not None and replay.diverged.key == "llm#1"
+    assert replay.output == "Sunny. / Snow." and replay.status == RunStatus.COMPLETED
+    live = app.get_run(replay.live_run_id)
+    assert (live.forked_from, live.forked_at, live.status) == ("r", "llm#1", RunStatus.COMPLETED)
+    assert [s.key for s in live.steps] == ["llm#0", "llm#1"]
+    assert app.verify(live.id) is None  # the copied record is chained anew under the new run
+    assert app.get_run("r").steps == source.steps and app.get_run("r").output == "Sunny. / Rain."
+
+
+def test_a_fork_with_an_overridden_model_answer_changes_what_follows(app: AgentFlow) -> None:
+    agent = Agent(name="support", model=MODEL, tools=[issue_refund], params=PARAMS)
+    calls.clear()
+    with FakeProvider() as fake:
+        fake.script(tool_call("issue_refund", {"order_id": "A-1", "amount": 5}), reply("Refunded."))
+        source = app.run(agent, "Refund A-1", run_id="r")
+
+    with FakeProvider() as fake:  # the overridden answer has no tool call: the agent stops there
+        fork = app.fork("r", at="llm#0", override="Sorry, no refund for this order.")
+        assert fake.call_count == 0
+
+    assert fork.status == RunStatus.COMPLETED and fork.output.output == "Sorry, no refund for this order."
+    assert [s.key for s in fork.steps] == ["llm#0", "support.state#0"]
+    assert (fork.forked_from, fork.forked_at) == ("r", "llm#0")
+    assert calls == ["A-1"]  # nothing was refunded again
+    after = app.get_run("r")
+    assert after.steps == source.steps and after.output == source.output and app.verify("r") is None
+
+
+def test_a_fork_that_reaches_a_payment_again_is_served_the_source_runs_record(app: AgentFlow) -> None:
+    agent = Agent(name="support", model=MODEL, tools=[issue_refund], params=PARAMS)
+    calls.clear()
+    with FakeProvider() as fake:
+        fake.script(tool_call("issue_refund", {"order_id": "A-1", "amount": 5}), reply("Refunded."))
+        app.run(agent, "Refund A-1", run_id="r")
+
+    with FakeProvider() as fake:  # llm#0 runs live again and asks for the same refund
+        fake.script(tool_call("issue_refund", {"order_id": "A-1", "amount": 5}), reply("Refunded again?"))
+        fork = app.fork("r", at="llm#0")
+
+    assert fork.output.output == "Refunded again?"
+    assert calls == ["A-1"]  # the non-idempotent tool was not called a second time
+    refund = next(s for s in fork.steps if s.key == "issue_refund#0")
+    assert refund.output == "refunded 5.0 on A-1"
+
+
+def test_a_fork_can_edit_the_agents_state_at_a_checkpoint(app: AgentFlow) -> None:
+    agent = Agent(name="support", model=MODEL, tools=[issue_refund], params=PARAMS)
+    with FakeProvider() as fake:
+        fake.script(tool_call("issue_refund", {"order_id": "A-1", "amount": 5}), reply("Refunded."))
+        source = app.run(agent, "Refund A-1", run_id="r")
+
+    state = source.state_at("support.state#0")
+    state["messages"][-1]["content"] = "error: the payments service is down"
+    with FakeProvider() as fake:
+        fake.script(reply("Sorry, payments are down."))
+        fork = app.fork("r", at="support.state#0", override=state)
+        assert fake.calls[0]["messages"][-1]["content"] == "error: the payments service is down"
+    assert fork.output.output == "Sorry, payments are down."
+
+
+def test_fork_and_replay_refuse_bad_arguments(app: AgentFlow) -> None:
+    with FakeProvider() as fake:
+        fake.script(reply("Hi."))
+        app.run(Agent(name="support", model=MODEL, params=PARAMS), "Hello", run_id="r")
+    with pytest.raises(AgentFlowError, match="no step 'llm#9'"):
+        app.fork("r", at="llm#9")
+    with pytest.raises(AgentFlowError, match="replay mode"):
+        app.replay("r", mode="sideways")  # type: ignore[arg-type]

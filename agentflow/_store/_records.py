@@ -31,6 +31,7 @@ class RunRecord:
     lease_owner: str | None = None
     lease_expires_at: float | None = None
     lease_token: int = 0
+    workflow_ref: str | None = None
 
 
 @dataclass(frozen=True)

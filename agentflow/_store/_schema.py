@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["HEAD", "REVISIONS", "VERSION_TABLE", "ensure_schema"]
 
 VERSION_TABLE = "agentflow_schema_version"
-REVISIONS: tuple[str, ...] = ("0001_initial", "0002_facts")
+REVISIONS: tuple[str, ...] = ("0001_initial", "0002_facts", "0003_workflow_ref")
 HEAD = REVISIONS[-1]
 OUR_TABLES = frozenset({"runs", "steps", "blobs", "facts"})
 _MIGRATIONS = Path(__file__).parent / "migrations"

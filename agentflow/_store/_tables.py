@@ -26,6 +26,7 @@ class RunRow(_AgentFlowTable, table=True):
     output: str | None = Field(default=None, sa_column=Column(Text))
     error: str | None = Field(default=None, sa_column=Column(Text))
     code_version: str | None = Field(default=None, sa_column=Column(String))
+    workflow_ref: str | None = Field(default=None, sa_column=Column(String))  # module:qualname of its code
     parent_id: str | None = Field(default=None, sa_column=Column(String, index=True))
     forked_from: str | None = Field(default=None, sa_column=Column(String))
     forked_at: str | None = Field(default=None, sa_column=Column(String))
