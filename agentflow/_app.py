@@ -150,6 +150,14 @@ class AgentFlow:
             return wf
         return self._by_function.get(workflow) or self._register(workflow, None)
 
+    def adopt_workflow(self, other: AgentFlow, name: str) -> None:
+        """Register here the workflow ``other`` has under ``name`` (tools that open another database)."""
+        wf = other._workflows.get(name)
+        if wf is None:
+            raise WorkflowNotRegistered(name, list(other._workflows))
+        self._workflows[name] = wf
+        self._by_function[wf.fn] = wf
+
     def on_step(self, listener: Callable[[str, Step], None]) -> Callable[[], None]:
         """Call ``listener(run_id, step)`` each time a run of this app records a step (live, not served).
 
@@ -484,6 +492,16 @@ class AgentFlow:
         statuses = _statuses(status)
         name = workflow if isinstance(workflow, str) or workflow is None else self._lookup(workflow).name
         return [self._to_run(r) for r in self._store.list_runs(statuses=statuses, workflow=name, limit=limit)]
+
+    def readable_request(self, step: Step) -> Any:
+        """A step's recorded request with a model call's messages spelled out (they are stored as a chain
+        of content-addressed blobs): what was asked, for people and diffs."""
+        request = step.request
+        if isinstance(request, dict) and isinstance(request.get("messages"), str):
+            from ._llm import read_messages
+
+            return {**request, "messages": read_messages(request["messages"], self._store.get_blobs)}
+        return request
 
     def verify(self, run_id: str) -> str | None:
         """Check a run's hash chain: the key of the first step record that was altered, or None if intact."""

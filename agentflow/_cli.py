@@ -3,6 +3,7 @@
     agentflow runs [--status failed] [--workflow triage] [--limit 50] [--db URL]
     agentflow show RUN_ID [--traceback] [--db URL]
     agentflow demo [--db URL]
+    agentflow replay / fork / diff / step   (see _cli_replay)
 
 Presentation only: everything shown comes from the public API (``AgentFlow.list_runs``, ``get_run``,
 ``Run.steps``). The database is opened with ``create=False``, so looking never creates one. Errors
@@ -398,3 +399,7 @@ def _one_line(text: str) -> str:
 
 def _truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# The commands that work from a run's record (replay, fork, diff, step) live in their own module.
+from . import _cli_replay  # noqa: E402, F401

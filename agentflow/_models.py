@@ -121,6 +121,7 @@ class Step:
     fingerprint: str
     usage: Usage
     cost: float
+    request: Any = field(default=None, compare=False, repr=False)  # the normalized request (JSON data)
 
     @property
     def duration(self) -> float:
@@ -143,6 +144,7 @@ class Step:
             fingerprint=rec.fingerprint,
             usage=Usage(rec.prompt_tokens, rec.completion_tokens),
             cost=rec.cost,
+            request=None if rec.request is None else json.loads(rec.request),
         )
 
 
