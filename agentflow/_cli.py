@@ -143,9 +143,23 @@ def show_command(
         bool,
         typer.Option("--traceback", "-t", help="Also print the recorded tracebacks of failed steps and of the run."),
     ] = False,
+    step: Annotated[
+        str | None,
+        typer.Option(
+            "--step",
+            "-s",
+            metavar="KEY",
+            help="Show this one step in full instead: request, response, tokens, cost, served or live.",
+        ),
+    ] = None,
     db: DbOption = None,
 ) -> None:
     """Show one run: its status, times, usage and output or error, then its recorded steps in order."""
+    if step is not None:
+        from ._cli_replay import step_command
+
+        step_command(run_id, step, db)
+        return
     with _open(db) as flow:
         run = flow.get_run(run_id)
         steps = sorted(run.steps, key=lambda s: s.seq)

@@ -211,6 +211,8 @@ def step_command(
 def _origin(run: Run, step: Step) -> str:
     """Live in this run, or copied from the run it was forked from (a copy keeps its original times)."""
     if run.forked_from and step.started_at < run.created_at:
+        if step.key == run.forked_at:
+            return f"given by the fork: an edited copy of run {run.forked_from}'s record"
         return f"served: copied from run {run.forked_from}'s record"
     return "live, in this run"
 

@@ -74,8 +74,11 @@ def test_fork_with_new_text_then_diff_and_step(db_url: str) -> None:
     assert step.exit_code == 0, step.output
     assert "Refund A-1" in step.output  # the request, with its messages spelled out
     assert "No refund today." in step.output
+    assert "given by the fork: an edited copy of run r's record" in step.output
     copied = invoke("step", fork_id, "support.state#0", "--db", db_url)
     assert "live, in this run" in copied.output
+    same = invoke("show", fork_id, "--step", "llm#0", "--db", db_url)
+    assert same.exit_code == 0 and "request" in same.output and "No refund today." in same.output
 
 
 def test_replay_without_a_ref_asks_for_app(db_url: str) -> None:
