@@ -150,6 +150,21 @@ class AgentFlow:
             return wf
         return self._by_function.get(workflow) or self._register(workflow, None)
 
+    def _unregistered(self, workflow: Any) -> Workflow:
+        """The workflow for ``workflow`` without registering it: a new version of an agent may share the
+        name of the registered one (a counterfactual run of it must not replace it)."""
+        as_workflow = getattr(workflow, "__agentflow_workflow__", None)
+        if as_workflow is None:
+            return self._by_function.get(workflow) or Workflow(workflow.__qualname__, workflow, self._codec)
+        name, fn = as_workflow()
+        known = self._by_function.get(fn)
+        if known is not None:
+            return known
+        wf = Workflow(name, fn, self._codec)
+        wf.ref = ref_of_object(workflow, getattr(workflow, "defined_in", None))
+        wf.version_source = getattr(workflow, "code_version", None)
+        return wf
+
     def adopt_workflow(self, other: AgentFlow, name: str) -> None:
         """Register here the workflow ``other`` has under ``name`` (tools that open another database)."""
         wf = other._workflows.get(name)
@@ -265,24 +280,25 @@ class AgentFlow:
         return recovered
 
     async def _execute(
-        self, wf: Workflow, record: RunRecord, *, fresh: bool, source: dict[str, StepRecord] | None = None
+        self, wf: Workflow, record: RunRecord, *, fresh: bool, setup: Callable[[RunEngine], None] | None = None
     ) -> Run:
         running = self._inflight.get(record.id)
         if running is not None and running.get_loop() is asyncio.get_running_loop():
             return await asyncio.shield(running)  # the same run is executing here already
-        task = asyncio.ensure_future(self._execute_once(wf, record, fresh, source))
+        task = asyncio.ensure_future(self._execute_once(wf, record, fresh, setup))
         self._inflight[record.id] = task
         task.add_done_callback(lambda _: self._inflight.pop(record.id, None))
         # Shielded: a caller that is cancelled stops waiting; the run itself goes on to its end.
         return await asyncio.shield(task)
 
     async def _execute_once(
-        self, wf: Workflow, record: RunRecord, fresh: bool, source: dict[str, StepRecord] | None = None
+        self, wf: Workflow, record: RunRecord, fresh: bool, setup: Callable[[RunEngine], None] | None = None
     ) -> Run:
         run_id = record.id
         journal = Journal(run_id, self._store, [] if fresh else self._store.load_steps(run_id))
         engine = RunEngine(run_id, journal, self._codec, self._clock, self._default_retry)
-        engine.source = source or {}
+        if setup is not None:  # a fork's source record, a counterfactual's world
+            setup(engine)
         engine.extras.update(llm_retry=self._llm_retry, budget=wf.budget)
         if self._step_listeners:
             engine.listeners.append(lambda rec: self._tell_listeners(run_id, rec))
@@ -454,7 +470,70 @@ class AgentFlow:
             keep.append(replace(target, status="completed", error=None, output=override_output(target, override)))
         derived = self._insert_derived(record, wf, new_run_id or f"{run_id}-fork-{uuid.uuid4().hex[:8]}", at)
         Journal(derived.id, self._store, []).rebase(derived.id, keep)
-        return await self._execute(wf, derived, fresh=False, source=by_key)
+        return await self._execute(wf, derived, fresh=False, setup=lambda engine: setattr(engine, "source", by_key))
+
+    # -- counterfactual runs ------------------------------------------------------------------------------
+
+    def counterfactual(
+        self,
+        workflow: Any,
+        source_run_id: str,
+        /,
+        *,
+        missing: Literal["live", "missing"] = "live",
+        run_id: str | None = None,
+    ) -> Run:
+        """Run ``workflow`` (a new version of an agent: another prompt, model or code) on the input of a
+        recorded run, against that run's recorded world.
+
+        Model calls are made live; tool calls are served from the source run's record where a recorded
+        call has the same tool and arguments (each recorded result used once, in order). A call the
+        record has no answer for runs live (``missing="live"``; a non-idempotent tool never does) or
+        gets an error result (``missing="missing"``). The new run links to its source (``forked_from``);
+        a served tool step keeps the source's times, so ``agentflow show --step`` tells it from a live one.
+        """
+        return run_sync(lambda: self.counterfactual_async(workflow, source_run_id, missing=missing, run_id=run_id))
+
+    async def counterfactual_async(
+        self,
+        workflow: Any,
+        source_run_id: str,
+        /,
+        *,
+        missing: Literal["live", "missing"] = "live",
+        run_id: str | None = None,
+    ) -> Run:
+        """``counterfactual`` for async callers."""
+        if missing not in ("live", "missing"):
+            raise ConfigurationError(f"missing={missing!r}: use 'live' or 'missing'")
+        source = self._store.get_run(source_run_id)
+        if source is None:
+            raise RunNotFound(source_run_id)
+        wf = self._unregistered(workflow)
+        world: dict[str, list[StepRecord]] = {}
+        for rec in self._store.load_steps(source_run_id):
+            if rec.kind == "tool":
+                world.setdefault(rec.fingerprint, []).append(rec)
+        now = self._clock.time()
+        record = RunRecord(
+            id=run_id or f"{source_run_id}-cf-{uuid.uuid4().hex[:8]}",
+            workflow=wf.name,
+            status=RunStatus.RUNNING.value,
+            input=source.input,
+            created_at=now,
+            updated_at=now,
+            code_version=wf.current_version(),
+            workflow_ref=wf.ref,
+            forked_from=source_run_id,
+        )
+        if not self._store.insert_run(record):
+            raise RunConflict(record.id, "a run with this id exists already")
+
+        def setup(engine: RunEngine) -> None:
+            engine.world = world
+            engine.world_missing = missing
+
+        return await self._execute(wf, record, fresh=True, setup=setup)
 
     def _finish(
         self, engine: RunEngine, status: RunStatus, *, output: str | None = None, error: str | None = None

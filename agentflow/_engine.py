@@ -93,6 +93,12 @@ class RunEngine:
     # key, same request) is served from it instead of being made a second time.
     source: dict[str, StepRecord] = field(default_factory=dict)
     code_versions: tuple[str | None, str | None] | None = None  # (recorded, current), for reports
+    # A counterfactual run's recorded world: tool results by request fingerprint, each served once, in
+    # order. A call the world has no answer for runs live ("live"; never a non-idempotent tool) or gets
+    # an error result ("missing"); its key goes to world_misses.
+    world: dict[str, list[StepRecord]] | None = None
+    world_missing: Literal["live", "missing"] = "live"
+    world_misses: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for rec in self.journal.records():
@@ -235,11 +241,12 @@ class RunEngine:
                 log.exception("a step listener failed on %s of run %s", key, self.run_id)
         return rec
 
-    def adopt(self, original: StepRecord) -> StepRecord:
-        """Record a copy of another run's record of the same key (its output or error, as it was)."""
+    def adopt(self, original: StepRecord, key: str | None = None) -> StepRecord:
+        """Record a copy of another run's record (its output or error, as it was) under ``key``
+        (default: the same key)."""
         try:
             return self.journal.append(
-                key=original.key, kind=original.kind, name=original.name, fingerprint=original.fingerprint,
+                key=key or original.key, kind=original.kind, name=original.name, fingerprint=original.fingerprint,
                 request=original.request, status=original.status, attempt=original.attempt, output=original.output,
                 error=original.error, started_at=original.started_at, finished_at=original.finished_at,
                 prompt_tokens=original.prompt_tokens, completion_tokens=original.completion_tokens, cost=original.cost,
@@ -349,6 +356,18 @@ class RunEngine:
         if not tool.idempotent and original is not None and original.fingerprint == fp:
             # A fork or a live replay reaching a payment the source run made: never make it twice.
             return self._serve_tool(tool, self.adopt(original))
+        if self.world is not None:  # a counterfactual run: the recorded world answers what it can
+            answers = self.world.get(fp)
+            if answers:
+                return self._serve_tool(tool, self.adopt(answers.pop(0), key))
+            self.world_misses.append(key)
+            if self.world_missing == "missing" or not tool.idempotent:
+                error = AgentFlowError(
+                    f"the recorded world has no result for {tool.name}({json.dumps(recorded_arguments, default=str)})"
+                )
+                self.record(key=key, kind="tool", name=tool.name, fp=fp, request=request, started=self.clock.time(),
+                            attempts=0, error=error)  # fmt: skip
+                return ToolResult(tool.name, key, ok=False, error=str(error))
         started = self.clock.time()
         try:
             call_args = tool.validate(arguments)

@@ -240,3 +240,44 @@ def test_fork_and_replay_refuse_bad_arguments(app: AgentFlow) -> None:
         app.fork("r", at="llm#9")
     with pytest.raises(AgentFlowError, match="replay mode"):
         app.replay("r", mode="sideways")  # type: ignore[arg-type]
+
+
+def test_a_counterfactual_run_serves_tools_from_the_recorded_world_and_calls_the_model_live(app: AgentFlow) -> None:
+    lookups: list[str] = []
+
+    @tool
+    def lookup(order_id: str) -> str:
+        """Look an order up."""
+        lookups.append(order_id)
+        return f"{order_id}: shipped"
+
+    old = Agent(name="support", model=MODEL, instructions="v1", tools=[lookup, issue_refund], params=PARAMS)
+    calls.clear()
+    with FakeProvider() as fake:
+        fake.script(
+            tool_call("lookup", {"order_id": "A-1"}),
+            tool_call("issue_refund", {"order_id": "A-1", "amount": 5}),
+            reply("Refunded."),
+        )
+        app.run(old, "Refund A-1", run_id="r")
+    assert lookups == ["A-1"] and calls == ["A-1"]
+
+    new = Agent(name="support", model=MODEL, instructions="v2: look up twice", tools=[lookup, issue_refund],
+                params=PARAMS)  # fmt: skip
+    with FakeProvider() as fake:  # the new version asks for a lookup the record has, one it has not, a refund
+        fake.script(
+            tool_call("lookup", {"order_id": "A-1"}),
+            tool_call("lookup", {"order_id": "B-2"}),
+            tool_call("issue_refund", {"order_id": "A-1", "amount": 5}),
+            reply("Done differently."),
+        )
+        cf = app.counterfactual(new, "r", missing="missing")
+        assert fake.calls[0]["messages"][0]["content"] == "v2: look up twice"  # the model was asked live
+
+    assert cf.status == RunStatus.COMPLETED and cf.output.output == "Done differently."
+    assert cf.forked_from == "r"
+    results = {s.key: (s.output, s.error) for s in cf.steps if str(s.kind) == "tool"}
+    assert results["lookup#0"][0] == "A-1: shipped"  # served from the world
+    assert "no result for lookup" in str(results["lookup#1"][1])  # not in the world: marked missing
+    assert results["issue_refund#0"][0] == "refunded 5.0 on A-1"  # served: never paid twice
+    assert lookups == ["A-1"] and calls == ["A-1"]  # no tool ran
