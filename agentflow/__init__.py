@@ -31,6 +31,7 @@ from ._tool import IdempotencyKey, Tool, ToolArgumentsError, ToolResult, tool
 from .errors import (
     AgentFlowError,
     BudgetExceeded,
+    BundleError,
     ConfigurationError,
     GraphFailed,
     MaxTurnsExceeded,
@@ -71,6 +72,7 @@ __all__ = [
     "Backoff",
     "Budget",
     "BudgetExceeded",
+    "BundleError",
     "Clock",
     "ConfigurationError",
     "Context",

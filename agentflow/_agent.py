@@ -182,7 +182,13 @@ class Agent:
             result.cost += response.cost
             messages.append(response.message())
             if response.tool_calls:
-                contents = await asyncio.gather(*(self._call_tool(ctx, call) for call in response.tool_calls))
+                outcomes = await asyncio.gather(
+                    *(self._call_tool(ctx, call) for call in response.tool_calls), return_exceptions=True
+                )
+                for outcome in outcomes:  # after all calls settled: a wait (Suspend) or a failure goes on up
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+                contents = [str(outcome) for outcome in outcomes]
                 result.tool_calls += len(response.tool_calls)
                 for call, content in zip(response.tool_calls, contents, strict=True):
                     messages.append({"role": "tool", "tool_call_id": call.id, "content": content})
@@ -224,6 +230,12 @@ class Agent:
             arguments = call.args()
         except ValueError as exc:
             return f"error: the arguments of {call.name!r} are not a JSON object ({exc}); send them as one"
+        if found.needs_approval is not None and found.needs_approval(arguments):
+            # A person decides: the run waits (suspended, holding nothing) for an "approval" event.
+            decision = await ctx.wait_for_event(f"approve.{found.name}", type="approval")
+            if not (isinstance(decision, dict) and decision.get("approved")):
+                why = decision.get("note") if isinstance(decision, dict) else None
+                return f"error: a person declined this {found.name} call" + (f": {why}" if why else "")
         result = await ctx.tool(found, **arguments)
         return result.content
 

@@ -7,19 +7,23 @@ inside a running event loop such as Jupyter's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ._clock import Clock, SystemClock
 from ._codec import Codec
 from ._context import Context, SyncContext
-from ._engine import RunEngine
+from ._engine import CancelRequested, RunEngine, Suspend
 from ._journal import Journal, first_broken_link
+from ._lifecycle import BackgroundLoop, RunHandle
 from ._llm import Budget
 from ._loop import run_sync
 from ._models import ErrorInfo, Replay, ReplayMode, Run, RunStatus, Step
@@ -31,7 +35,9 @@ from ._workflow import Workflow
 from .errors import (
     AgentFlowError,
     ConfigurationError,
+    DeadlineExceeded,
     ReplayDivergence,
+    RunCancelled,
     RunConflict,
     RunNotFound,
     StoreError,
@@ -47,6 +53,7 @@ log = logging.getLogger("agentflow")
 F = TypeVar("F", bound=Callable[..., Any])
 _RESUMABLE = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
 _FINISHED = (RunStatus.COMPLETED.value, RunStatus.FAILED.value)
+_SUSPENDED = (RunStatus.WAITING.value, RunStatus.PAUSED.value)
 
 
 class AgentFlow:
@@ -82,6 +89,9 @@ class AgentFlow:
         self._by_function: dict[Callable[..., Any], Workflow] = {}
         self._inflight: dict[str, asyncio.Task[Run]] = {}
         self._step_listeners: list[Callable[[str, Step], None]] = []
+        self._requests: dict[str, str] = {}  # run id -> "pause" or "cancel", asked in this process
+        self._loop_thread: BackgroundLoop | None = None  # runs started with start()
+        self._wakeup: asyncio.Event | None = None  # set by send_event while serve() runs here
 
     def __repr__(self) -> str:
         return f"AgentFlow({self._store.url!r})"
@@ -89,7 +99,12 @@ class AgentFlow:
     # -- registration -----------------------------------------------------------------------------------
 
     def workflow(
-        self, name: str | None = None, *, budget: Budget | None = None, code_version: str | None = None
+        self,
+        name: str | None = None,
+        *,
+        budget: Budget | None = None,
+        code_version: str | None = None,
+        deadline: float | timedelta | None = None,
     ) -> Callable[[F], F]:
         """Register a workflow (``async def`` or ``def``) whose first parameter is the ``Context``.
 
@@ -97,12 +112,14 @@ class AgentFlow:
         ``recover`` look up in another process, so keep it stable. ``code_version`` is recorded with each
         run (default: a hash of the function's source); a replay under another version says so.
         ``budget`` limits each run's tokens and cost: a model call that could pass it raises
-        ``BudgetExceeded`` before it is made.
+        ``BudgetExceeded`` before it is made. ``deadline`` (seconds) bounds each run's whole life: past it
+        the run stops at its next step with ``DeadlineExceeded`` (a waiting run is woken for it).
         """
 
         def register(fn: F) -> F:
             wf = self._register(fn, name)
             wf.budget = budget
+            wf.deadline = deadline.total_seconds() if isinstance(deadline, timedelta) else deadline
             if code_version is not None:
                 wf.code_version = code_version
             return fn
@@ -223,6 +240,7 @@ class AgentFlow:
             updated_at=now,
             code_version=wf.current_version(),
             workflow_ref=wf.ref,
+            deadline_at=None if wf.deadline is None else now + wf.deadline,
         )
         if self._store.insert_run(record):
             return await self._execute(wf, record, fresh=True)
@@ -251,12 +269,17 @@ class AgentFlow:
         record = self._store.get_run(run_id)
         if record is None:
             raise RunNotFound(run_id)
-        if record.status not in _RESUMABLE:
+        if record.status == RunStatus.PAUSED.value or record.control == "pause":
+            self._requests.pop(run_id, None)
+            self._store.update_run(run_id, {"control": None})
+            record = replace(record, control=None)
+        if record.status not in _RESUMABLE and record.status not in _SUSPENDED:
             return self._to_run(record)
         return await self._execute(self._lookup(record.workflow), record, fresh=False)
 
     def recover(self) -> list[Run]:
-        """Resume every run left ``pending`` or ``running`` by a process that died.
+        """Resume every run left ``pending`` or ``running`` by a process that died, and every waiting run
+        that is due (its sleep is over, its event came, its wait timed out).
 
         For one process on SQLite; many workers on Postgres will coordinate through leases. Runs of
         workflows this process has not registered, and runs that diverge, are logged and left as they are.
@@ -277,6 +300,7 @@ class AgentFlow:
                 recovered.append(await self._execute(wf, record, fresh=False))
             except ReplayDivergence as exc:
                 log.error("recover: run %s was left as it was: %s", record.id, exc)
+        recovered += await self.wake_due_async()
         return recovered
 
     async def _execute(
@@ -302,18 +326,44 @@ class AgentFlow:
         engine.extras.update(llm_retry=self._llm_retry, budget=wf.budget)
         if self._step_listeners:
             engine.listeners.append(lambda rec: self._tell_listeners(run_id, rec))
-        if not fresh:
-            self._store.update_run(run_id, {"status": RunStatus.RUNNING.value, "updated_at": self._clock.time()})
+        engine.control = self._control_for(run_id, record.deadline_at)
+        engine.children = self
+        engine.extras["parent_id"] = record.parent_id
+        if not fresh or record.status != RunStatus.RUNNING.value:
+            self._store.update_run(
+                run_id,
+                {"status": RunStatus.RUNNING.value, "updated_at": self._clock.time(), "wake_at": None,
+                 "waiting_for": None},
+            )  # fmt: skip
         try:
             output_json = await self._invoke(wf, engine, record)
+        except Suspend as suspended:  # a sleep, an event wait, a pause: the run waits holding nothing
+            engine.raise_if_halted()
+            deadline = record.deadline_at
+            if deadline is not None and not suspended.paused and self._clock.time() >= deadline:
+                engine.control = None  # woken at its deadline: it ends here, rolled back
+                rollback = await engine.compensate_all()
+                error = ErrorInfo.encode(DeadlineExceeded(run_id, deadline))
+                self._finish(engine, RunStatus.FAILED, error=error, rollback=rollback)
+            else:
+                self._suspend(run_id, engine, suspended, deadline)
+        except (CancelRequested, asyncio.CancelledError) as stop:
+            if isinstance(stop, asyncio.CancelledError) and self._requests.get(run_id) != "cancel":
+                raise  # the loop is shutting down, not a cancel of this run: it stays resumable
+            engine.raise_if_halted()
+            rollback = await engine.compensate_all()
+            self._finish(engine, RunStatus.CANCELLED, error=ErrorInfo.encode(RunCancelled(run_id)), rollback=rollback)
         except (ReplayDivergence, StoreError):
             raise  # the record is fine; the code or the database is not: leave the run resumable
         except Exception as exc:
             engine.raise_if_halted()
-            self._finish(engine, RunStatus.FAILED, error=ErrorInfo.encode(exc))
+            rollback = await engine.compensate_all()
+            self._finish(engine, RunStatus.FAILED, error=ErrorInfo.encode(exc), rollback=rollback)
         else:
             engine.raise_if_halted()  # the workflow caught it, but the run must not end as if all was well
             self._finish(engine, RunStatus.COMPLETED, output=output_json)
+        finally:
+            self._requests.pop(run_id, None)
         return self.get_run(run_id)
 
     async def _invoke(self, wf: Workflow, engine: RunEngine, record: RunRecord) -> str:
@@ -403,7 +453,12 @@ class AgentFlow:
     ) -> None:
         """A replay that took every recorded step must also end as the run did."""
         run_id = record.id
-        missed = [r.key for r in steps if r.key not in engine.served]
+
+        def taken(key: str) -> bool:  # a step served from the record is served whole, the steps inside it too
+            parts = key.split("/")
+            return any("/".join(parts[:i]) in engine.served for i in range(1, len(parts) + 1))
+
+        missed = [r.key for r in steps if not taken(r.key)]
         if missed:
             raise ReplayDivergence(
                 run_id, missed[0], "recorded", "never asked for",
@@ -536,20 +591,266 @@ class AgentFlow:
         return await self._execute(wf, record, fresh=True, setup=setup)
 
     def _finish(
-        self, engine: RunEngine, status: RunStatus, *, output: str | None = None, error: str | None = None
+        self,
+        engine: RunEngine,
+        status: RunStatus,
+        *,
+        output: str | None = None,
+        error: str | None = None,
+        rollback: str | None = None,
     ) -> None:
+        now = self._clock.time()
         self._store.update_run(
             engine.run_id,
             {
                 "status": status.value,
                 "output": output,
                 "error": error,
-                "updated_at": self._clock.time(),
+                "updated_at": now,
                 "prompt_tokens": engine.prompt_tokens,
                 "completion_tokens": engine.completion_tokens,
                 "cost": engine.cost,
+                "wake_at": None,
+                "waiting_for": None,
+                "control": None,
+                "rollback": rollback,
             },
         )
+        parent = engine.extras.get("parent_id")
+        if parent:  # a child run: wake its parent if it waits for this child
+            self._store.send_event(parent, f"child:{engine.run_id}", "null", now)
+
+    def _suspend(self, run_id: str, engine: RunEngine, suspended: Suspend, deadline_at: float | None) -> None:
+        status = RunStatus.PAUSED if suspended.paused else RunStatus.WAITING
+        wake_at = suspended.wake_at
+        if deadline_at is not None and not suspended.paused:  # woken at its deadline to stop
+            wake_at = deadline_at if wake_at is None else min(wake_at, deadline_at)
+        self._store.suspend_run(
+            run_id,
+            status=status.value,
+            wake_at=wake_at,
+            waiting_for=suspended.waiting_for,
+            updated_at=self._clock.time(),
+            usage=(engine.prompt_tokens, engine.completion_tokens, engine.cost),
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    def start(
+        self, workflow: Any, /, *args: Any, run_id: str | None = None, deadline: float | None = None, **kwargs: Any
+    ) -> RunHandle:
+        """Start a run in the background and return its handle at once (status ``pending`` until it runs).
+
+        The run executes on this app's background event loop. ``deadline`` (seconds from now) bounds
+        its whole life; it overrides the workflow's. ``handle.status()``, ``handle.result(timeout)``.
+        """
+        wf = self._lookup(workflow)
+        now = self._clock.time()
+        limit = deadline if deadline is not None else wf.deadline
+        record = RunRecord(
+            id=run_id or uuid.uuid4().hex,
+            workflow=wf.name,
+            status=RunStatus.PENDING.value,
+            input=wf.encode_input(args, kwargs),
+            created_at=now,
+            updated_at=now,
+            code_version=wf.current_version(),
+            workflow_ref=wf.ref,
+            deadline_at=None if limit is None else now + limit,
+        )
+        if not self._store.insert_run(record):
+            existing = self._store.get_run(record.id)
+            if existing is None or existing.workflow != wf.name:
+                raise RunConflict(record.id, "a run with this id exists already, of another workflow")
+            record = existing
+        if self._loop_thread is None:
+            self._loop_thread = BackgroundLoop()
+        future = self._loop_thread.submit(self._execute(wf, record, fresh=record.status == RunStatus.PENDING.value))
+        return RunHandle(self, record.id, future)
+
+    def pause(self, run_id: str) -> Run:
+        """Pause a run at its next step boundary (status ``paused``); ``resume`` continues it.
+
+        A waiting run is paused at once: it will not wake until resumed. Works across processes (the
+        request is stored; a run executing elsewhere sees it within a fraction of a second).
+        """
+        record = self._require(run_id)
+        if RunStatus(record.status).is_terminal:
+            raise AgentFlowError(f"run {run_id!r} is {record.status}: there is nothing to pause")
+        self._requests[run_id] = "pause"
+        fields: dict[str, object] = {"control": "pause", "updated_at": self._clock.time()}
+        if record.status == RunStatus.WAITING.value:
+            fields["status"] = RunStatus.PAUSED.value
+        self._store.update_run(run_id, fields)
+        return self.get_run(run_id)
+
+    def cancel(self, run_id: str) -> Run:
+        """Cancel a run: it stops at its next step boundary (an async step running in this process is
+        interrupted), its compensations run newest first, and it ends ``cancelled``. Its child runs are
+        cancelled too. A waiting or paused run is executed here to roll back (its workflow must be
+        registered); otherwise the request is stored for the process that resumes it."""
+        return run_sync(lambda: self.cancel_async(run_id))
+
+    async def cancel_async(self, run_id: str) -> Run:
+        """``cancel`` for async callers."""
+        record = self._require(run_id)
+        if RunStatus(record.status).is_terminal:
+            return self._to_run(record)
+        self._requests[run_id] = "cancel"
+        self._store.update_run(run_id, {"control": "cancel", "updated_at": self._clock.time()})
+        for child in self._store.list_runs(statuses=[*_RESUMABLE, *_SUSPENDED]):
+            if child.parent_id == run_id:
+                await self.cancel_async(child.id)
+        task = self._inflight.get(run_id)
+        if task is not None:  # executing in this process: interrupt it where it is
+            task.get_loop().call_soon_threadsafe(task.cancel)
+            return self.get_run(run_id)
+        wf = self._workflows.get(record.workflow)
+        if wf is not None and record.status in (*_SUSPENDED, *_RESUMABLE):
+            return await self._execute(wf, replace(record, control="cancel"), fresh=False)
+        return self.get_run(run_id)
+
+    def restart(self, run_id: str, from_key: str | None = None) -> Run:
+        """Run a run again from the step ``from_key`` on (from the start when None): the records from
+        that step on are removed, the ones before it are served, and the rest runs live."""
+        return run_sync(lambda: self.restart_async(run_id, from_key))
+
+    async def restart_async(self, run_id: str, from_key: str | None = None) -> Run:
+        """``restart`` for async callers."""
+        record = self._require(run_id)
+        if record.id in self._inflight:
+            raise AgentFlowError(f"run {run_id!r} is executing; cancel or pause it before restarting it")
+        seq = 0
+        if from_key is not None:
+            steps = self._store.load_steps(run_id)
+            found = [r.seq for r in steps if r.key == from_key]
+            if not found:
+                raise AgentFlowError(f"run {run_id!r} has no step {from_key!r}; its steps: "
+                                     f"{', '.join(r.key for r in steps[:12])}")  # fmt: skip
+            seq = found[0]
+        wf = self._lookup(record.workflow)
+        self._store.delete_steps_from(run_id, seq)
+        self._requests.pop(run_id, None)
+        fresh = replace(record, status=RunStatus.RUNNING.value, output=None, error=None, control=None, rollback=None)
+        self._store.update_run(
+            run_id,
+            {"status": fresh.status, "output": None, "error": None, "control": None, "rollback": None,
+             "wake_at": None, "waiting_for": None, "updated_at": self._clock.time()},
+        )  # fmt: skip
+        return await self._execute(wf, fresh, fresh=False)
+
+    def send_event(self, run_id: str, type: str, payload: Any = None) -> int:
+        """Send an event to a run: kept in its inbox until a ``wait_for_event(type=...)`` takes it, each
+        event delivered once. A run waiting for ``type`` becomes due; ``serve`` (or ``recover``, or
+        ``wake_due``) resumes it. Returns the event's id."""
+        self._require(run_id)
+        payload_json = self._codec.encode(payload, f"payload of event {type!r} for run {run_id!r}")
+        event_id = self._store.send_event(run_id, type, payload_json, self._clock.time())
+        wakeup = self._wakeup
+        if wakeup is not None and self._loop_thread is not None:
+            self._loop_thread.loop.call_soon_threadsafe(wakeup.set)
+        return event_id
+
+    def wake_due(self) -> list[Run]:
+        """Resume every waiting run that is due now: its sleep is over, its event came, its timeout passed."""
+        return run_sync(self.wake_due_async)
+
+    async def wake_due_async(self, limit: int | None = None) -> list[Run]:
+        """``wake_due`` for async callers."""
+        woken: list[Run] = []
+        for record in self._store.due_runs(self._clock.time(), limit):
+            if record.id in self._inflight:
+                continue
+            wf = self._workflows.get(record.workflow)
+            if wf is None:
+                log.warning("run %s is due but its workflow %r is not registered here", record.id, record.workflow)
+                continue
+            try:
+                woken.append(await self._execute(wf, record, fresh=False))
+            except ReplayDivergence as exc:
+                log.error("run %s was left waiting: %s", record.id, exc)
+        return woken
+
+    def serve(self, *, poll: float = 1.0, stop: Callable[[], bool] | None = None) -> None:
+        """Serve this app's waiting runs: wake each when it is due, until ``stop()`` returns true (or
+        forever). Events sent in this process wake runs at once; others are seen within ``poll``."""
+        if self._loop_thread is None:
+            self._loop_thread = BackgroundLoop()
+        self._loop_thread.submit(self.serve_async(poll=poll, stop=stop)).result()
+
+    async def serve_async(self, *, poll: float = 1.0, stop: Callable[[], bool] | None = None) -> None:
+        """``serve`` for async callers (on this app's background loop, when events come from threads)."""
+        self._wakeup = asyncio.Event()
+        try:
+            while stop is None or not stop():
+                self._wakeup.clear()
+                await self.wake_due_async()
+                if stop is not None and stop():
+                    break
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), poll)
+        finally:
+            self._wakeup = None
+
+    def _require(self, run_id: str) -> RunRecord:
+        record = self._store.get_run(run_id)
+        if record is None:
+            raise RunNotFound(run_id)
+        return record
+
+    def _control_for(self, run_id: str, deadline_at: float | None) -> Callable[[], None]:
+        """The check a run makes before each live step: pause or cancel asked (here, or in the database
+        by another process: read at most every 0.2 s), or its deadline passed."""
+        last_read = [0.0]
+
+        def check() -> None:
+            request = self._requests.get(run_id)
+            if request is None and time.monotonic() - last_read[0] >= 0.2:
+                last_read[0] = time.monotonic()
+                stored = self._store.get_run(run_id)
+                if stored is not None and stored.control:
+                    request = self._requests[run_id] = stored.control
+            if request == "pause":
+                raise Suspend(wake_at=None, waiting_for=None, why=f"run {run_id} was paused", paused=True)
+            if request == "cancel":
+                raise CancelRequested(run_id)
+            if deadline_at is not None and self._clock.time() >= deadline_at:
+                raise DeadlineExceeded(run_id, deadline_at)
+
+        return check
+
+    # -- child runs (the engine's ChildRunner) ----------------------------------------------------------
+
+    def name_of(self, workflow: Any) -> str:
+        return self._lookup(workflow).name
+
+    async def run_child(
+        self, workflow: Any, child_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], parent_id: str
+    ) -> tuple[str, str | None, str | None]:
+        """Run, resume or look up the child run ``child_id``; its ``(status, output JSON, error)``."""
+        wf = self._lookup(workflow)
+        record = self._store.get_run(child_id)
+        if record is None:
+            now = self._clock.time()
+            record = RunRecord(
+                id=child_id,
+                workflow=wf.name,
+                status=RunStatus.RUNNING.value,
+                input=wf.encode_input(args, kwargs),
+                created_at=now,
+                updated_at=now,
+                code_version=wf.current_version(),
+                workflow_ref=wf.ref,
+                parent_id=parent_id,
+            )
+            if self._store.insert_run(record):
+                await self._execute(wf, record, fresh=True)
+        else:
+            due = record.wake_at is not None and record.wake_at <= self._clock.time()
+            if record.status in _RESUMABLE or (record.status == RunStatus.WAITING.value and due):
+                await self._execute(wf, record, fresh=False)
+        final = self._require(child_id)
+        return final.status, final.output, final.error
 
     # -- reading ----------------------------------------------------------------------------------------
 
@@ -610,6 +911,34 @@ class AgentFlow:
     def __exit__(self, *exc: object) -> Literal[False]:
         self.close()
         return False
+
+    # -- bundles ------------------------------------------------------------------------------------------
+
+    def export_run(self, run_id: str, path: str | os.PathLike[str] | None = None) -> bytes:
+        """The run, its steps, the blobs they refer to and its child runs as a portable JSON bundle.
+
+        Written to ``path`` too when given. ``import_runs`` loads it into another database (a laptop, CI),
+        where ``replay`` runs it offline. The same run exports the same bytes.
+        """
+        from ._bundle import export_bundle
+
+        data = export_bundle(self._store, run_id)
+        if path is not None:
+            with open(path, "wb") as file:
+                file.write(data)
+        return data
+
+    def import_runs(self, bundle: str | os.PathLike[str] | bytes) -> list[str]:
+        """Import a bundle made by ``export_run`` (a path, or its bytes): the ids of its runs, the exported
+        one first. Everything is checked before anything is written, and written in one transaction; a
+        bundle imported before is a no-op. Raises ``BundleError`` for a file that is not a bundle, was
+        changed, or holds a run whose id names another run here."""
+        from ._bundle import import_bundle
+
+        if isinstance(bundle, bytes):
+            return import_bundle(self._store, bundle)
+        with open(bundle, "rb") as file:
+            return import_bundle(self._store, file.read(), f"bundle {os.fspath(bundle)}")
 
 
 def _statuses(status: RunStatus | str | Sequence[RunStatus | str] | None) -> list[str] | None:

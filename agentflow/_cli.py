@@ -4,6 +4,8 @@
     agentflow show RUN_ID [--traceback] [--db URL]
     agentflow demo [--db URL]
     agentflow replay / fork / diff / step   (see _cli_replay)
+    agentflow export / import               (see _cli_bundle)
+    agentflow send-event / pause / resume / cancel / restart / wake   (see _cli_lifecycle)
 
 Presentation only: everything shown comes from the public API (``AgentFlow.list_runs``, ``get_run``,
 ``Run.steps``). The database is opened with ``create=False``, so looking never creates one. Errors
@@ -48,6 +50,9 @@ _STATUS_STYLE = {
     RunStatus.FAILED.value: "bold red",
     RunStatus.RUNNING.value: "yellow",
     RunStatus.PENDING.value: "cyan",
+    RunStatus.WAITING.value: "blue",
+    RunStatus.PAUSED.value: "magenta",
+    RunStatus.CANCELLED.value: "dim red",
 }
 _SUMMARY_CHARS = 80  # error summary in the runs table
 _PREVIEW_CHARS = 60  # step output preview in the steps table
@@ -415,5 +420,6 @@ def _truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-# The commands that work from a run's record (replay, fork, diff, step) live in their own module.
-from . import _cli_replay  # noqa: E402, F401
+# The commands that work from a run's record (replay, fork, diff, step) live in their own module, and so do
+# those that move runs between databases (export, import).
+from . import _cli_bundle, _cli_lifecycle, _cli_replay  # noqa: E402, F401

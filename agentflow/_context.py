@@ -10,7 +10,7 @@ import asyncio
 import random as _random
 import uuid as _uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar, overload
 
 from ._engine import RunEngine, current_scope
@@ -118,16 +118,31 @@ class Context(_Common):
         /,
         *args: Any,
         retry: RetryPolicy | None = None,
+        compensate: Callable[[Any], Any] | None = None,
         **kwargs: Any,
     ) -> T: ...
 
     @overload
     async def step(
-        self, name: str, fn: Callable[..., T], /, *args: Any, retry: RetryPolicy | None = None, **kwargs: Any
+        self,
+        name: str,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        retry: RetryPolicy | None = None,
+        compensate: Callable[[Any], Any] | None = None,
+        **kwargs: Any,
     ) -> T: ...
 
     async def step(
-        self, name: str, fn: Callable[..., Any], /, *args: Any, retry: RetryPolicy | None = None, **kwargs: Any
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        retry: RetryPolicy | None = None,
+        compensate: Callable[[Any], Any] | None = None,
+        **kwargs: Any,
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` as a durable step named ``name`` and return its output.
 
@@ -135,9 +150,42 @@ class Context(_Common):
         ``fn``'s declared return type. Async functions run on the event loop; sync ones in a worker
         thread, so that steps gathered with ``asyncio.gather`` run concurrently. A step that fails after
         its retries raises ``StepFailed``. ``retry`` is keyword-only and not passed to ``fn``.
+
+        ``compensate`` registers an undo: when the run fails or is cancelled, ``compensate(output)`` runs
+        for every completed step that registered one, newest first, each a recorded step retried by
+        ``retry`` (the saga pattern). ``run.rollback`` says how it went.
         """
         _require_name(name)
-        return await self._engine.step(current_scope(), name, fn, args, kwargs, retry)
+        return await self._engine.step(current_scope(), name, fn, args, kwargs, retry, compensate)
+
+    async def sleep(self, name: str, seconds: float | timedelta) -> None:
+        """Sleep durably: the run is suspended (status ``waiting``, holding no thread, task or memory)
+        and wakes after ``seconds``, across restarts (``app.serve`` or ``app.recover`` picks it up)."""
+        _require_name(name)
+        delta = seconds.total_seconds() if isinstance(seconds, timedelta) else float(seconds)
+        until = self._engine.value(f"{name}.start", self._engine.clock.time) + delta
+        await self._engine.sleep_until(current_scope(), name, until)
+
+    async def sleep_until(self, name: str, when: datetime | float) -> None:
+        """Sleep durably until ``when`` (an aware datetime, or seconds since the epoch); see ``sleep``."""
+        _require_name(name)
+        until = when.timestamp() if isinstance(when, datetime) else float(when)
+        await self._engine.sleep_until(current_scope(), name, until)
+
+    async def wait_for_event(self, name: str, *, type: str, timeout: float | timedelta | None = None) -> Any:
+        """Wait durably for an event of ``type`` sent with ``app.send_event(run_id, type, payload)`` and
+        return its payload. An event sent before the wait is kept in the run's inbox; each event is
+        delivered once and recorded, so a resume or a replay sees the same payload. The run is suspended
+        while it waits; after ``timeout`` it raises ``EventTimeout``."""
+        _require_name(name)
+        limit = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        return await self._engine.wait_for_event(current_scope(), name, type, limit)
+
+    async def child(self, workflow: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``workflow(*args, **kwargs)`` (a registered workflow, or an Agent) as a child run with a
+        deterministic id (``<run id>/<key>``) and return its output. A child that waits suspends its
+        parent until it ends; cancelling the parent cancels its children."""
+        return await self._engine.child(current_scope(), workflow, args, kwargs)
 
     def graph(self, name: str, /, *, concurrency: int | None = None) -> Graph:
         """A new step graph named ``name``: declare nodes with ``add``, then ``await graph.run()``.
@@ -222,22 +270,60 @@ class SyncContext(_Common):
         /,
         *args: Any,
         retry: RetryPolicy | None = None,
+        compensate: Callable[[Any], Any] | None = None,
         **kwargs: Any,
     ) -> T: ...
 
     @overload
     def step(
-        self, name: str, fn: Callable[..., T], /, *args: Any, retry: RetryPolicy | None = None, **kwargs: Any
+        self,
+        name: str,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        retry: RetryPolicy | None = None,
+        compensate: Callable[[Any], Any] | None = None,
+        **kwargs: Any,
     ) -> T: ...
 
     def step(
-        self, name: str, fn: Callable[..., Any], /, *args: Any, retry: RetryPolicy | None = None, **kwargs: Any
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        retry: RetryPolicy | None = None,
+        compensate: Callable[[Any], Any] | None = None,
+        **kwargs: Any,
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` as a durable step (sync or async ``fn``); see ``Context.step``."""
         _require_name(name)
         # A sync function runs in a worker thread, not on the loop: if it takes steps of its own,
         # blocking the loop while it waits for them would deadlock.
-        return self._wait(self._engine.step(current_scope(), name, fn, args, kwargs, retry))
+        return self._wait(self._engine.step(current_scope(), name, fn, args, kwargs, retry, compensate))
+
+    def sleep(self, name: str, seconds: float | timedelta) -> None:
+        """Sleep durably; see ``Context.sleep``."""
+        _require_name(name)
+        delta = seconds.total_seconds() if isinstance(seconds, timedelta) else float(seconds)
+        until = self._engine.value(f"{name}.start", self._engine.clock.time) + delta
+        self._wait(self._engine.sleep_until(current_scope(), name, until))
+
+    def sleep_until(self, name: str, when: datetime | float) -> None:
+        """Sleep durably until ``when``; see ``Context.sleep_until``."""
+        _require_name(name)
+        until = when.timestamp() if isinstance(when, datetime) else float(when)
+        self._wait(self._engine.sleep_until(current_scope(), name, until))
+
+    def wait_for_event(self, name: str, *, type: str, timeout: float | timedelta | None = None) -> Any:
+        """Wait durably for an event; see ``Context.wait_for_event``."""
+        _require_name(name)
+        limit = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        return self._wait(self._engine.wait_for_event(current_scope(), name, type, limit))
+
+    def child(self, workflow: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """Run a child workflow; see ``Context.child``."""
+        return self._wait(self._engine.child(current_scope(), workflow, args, kwargs))
 
     def graph(self, name: str, /, *, concurrency: int | None = None) -> SyncGraph:
         """A new step graph whose ``run()`` blocks and returns the outputs; see ``Context.graph``."""

@@ -1,14 +1,16 @@
-"""``agentflow demo``: the support agent crashes, resumes and replays, offline, in about ten seconds.
+"""``agentflow demo``: the support agent waits for approval, crashes, resumes and replays, offline.
 
 1. A child process runs the support agent (``agentflow.examples.support_agent``) on a ticket, against the
-   offline fake model, printing each step as it is recorded. Right after the refund is recorded, the child
-   is killed with SIGKILL: a real crash, nothing runs after it, no cleanup.
-2. This process resumes the run: the steps recorded before the crash are served from the database (the
+   offline fake model, printing each step as it is recorded. The refund is above the approval limit, so
+   the run stops to wait for a person (status ``waiting``) and the child process exits.
+2. A supervisor approves (an ``approval`` event). A second child process wakes the run and is killed
+   with SIGKILL right after the refund is recorded: a real crash, nothing runs after it, no cleanup.
+3. This process resumes the run: the steps recorded before the crash are served from the database (the
    refund is not paid again), the rest run live.
-3. The finished run is replayed strictly, offline: every model call and tool call is served from the
+4. The finished run is replayed strictly, offline: every model call and tool call is served from the
    record, none is made, and the replay must end with the same answer.
 
-The child is this module run as ``python -m agentflow._demo --child ...``.
+The children are this module run as ``python -m agentflow._demo --child start|wake ...``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,12 @@ def _describe(step: Step) -> str:
         if step.error is not None:
             return f"error: {step.error.message}"
         return f"-> {_short(out)}"
+    if str(step.kind) == "event" and isinstance(out, dict):
+        payload = out.get("payload")
+        if isinstance(payload, dict) and "approved" in payload:
+            verdict = "approved" if payload["approved"] else "declined"
+            return f"a person {verdict} the call" + (f" ({payload['by']})" if payload.get("by") else "")
+        return f"event received: {_short(payload)}"
     if str(step.kind) == "checkpoint":
         return "agent state saved (" + ("full snapshot" if "snapshot" in (out or {}) else "JSON patch") + ")"
     return _short(out)
@@ -69,7 +77,7 @@ def _step_line(console: Console, step: Step, how: str) -> None:
     style = _KIND_STYLE.get(str(step.kind), "white")
     line = Text("  ")
     line.append(f"{how:7}", style="green" if how == "live" else "blue")
-    line.append(f" {step.key:18}", style=style)
+    line.append(f" {step.key:22}", style=style)
     line.append(f" {_describe(step)}")
     console.print(line, soft_wrap=True)
 
@@ -90,8 +98,9 @@ def _setup(db: str, ledger_path: Path) -> tuple[AgentFlow, Any, Any]:
     return app, agent, ledger
 
 
-def _run_child(db: str, run_id: str, ledger_path: Path) -> int:
-    """The child process: run the agent, printing steps, and die by SIGKILL after ``KILL_AFTER``."""
+def _run_child(db: str, run_id: str, ledger_path: Path, phase: str) -> int:
+    """A child process. ``start``: run the agent until it waits for approval, then exit. ``wake``: wake
+    the approved run and die by SIGKILL right after ``KILL_AFTER`` is recorded."""
     from .testing import FakeProvider
 
     fake_support_model = _support_example().fake_support_model
@@ -100,8 +109,8 @@ def _run_child(db: str, run_id: str, ledger_path: Path) -> int:
 
     def show(_: str, step: Step) -> None:
         _step_line(console, step, "live")
-        if step.key == KILL_AFTER:
-            note = "  ✗ killed here (SIGKILL), right after the refund was recorded and before the agent answered"
+        if phase == "wake" and step.key == KILL_AFTER:
+            note = "  ✗ killed (SIGKILL) right after the refund was recorded"
             console.print(Text(note, style="bold red"))
             sys.stdout.flush()
             os.kill(os.getpid(), signal.SIGKILL)
@@ -109,8 +118,17 @@ def _run_child(db: str, run_id: str, ledger_path: Path) -> int:
     app.on_step(show)
     with FakeProvider() as fake:
         fake.default = fake_support_model
-        app.run(agent, TICKET, run_id=run_id)
+        if phase == "start":
+            run = app.run(agent, TICKET, run_id=run_id)
+            console.print(f"  the run is [blue]{run.status}[/] for {run.waiting_for}: this process can exit")
+            return 0 if run.status == RunStatus.WAITING else 1
+        app.wake_due()
     return 1  # not reached: the kill comes first
+
+
+def _child(db: str, run_id: str, ledger_path: Path, phase: str) -> int:
+    command = [sys.executable, "-m", "agentflow._demo", "--child", phase, "--db", db, "--run-id", run_id]
+    return subprocess.run([*command, "--ledger", str(ledger_path)], check=False).returncode
 
 
 def run_demo(db: str | None = None, console: Console | None = None) -> int:
@@ -127,7 +145,8 @@ def run_demo(db: str | None = None, console: Console | None = None) -> int:
         Panel.fit(
             Text.assemble(
                 ("agentflow demo", "bold"),
-                " — a support agent that crashes, resumes and replays. Offline: the model is a local fake.\n",
+                " — an agent waits for approval, crashes, resumes and replays.\n",
+                "Offline: the model is a local fake, no API key.\n",
                 f"database: {db}   run: {run_id}\n",
                 ("ticket: ", "dim"),
                 TICKET,
@@ -135,26 +154,32 @@ def run_demo(db: str | None = None, console: Console | None = None) -> int:
         )
     )
 
-    console.print(Text("\n1. Run the agent in a child process; it is killed halfway", style="bold"))
-    child = subprocess.run(
-        [sys.executable, "-m", "agentflow._demo", "--child", "--db", db, "--run-id", run_id, "--ledger",
-         str(ledger_path)],
-        check=False,
-    )  # fmt: skip
-    if child.returncode != -signal.SIGKILL:
-        console.print(Text(f"the child process should have been killed, but it exited with {child.returncode}",
-                           style="red"))  # fmt: skip
+    console.print(Text("\n1. A child process runs the agent until the refund needs a person's approval", style="bold"))
+    if _child(db, run_id, ledger_path, "start") != 0:
+        console.print(Text("the run should have stopped to wait for an approval", style="red"))
         return 1
 
     app, _, ledger = _setup(db, ledger_path)
     with app:
+        waiting = app.get_run(run_id)
+        console.print(
+            f"  the child exited; the run waits in the database, holding no process: [blue]{waiting.status}[/]"
+        )
+
+        console.print(Text("\n2. A supervisor approves; a new child process wakes the run and is killed", style="bold"))
+        app.send_event(run_id, "approval", {"approved": True, "by": "supervisor"})
+        console.print(f"  sent: agentflow send-event {run_id} approval '{{\"approved\": true}}'")
+        returncode = _child(db, run_id, ledger_path, "wake")
+        if returncode != -signal.SIGKILL:
+            console.print(Text(f"the child should have been killed, but it exited with {returncode}", style="red"))
+            return 1
         before = app.get_run(run_id)
         console.print(
-            f"  the child died (exit {child.returncode}); the run is [yellow]{before.status}[/] with "
+            f"  the child died (exit {returncode}); the run is [yellow]{before.status}[/] with "
             f"{len(before.steps)} steps recorded"
         )
 
-        console.print(Text("\n2. Resume the run in this process", style="bold"))
+        console.print(Text("\n3. Resume the run in this process", style="bold"))
         for step in before.steps:
             _step_line(console, step, "served")
         app.on_step(lambda _, step: _step_line(console, step, "live"))
@@ -173,7 +198,7 @@ def run_demo(db: str | None = None, console: Console | None = None) -> int:
         console.print(Panel(run.output.output, title="the agent's answer", title_align="left", expand=False))
 
         console.print(
-            Text("\n3. Replay the run offline, strictly: nothing may run, everything is served", style="bold")
+            Text("\n4. Replay the run offline, strictly: nothing may run, everything is served", style="bold")
         )
         with FakeProvider() as fake:  # nothing scripted: a model call would fail the replay
             replay = app.replay(run_id)
@@ -196,14 +221,14 @@ def run_demo(db: str | None = None, console: Console | None = None) -> int:
 
 def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agentflow._demo")
-    parser.add_argument("--child", action="store_true")
+    parser.add_argument("--child", choices=["start", "wake"])
     parser.add_argument("--db", required=True)
     parser.add_argument("--run-id", required=True)
     parser.add_argument("--ledger", required=True)
     args = parser.parse_args(argv)
     if not args.child:
         parser.error("this module is the demo's child process; run `agentflow demo`")
-    return _run_child(args.db, args.run_id, Path(args.ledger))
+    return _run_child(args.db, args.run_id, Path(args.ledger), args.child)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from ._clock import Clock
 from ._codec import Codec, canonical_json, fingerprint
@@ -27,6 +27,7 @@ from ._store import StepRecord
 from ._tool import IdempotencyKey, Tool, ToolArgumentsError, ToolResult
 from .errors import (
     AgentFlowError,
+    EventTimeout,
     NonRetryableError,
     ReplayDivergence,
     SerializationError,
@@ -35,7 +36,7 @@ from .errors import (
     StoreError,
 )
 
-__all__ = ["RunEngine", "current_scope"]
+__all__ = ["CancelRequested", "Compensation", "RunEngine", "Suspend", "current_scope"]
 
 log = logging.getLogger("agentflow")
 
@@ -52,6 +53,55 @@ def current_scope() -> str:
 
 def _qualname(fn: Callable[..., Any]) -> str:
     return getattr(fn, "__qualname__", None) or type(fn).__qualname__
+
+
+class Suspend(BaseException):
+    """Unwinds a run that has to wait (a durable sleep, an event, a pause): not an error. The run holds
+    nothing while it waits; it is executed again when it wakes and finds its steps in the record.
+
+    A BaseException, like ``asyncio.CancelledError``, so that a workflow's ``except Exception`` does not
+    swallow it.
+    """
+
+    def __init__(self, *, wake_at: float | None, waiting_for: str | None, why: str, paused: bool = False) -> None:
+        super().__init__(why)
+        self.wake_at = wake_at
+        self.waiting_for = waiting_for
+        self.paused = paused
+
+
+class CancelRequested(BaseException):
+    """Unwinds a run whose cancellation was asked for, at its next live step; its compensations run."""
+
+
+class ChildRunner(Protocol):
+    """What the engine needs to run child workflows (the ``AgentFlow``)."""
+
+    def name_of(self, workflow: Any) -> str: ...
+
+    async def run_child(
+        self, workflow: Any, child_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], parent_id: str
+    ) -> tuple[str, str | None, str | None]:
+        """Run (or resume, or look up) the child; its ``(status, output JSON, error text)``."""
+        ...
+
+
+class ChildRunFailed(AgentFlowError):
+    """A child run ended failed or cancelled; raised into the parent as ``StepFailed``."""
+
+    def __init__(self, child_id: str, status: str, error: str | None) -> None:
+        super().__init__(f"child run {child_id!r} ended {status}: {error or 'no error recorded'}")
+
+
+@dataclass
+class Compensation:
+    """An undo registered by ``ctx.step(..., compensate=fn)``: ``fn(output)`` of the step at ``key``."""
+
+    key: str
+    name: str
+    fn: Callable[[Any], Any]
+    output: Any
+    retry: RetryPolicy | None
 
 
 @dataclass
@@ -99,6 +149,12 @@ class RunEngine:
     world: dict[str, list[StepRecord]] | None = None
     world_missing: Literal["live", "missing"] = "live"
     world_misses: list[str] = field(default_factory=list)
+    # Called before each step that is about to run live: raises to pause (Suspend), to cancel
+    # (CancelRequested) or at the run's deadline. Served steps never check it, so that a resumed run
+    # rebuilds its state (and its compensations) before it stops.
+    control: Callable[[], None] | None = None
+    compensations: list[Compensation] = field(default_factory=list)
+    children: ChildRunner | None = None  # the app, which runs child workflows
 
     def __post_init__(self) -> None:
         for rec in self.journal.records():
@@ -144,6 +200,8 @@ class RunEngine:
             self._diverge(key, None, request_json, reason)
         if rec is not None:
             self.served.add(key)
+        elif self.control is not None:  # about to run something live: a pause, a cancel, the deadline
+            self.control()
         return key, request_json, fp, rec
 
     def _diverge(self, key: str, rec: StepRecord | None, request_json: str, reason: str) -> None:
@@ -310,10 +368,14 @@ class RunEngine:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         retry: RetryPolicy | None,
+        compensate: Callable[[Any], Any] | None = None,
     ) -> Any:
         key, request, fp, rec = self.begin(scope, name, {"fn": _qualname(fn), "args": args, "kwargs": kwargs})
         if rec is not None:
-            return self._serve_step(rec, fn)
+            value = self._serve_step(rec, fn)
+            if compensate is not None:
+                self.compensations.append(Compensation(key, name, compensate, value, retry))
+            return value
         started = self.clock.time()
         done = await self.attempts(key, retry or self.default_retry, lambda: _call(fn, args, kwargs))
         if done.error is not None:
@@ -323,7 +385,94 @@ class RunEngine:
         output = self.codec.encode(done.value, f"output of step {key!r} in run {self.run_id!r}")
         self.record(key=key, kind="step", name=name, fp=fp, request=request, started=started,
                     attempts=done.count, output=output)  # fmt: skip
+        if compensate is not None:
+            self.compensations.append(Compensation(key, name, compensate, done.value, retry))
         return done.value
+
+    async def compensate_all(self) -> str | None:
+        """Undo the completed steps that registered a compensation, newest first; each undo is a recorded
+        step (``<key>/compensate#0``), retried by the step's policy, so a crash in the middle of a rollback
+        resumes it where it stopped. Returns how the rollback went (None: nothing to undo)."""
+        if not self.compensations:
+            return None
+        self.control = None  # a cancel request must not stop its own rollback
+        done: list[str] = []
+        failed: list[str] = []
+        for undo in reversed(self.compensations):
+            try:
+                await self.step(undo.key, "compensate", undo.fn, (undo.output,), {}, undo.retry)
+                done.append(undo.key)
+            except StepFailed as exc:
+                failed.append(f"{undo.key} ({exc.error_type}: {exc.error_message})")
+        self.compensations.clear()
+        if failed:
+            return f"rollback incomplete: {len(done)} undone, {len(failed)} failed: {'; '.join(failed)}"
+        return f"rolled back: {len(done)} step(s) undone ({', '.join(done)})"
+
+    # -- child runs -------------------------------------------------------------------------------------
+
+    async def child(self, scope: str, workflow: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A child run, recorded as one step of kind ``child`` once it has ended (see ``Context.child``)."""
+        if self.children is None:
+            raise AgentFlowError("child runs need an AgentFlow to run them (this engine has none)")
+        name = self.children.name_of(workflow)
+        key, request, fp, rec = self.begin(scope, "child", {"workflow": name, "args": args, "kwargs": kwargs})
+        if rec is not None:
+            if rec.status == "failed":
+                err = json.loads(rec.error or "{}")
+                raise StepFailed(rec.key, err.get("type", "Error"), err.get("message", ""), rec.attempt)
+            return self.codec.decode(rec.output)
+        child_id = f"{self.run_id}/{key}"
+        started = self.clock.time()
+        status, output, error = await self.children.run_child(workflow, child_id, args, kwargs, self.run_id)
+        if status == "completed":
+            self.record(key=key, kind="child", name="child", fp=fp, request=request, started=started, attempts=1,
+                        output=output)  # fmt: skip
+            return self.codec.decode(output)
+        if status in ("failed", "cancelled"):
+            failure = ChildRunFailed(child_id, status, error)
+            self.record(key=key, kind="child", name="child", fp=fp, request=request, started=started, attempts=1,
+                        error=failure)  # fmt: skip
+            raise StepFailed(key, type(failure).__qualname__, str(failure), 1) from failure
+        raise Suspend(wake_at=None, waiting_for=f"child:{child_id}", why=f"{key} waits for child run {child_id}")
+
+    # -- durable waits ----------------------------------------------------------------------------------
+
+    async def sleep_until(self, scope: str, name: str, until: float) -> None:
+        """A durable sleep: the end is recorded once; before it, the run is suspended (``Suspend``)."""
+        key, request, fp, rec = self.begin(scope, name, {"sleep": name})
+        if rec is None:
+            rec = self.record(key=key, kind="sleep", name=name, fp=fp, request=request, started=self.clock.time(),
+                              attempts=1, output=json.dumps({"until": until}))  # fmt: skip
+        due = float(json.loads(rec.output or "{}").get("until", 0.0))
+        if self.clock.time() < due:
+            raise Suspend(wake_at=due, waiting_for=None, why=f"{key} sleeps until {due}")
+
+    async def wait_for_event(self, scope: str, name: str, type: str, timeout: float | None) -> Any:
+        """An event's payload, recorded with the wait; the run is suspended until one comes (or the
+        timeout, recorded once, passes: ``EventTimeout``)."""
+        key, request, fp, rec = self.begin(scope, name, {"event": type})
+        if rec is not None:
+            if rec.status == "failed":
+                raise EventTimeout(rec.key, type)
+            return json.loads(rec.output or "{}").get("payload")
+        deadline: float | None = None
+        if timeout is not None:
+            deadline = float(self.value(f"{name}.deadline", lambda: self.clock.time() + timeout))
+        claimed = self.journal.store.claim_event(self.run_id, type, f"{self.run_id}:{key}")
+        now = self.clock.time()
+        if claimed is not None:
+            event_id, payload_json = claimed
+            payload = json.loads(payload_json)
+            self.record(key=key, kind="event", name=name, fp=fp, request=request, started=now, attempts=1,
+                        output=canonical_json({"event_id": event_id, "payload": payload}))  # fmt: skip
+            return payload
+        if deadline is not None and now >= deadline:
+            timed_out = EventTimeout(key, type)
+            self.record(key=key, kind="event", name=name, fp=fp, request=request, started=now, attempts=1,
+                        error=timed_out)  # fmt: skip
+            raise timed_out
+        raise Suspend(wake_at=deadline, waiting_for=type, why=f"{key} waits for an event {type!r}")
 
     def _serve_step(self, rec: StepRecord, fn: Callable[..., Any]) -> Any:
         if rec.status == "failed":

@@ -197,6 +197,35 @@ class MessageChain:
         self._messages.extend(json.loads(text)[1])  # copies: the caller may change its list later
 
 
+@dataclass
+class MessageChains:
+    """A run's message chains: one per scope (the key of the enclosing step, empty at the top).
+
+    How a chain splits a conversation into nodes depends on the calls made before in it, and the node
+    hashes are part of a call's recorded request, so of its fingerprint. The calls made in one scope are the
+    same, in the same order, live, on resume and on replay; but a nested step served from the record makes
+    none of the calls inside it. With one chain per run, a sub-agent's calls (in a plan's graph node, say)
+    would split the caller's next conversation differently live than on replay, and a strict replay would
+    diverge on identical messages. Nodes not yet stored are shared: ``written`` is told once, whichever
+    chain made them.
+    """
+
+    _chains: dict[str, MessageChain] = field(default_factory=dict)
+    _unwritten: dict[str, bytes] = field(default_factory=dict)
+
+    def head(self, scope: str, messages: Sequence[Mapping[str, Any]], new_blobs: dict[str, bytes]) -> str | None:
+        """``MessageChain.head`` on the chain of ``scope``."""
+        chain = self._chains.get(scope)
+        if chain is None:
+            chain = self._chains[scope] = MessageChain(_unwritten=self._unwritten)
+        return chain.head(messages, new_blobs)
+
+    def written(self, hashes: Iterable[str]) -> None:
+        """These nodes are in the store now."""
+        for h in hashes:
+            self._unwritten.pop(h, None)
+
+
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 

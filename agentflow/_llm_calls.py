@@ -18,7 +18,7 @@ from ._engine import RunEngine
 from ._llm import (
     Budget,
     LLMResponse,
-    MessageChain,
+    MessageChains,
     StreamChunk,
     blob_hash,
     count_prompt_tokens,
@@ -96,9 +96,9 @@ def prepare_llm_call(
 ) -> LLMCall:
     """Allocate the key (in call order) and build the recorded request; finds a recorded answer."""
     plain = _plain_messages(messages)
-    chain: MessageChain = engine.extras.setdefault("message_chain", MessageChain())
+    chains: MessageChains = engine.extras.setdefault("message_chain", MessageChains())
     blobs: dict[str, bytes] = {}
-    head = chain.head(plain, blobs)  # adds the chain's nodes not stored yet
+    head = chains.head(scope, plain, blobs)  # adds the chain's nodes not stored yet
     tool_schemas = [t.schema() if isinstance(t, Tool) else dict(t) for t in tools] if tools else None
     recorded_params = strip_secrets(params, secret_params)
     request: dict[str, Any] = {"model": model, "messages": head, "n_messages": len(plain)}
@@ -222,8 +222,8 @@ def _record(engine: RunEngine, call: LLMCall, started: float, attempts: int, **f
     """Record the call (with the blobs it refers to) and tell the message chain they are stored."""
     engine.record(key=call.key, kind="llm", name="llm", fp=call.fp, request=call.request, started=started,
                   attempts=attempts, blobs=call.blobs, **fields)  # fmt: skip
-    chain: MessageChain = engine.extras["message_chain"]
-    chain.written(call.blobs)
+    chains: MessageChains = engine.extras["message_chain"]
+    chains.written(call.blobs)
 
 
 def _failed(engine: RunEngine, call: LLMCall, started: float, error: Exception, attempts: int) -> StepFailed:

@@ -18,16 +18,24 @@ __all__ = ["ErrorInfo", "Run", "RunStatus", "Step", "StepKind", "StepStatus", "U
 
 
 class RunStatus(str, enum.Enum):
-    """Where a run is in its life. ``pending`` and ``running`` runs can be resumed."""
+    """Where a run is in its life.
+
+    ``pending`` (started, not yet running) and ``running`` runs are resumed by ``recover`` after a crash;
+    a ``waiting`` run (a durable sleep or an event wait) wakes when due; a ``paused`` one waits for
+    ``resume``. ``completed``, ``failed`` and ``cancelled`` are final.
+    """
 
     PENDING = "pending"
     RUNNING = "running"
+    WAITING = "waiting"
+    PAUSED = "paused"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
     @property
     def is_terminal(self) -> bool:
-        return self in (RunStatus.COMPLETED, RunStatus.FAILED)
+        return self in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
 
     def __str__(self) -> str:
         return self.value
@@ -169,6 +177,9 @@ class Run:
     cost: float
     workflow_ref: str | None = None
     forked_at: str | None = None
+    wake_at: datetime | None = None  # a waiting run: when it wakes (a sleep's end, an event wait's timeout)
+    waiting_for: str | None = None  # a waiting run: the event type it waits for
+    rollback: str | None = None  # a failed or cancelled run: how its compensations went
     _store: Store | None = field(default=None, repr=False, compare=False)
 
     @cached_property
@@ -231,6 +242,9 @@ class Run:
             cost=rec.cost,
             workflow_ref=rec.workflow_ref,
             forked_at=rec.forked_at,
+            wake_at=None if rec.wake_at is None else _utc(rec.wake_at),
+            waiting_for=rec.waiting_for,
+            rollback=rec.rollback,
             _store=store,
         )
 

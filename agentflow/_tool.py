@@ -63,6 +63,9 @@ class Tool:
     name: str
     description: str
     idempotent: bool = True
+    # Asked with the call's arguments: true when a person must approve this call first (an agent waits,
+    # durably, for an "approval" event before it makes the call).
+    needs_approval: Callable[[dict[str, Any]], bool] | None = None
     key_parameter: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -132,7 +135,11 @@ def tool(fn: F, /) -> Tool: ...
 
 @overload
 def tool(
-    *, name: str | None = None, description: str | None = None, idempotent: bool = True
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    idempotent: bool = True,
+    needs_approval: Callable[[dict[str, Any]], bool] | None = None,
 ) -> Callable[[F], Tool]: ...
 
 
@@ -143,16 +150,21 @@ def tool(
     name: str | None = None,
     description: str | None = None,
     idempotent: bool = True,
+    needs_approval: Callable[[dict[str, Any]], bool] | None = None,
 ) -> Tool | Callable[[F], Tool]:
     """Make a typed function (sync or async) a ``Tool``: ``@tool`` or ``@tool(idempotent=False)``.
 
     The description is the docstring unless given. ``idempotent=False`` marks a tool whose effect must
     not happen twice (a payment): a replay never runs it again, and it should take an ``IdempotencyKey``.
+    ``needs_approval(arguments)`` returning true makes an ``Agent`` wait (durably: the run is suspended)
+    for an ``approval`` event, ``{"approved": true}`` or not, before it makes the call.
     """
 
     def make(f: F) -> Tool:
         doc = description if description is not None else inspect.getdoc(f) or ""
-        return Tool(fn=f, name=name or f.__name__, description=doc, idempotent=idempotent)
+        return Tool(
+            fn=f, name=name or f.__name__, description=doc, idempotent=idempotent, needs_approval=needs_approval
+        )
 
     return make(fn) if fn is not None else make
 

@@ -32,6 +32,7 @@ class Workflow:
     fn: Callable[..., Any]
     codec: Codec
     budget: Budget | None = None
+    deadline: float | None = None  # seconds each run may live, from its start
     is_async: bool = field(init=False)
     code_version: str | None = field(init=False)
     ref: str | None = field(init=False)  # module:qualname, for tools that must import the code by themselves

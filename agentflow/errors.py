@@ -13,9 +13,13 @@ Tree::
     ├── GraphFailed                   nodes of a step graph failed; the others ran or were skipped
     ├── BudgetExceeded                a model call would take the run past its budget (not made)
     ├── MaxTurnsExceeded              an agent took all its turns without a final answer
+    ├── EventTimeout                  a wait for an event passed its timeout
+    ├── DeadlineExceeded              a run passed its deadline (its compensations run)
+    ├── RunCancelled                  the run was cancelled (recorded as its error; raised by handles)
     ├── PlanInvalid                   a planning agent's model could not produce a plan that can run
     ├── StructuredOutputError         a model's answer does not parse into the requested model
     ├── ReplayDivergence              the code asks for something other than what the record holds
+    ├── BundleError                   a run bundle is not one, is damaged or newer, or clashes with a run
     └── StoreError                    the database cannot be used
         ├── NotAnAgentFlowDatabase    the file is damaged, not SQLite, or holds someone else's tables
         └── SchemaVersionError        the database was written by a newer agentflow
@@ -33,13 +37,17 @@ from typing import Any
 __all__ = [
     "AgentFlowError",
     "BudgetExceeded",
+    "BundleError",
     "ConfigurationError",
+    "DeadlineExceeded",
+    "EventTimeout",
     "GraphFailed",
     "MaxTurnsExceeded",
     "NonRetryableError",
     "NotAnAgentFlowDatabase",
     "PlanInvalid",
     "ReplayDivergence",
+    "RunCancelled",
     "RunConflict",
     "RunNotFound",
     "SchemaVersionError",
@@ -158,6 +166,32 @@ class BudgetExceeded(AgentFlowError):
     """A model call could take the run past its budget; raised before the call is made."""
 
 
+class EventTimeout(AgentFlowError):
+    """``ctx.wait_for_event`` waited its whole timeout and no event of the type came."""
+
+    def __init__(self, key: str, type: str) -> None:
+        self.key = key
+        self.type = type
+        super().__init__(f"{key}: no event {type!r} came before the timeout")
+
+
+class DeadlineExceeded(AgentFlowError):
+    """The run reached the deadline it was started with; it stops at its next step."""
+
+    def __init__(self, run_id: str, deadline: float) -> None:
+        self.run_id = run_id
+        self.deadline = deadline
+        super().__init__(f"run {run_id!r} passed its deadline ({deadline:.0f} s since the epoch) and was stopped")
+
+
+class RunCancelled(AgentFlowError):
+    """The run was cancelled (``app.cancel``): it stopped at a step boundary and its compensations ran."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"run {run_id!r} was cancelled")
+
+
 class MaxTurnsExceeded(AgentFlowError):
     """An agent used all of its ``max_turns`` model turns and the model still asked for tools."""
 
@@ -241,6 +275,14 @@ def _op(op: dict[str, Any]) -> str:
     value = f" {_short(op['value'], 200)}" if "value" in op else ""
     source = f" from {op['from']}" if "from" in op else ""
     return f"{op.get('op')} {op.get('path')}{source}{value}"
+
+
+class BundleError(AgentFlowError):
+    """A run bundle cannot be exported or imported: the file is not a bundle, was changed or damaged after it
+    was exported, comes from a newer agentflow, or holds a run whose id names another run here.
+
+    An import that raises it has written nothing.
+    """
 
 
 class StoreError(AgentFlowError):

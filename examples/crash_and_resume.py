@@ -5,6 +5,7 @@
 1. Runs the workflow in a child process, which is SIGKILLed (a real, uncatchable kill) inside step 4.
 2. Resumes the run in this process: steps 1-3 come from the record, the rest run live.
 3. Runs the same run id once more: the recorded run comes back and nothing executes.
+4. Replays the run strictly: the workflow's code runs again against the record, executing nothing.
 Offline, no API key: the steps are plain Python functions. Uses the embedded SQLite default.
 """
 
@@ -127,9 +128,15 @@ def main() -> int:
     again = app.run(triage, "my order never came", "cust-7", run_id=run_id)  # type: ignore[arg-type]
     executed = sum(counts(effects).values()) - sum(after.values())
     console.print(f"   the recorded run came back ({again.status}); steps executed this time: {executed}")
+
+    console.print("[bold]4.[/] Replaying it strictly: the workflow runs again; the record serves every step.")
+    replay = app.replay(run_id)
+    replayed = sum(counts(effects).values()) - sum(after.values())
+    console.print(f"   replay matched: {replay.served} steps served, same output, steps executed: {replayed}")
     console.print(f"\nInspect it: [bold]agentflow show {run_id}[/]   (or [bold]agentflow runs[/])")
     app.close()
     ok = run.status == "completed" and executed == 0 and all(after[n] == 1 for n in STEPS if n != KILL_IN)
+    ok = ok and replay.matched and replay.output == run.output and replayed == 0
     return 0 if ok else 1
 
 

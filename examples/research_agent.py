@@ -61,6 +61,11 @@ def build_planner(model: str = OFFLINE_MODEL, params: dict[str, Any] | None = No
     )
 
 
+# The planner, kept in a module-level variable so that its runs record where the code lives
+# (agentflow.examples.research_agent:planner), for `agentflow replay` and the replays of tests/bundles.
+planner = build_planner()
+
+
 def fake_research_model(request: dict[str, Any]) -> Any:
     """The offline model: plans two searches side by side, a comparison and a write-up, then answers."""
     from agentflow.testing import reply

@@ -7,7 +7,9 @@
 Every model turn and tool call is a recorded step in the database (SQLite by default): run it again with the
 same ``--run-id`` and the recorded run comes back without calling anything. ``issue_refund`` is declared
 non-idempotent and takes an ``IdempotencyKey``: the payments service (here a JSON file) uses it to
-recognise a refund it has already made, so even a crash in the middle of a refund pays out once.
+recognise a refund it has already made, so even a crash in the middle of a refund pays out once. A
+refund above ``APPROVAL_LIMIT`` waits for a person: the run is suspended until an ``approval`` event comes
+(offline, a simulated supervisor approves at once; ``--no-approve`` leaves it waiting).
 
 ``agentflow demo`` runs this agent, kills it halfway, resumes it and replays it.
 """
@@ -29,6 +31,8 @@ INSTRUCTIONS = (
     "You are the support agent of an online shop. Look the order up before you answer. Refund an order "
     "only when it arrived damaged, for its full total, and say so in one short paragraph."
 )
+
+APPROVAL_LIMIT = 30.0  # refunds above this wait, durably, for a person's approval (an "approval" event)
 
 ORDERS: dict[str, dict[str, Any]] = {
     "A-1001": {"item": "kettle", "total": 39.0, "status": "delivered", "damaged": True},
@@ -69,7 +73,7 @@ def support_tools(ledger: RefundLedger) -> list[Tool]:
             raise ValueError(f"there is no order {order_id!r}")
         return {"order_id": order_id, **order}
 
-    @tool(idempotent=False)
+    @tool(idempotent=False, needs_approval=lambda args: float(args.get("amount", 0)) > APPROVAL_LIMIT)
     def issue_refund(order_id: str, amount: float, reason: str, key: IdempotencyKey) -> dict[str, Any]:
         """Refund ``amount`` on an order, giving the reason. Pays out money: call it once per order."""
         order = ORDERS.get(order_id)
@@ -92,6 +96,12 @@ def build_agent(ledger: RefundLedger, model: str = OFFLINE_MODEL, params: dict[s
         max_turns=6,
         params=params,
     )
+
+
+# The agent, kept in a module-level variable so that its runs record where the code lives
+# (agentflow.examples.support_agent:agent): `agentflow replay` and the pytest plugin that replays
+# tests/bundles import it from there. A replay never pays out, so its ledger file is never written then.
+agent = build_agent(RefundLedger(Path(".agentflow/refunds.json")))
 
 
 def fake_support_model(request: dict[str, Any]) -> Any:
@@ -151,20 +161,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ticket", default="My kettle from order A-1001 arrived broken. Can I get a refund?")
     parser.add_argument("--run-id", default=None, help="name the run; the same id again returns the recorded run")
     parser.add_argument("--ledger", default=".agentflow/refunds.json", help="the fake payments service's file")
+    parser.add_argument("--no-approve", action="store_true", help="offline: leave a refund's approval pending")
     args = parser.parse_args(argv)
 
     ledger = RefundLedger(Path(args.ledger))
     with AgentFlow(args.db) as app:
         if args.model:
-            run = app.run(build_agent(ledger, args.model), args.ticket, run_id=args.run_id)
+            support = build_agent(ledger, args.model)
+            run = app.run(support, args.ticket, run_id=args.run_id)
         else:
             from agentflow.testing import FakeProvider
 
+            support = build_agent(ledger, params={"api_key": "sk-offline"})
             with FakeProvider() as fake:
                 fake.default = fake_support_model
-                run = app.run(build_agent(ledger, params={"api_key": "sk-offline"}), args.ticket, run_id=args.run_id)
+                run = app.run(support, args.ticket, run_id=args.run_id)
+                if run.status == "waiting" and run.waiting_for == "approval" and not args.no_approve:
+                    print(f"run {run.id} waits for a person to approve a refund above ${APPROVAL_LIMIT:.2f}")
+                    print("  (offline, a supervisor approves it now: agentflow send-event RUN_ID approval ...)")
+                    app.send_event(run.id, "approval", {"approved": True, "by": "supervisor"})
+                    run = app.resume(run.id)
         for step in run.steps:
             print(f"  {step.key:22} {step.kind!s:10} {step.status}")
+        if run.status == "waiting":
+            print(
+                f"run {run.id} is waiting for {run.waiting_for}: approve it with\n"
+                f"  agentflow send-event {run.id} approval '{{\"approved\": true}}' && agentflow resume {run.id}"
+            )
+            return 0
         if run.error is not None:
             print(f"run {run.id} {run.status}: {run.error}", file=sys.stderr)
             return 1

@@ -186,7 +186,9 @@ def test_runs_unknown_status_prints_the_message_and_exits_1(recorded: str) -> No
     result = invoke("runs", "--db", recorded, "--status", "done")
 
     assert result.exit_code == 1
-    assert "unknown run status 'done'; use one of pending, running, completed, failed" in result.stderr
+    assert "unknown run status 'done'; use one of pending, running, waiting, paused, completed, failed, cancelled" in (
+        result.stderr
+    )
     assert "Traceback" not in result.output
     assert result.stdout == ""
 

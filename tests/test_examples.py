@@ -22,6 +22,7 @@ def test_crash_and_resume_example_shows_completed_steps_served_from_the_record(t
     assert out.count("served from the record") == 3
     assert "status: completed" in out
     assert "steps executed this time: 0" in out
+    assert "replay matched: 5 steps served, same output, steps executed: 0" in out
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -30,26 +31,32 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_support_agent_example_refunds_a_damaged_order_once(tmp_path: Path) -> None:
+def test_support_agent_example_refunds_a_damaged_order_once_after_approval(tmp_path: Path) -> None:
     script = str(EXAMPLES / "support_agent.py")
     first = _run([sys.executable, script, "--db", "s.db", "--run-id", "t-1"], tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert "issue_refund#0" in first.stdout and "refunded the full $39.00" in first.stdout
+    assert "waits for a person to approve a refund above $30.00" in first.stdout
+    assert "approve.issue_refund#0 event" in first.stdout and "issue_refund#0" in first.stdout
+    assert "refunded the full $39.00" in first.stdout
     again = _run([sys.executable, script, "--db", "s.db", "--run-id", "t-1"], tmp_path)  # the recorded run
-    assert again.returncode == 0 and again.stdout == first.stdout
+    assert again.returncode == 0 and first.stdout.endswith(again.stdout)
     ledger = json.loads((tmp_path / ".agentflow" / "refunds.json").read_text())
     assert list(ledger) == ["t-1:issue_refund#0"]  # refunded once, under the run's idempotency key
     other = _run([sys.executable, script, "--db", "s.db", "--ticket", "Where is A-1003?"], tmp_path)
     assert "in transit" in other.stdout and "issue_refund" not in other.stdout
+    pending = _run([sys.executable, script, "--db", "s.db", "--run-id", "t-2", "--no-approve"], tmp_path)
+    assert "run t-2 is waiting for approval" in pending.stdout and "agentflow send-event t-2 approval" in pending.stdout
 
 
-def test_agentflow_demo_crashes_resumes_and_replays_offline(tmp_path: Path) -> None:
+def test_agentflow_demo_waits_for_approval_crashes_resumes_and_replays_offline(tmp_path: Path) -> None:
     agentflow = Path(sys.executable).parent / "agentflow"  # the console script the install put beside python
     result = _run([str(agentflow), "demo"], tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert "killed here (SIGKILL)" in out and "the child died (exit -9)" in out
-    assert out.count("served  ") == 5 and "5 steps came from the record" in out
+    assert "the run is waiting for approval: this process can exit" in out
+    assert "a person approved the call (supervisor)" in out
+    assert "killed (SIGKILL)" in out and "the child died (exit -9)" in out
+    assert out.count("served  ") == 6 and "6 steps came from the record" in out
     assert "refunds paid for this run: 1" in out
     assert "the replay matched the recorded run" in out
     assert (tmp_path / ".agentflow" / "agentflow.db").exists()  # the embedded SQLite default

@@ -21,6 +21,7 @@ EXPECTED = {
     "LLMStream",
     "LLMResponse",
     "BudgetExceeded",
+    "BundleError",
     "Budget",
     "IdempotencyKey",
     "Tool",

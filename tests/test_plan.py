@@ -123,6 +123,26 @@ def test_a_plan_runs_as_a_graph_with_parallel_branches_keyed_by_step_id(app: Age
     assert "response_format" in fake.calls[0]  # the plan was asked for as structured output
 
 
+def test_a_planner_whose_sub_agent_ran_in_a_graph_node_replays_strictly(app: AgentFlow) -> None:
+    # A replay serves each graph node whole: the sub-agent's model call inside it is not made again. Neither
+    # how the planner's next conversation is stored (its fingerprint) nor the check that every recorded step
+    # was taken may depend on that call.
+    plan = plan_json(
+        plan_step("solar", "search", {"topic": "solar"}),
+        plan_step("summary", "writer", {"task": "Summarize ${solar}"}),
+    )
+    with FakeProvider() as fake:
+        fake.script(reply(plan), reply("A summary."), reply("Solar wins."))
+        run = app.run(planner(), "Solar or wind?", run_id="r")
+    assert "plan0.summary#0/llm#0" in [s.key for s in run.steps]
+
+    executed.clear()
+    with FakeProvider() as fake:  # nothing scripted: a model call would get a 500
+        replay = app.replay("r")
+        assert fake.call_count == 0
+    assert replay.output.output == "Solar wins." and executed == []
+
+
 def test_an_invalid_plan_goes_back_to_the_model_until_it_is_fixed(app: AgentFlow) -> None:
     bad = plan_json(plan_step("s1", "teleport", {}), plan_step("s2", "compare", {"a": "${s0}", "b": "x"}))
     good = plan_json(plan_step("s1", "search", {"topic": "solar"}))

@@ -28,7 +28,7 @@ from agentflow.errors import (
     StoreError,
 )
 
-AGENTFLOW_TABLES = {"runs", "steps", "blobs", "facts", VERSION_TABLE}
+AGENTFLOW_TABLES = {"runs", "steps", "blobs", "facts", "events", VERSION_TABLE}
 
 
 # -- helpers ----------------------------------------------------------------------------------------------

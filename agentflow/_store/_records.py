@@ -32,6 +32,11 @@ class RunRecord:
     lease_expires_at: float | None = None
     lease_token: int = 0
     workflow_ref: str | None = None
+    wake_at: float | None = None
+    waiting_for: str | None = None
+    deadline_at: float | None = None
+    control: str | None = None
+    rollback: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,37 @@ class Store(Protocol):
         """
         ...
 
+    def send_event(self, run_id: str, type: str, payload: str, sent_at: float) -> int:
+        """Keep an event for ``run_id``; a run waiting for ``type`` becomes due at ``sent_at``. Its id."""
+        ...
+
+    def claim_event(self, run_id: str, type: str, key: str) -> tuple[int, str] | None:
+        """The event delivered to the wait ``key``: the one it claimed before, else the oldest undelivered
+        event of ``type`` for the run, now claimed. ``(id, payload)``, or None when there is none."""
+        ...
+
+    def suspend_run(
+        self,
+        run_id: str,
+        *,
+        status: str,
+        wake_at: float | None,
+        waiting_for: str | None,
+        updated_at: float,
+        usage: tuple[int, int, float],
+    ) -> None:
+        """Mark a run waiting (or paused). If an event it waits for is in its inbox already (sent while it
+        was getting there), it is due at once: no event is missed between the wait and the status."""
+        ...
+
+    def due_runs(self, now: float, limit: int | None = None) -> list[RunRecord]:
+        """Waiting runs whose ``wake_at`` has come, the earliest first."""
+        ...
+
+    def delete_steps_from(self, run_id: str, seq: int) -> int:
+        """Remove the run's step records from ``seq`` on (a restart); how many there were."""
+        ...
+
     def put_blobs(self, blobs: Mapping[str, bytes]) -> None:
         """Store content-addressed payloads (sha256 hex to bytes); present ones are left as they are."""
         ...
@@ -130,6 +166,20 @@ class Store(Protocol):
 
     def delete_fact(self, namespace: str, key: str) -> bool:
         """Remove one fact; False when there was none."""
+        ...
+
+    def child_runs(self, run_id: str) -> list[RunRecord]:
+        """The runs whose ``parent_id`` is ``run_id``, oldest first."""
+        ...
+
+    def import_runs(
+        self, runs: Sequence[RunRecord], steps: Sequence[StepRecord], blobs: Mapping[str, bytes]
+    ) -> list[str]:
+        """Write runs, their steps and the blobs they refer to, in one transaction; the ids it inserted.
+
+        A run already present with the same record and steps is skipped; one present with other content
+        raises ``RunConflict`` and nothing is written. Blobs already stored are left as they are.
+        """
         ...
 
     def close(self) -> None: ...

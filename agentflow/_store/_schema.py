@@ -19,9 +19,9 @@ if TYPE_CHECKING:
 __all__ = ["HEAD", "REVISIONS", "VERSION_TABLE", "ensure_schema"]
 
 VERSION_TABLE = "agentflow_schema_version"
-REVISIONS: tuple[str, ...] = ("0001_initial", "0002_facts", "0003_workflow_ref")
+REVISIONS: tuple[str, ...] = ("0001_initial", "0002_facts", "0003_workflow_ref", "0004_lifecycle")
 HEAD = REVISIONS[-1]
-OUR_TABLES = frozenset({"runs", "steps", "blobs", "facts"})
+OUR_TABLES = frozenset({"runs", "steps", "blobs", "facts", "events"})
 _MIGRATIONS = Path(__file__).parent / "migrations"
 # Arbitrary constant: Postgres advisory lock held while one process migrates.
 _PG_MIGRATION_LOCK = 0x61676E74666C6F77 % (2**63)

@@ -13,6 +13,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,10 +23,10 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.pool import PoolProxiedConnection, StaticPool
 
-from ..errors import ConfigurationError, NotAnAgentFlowDatabase, StoreError
+from ..errors import ConfigurationError, NotAnAgentFlowDatabase, RunConflict, StoreError
 from ._records import STEP_COLUMNS, RunRecord, StepRecord
 from ._schema import VERSION_TABLE, check_revision, ensure_schema
-from ._tables import BlobRow, FactRow, RunRow, StepRow
+from ._tables import BlobRow, EventRow, FactRow, RunRow, StepRow
 
 __all__ = ["Durability", "SQLStore", "normalize_url", "open_store"]
 
@@ -224,6 +225,76 @@ class SQLStore:
         with self._connect(begin=True) as conn:
             conn.execute(self._dialect_insert(table).on_conflict_do_nothing(index_elements=["hash"]), rows)
 
+    def send_event(self, run_id: str, type: str, payload: str, sent_at: float) -> int:
+        events, runs = EventRow.__table__, RunRow.__table__  # type: ignore[attr-defined]
+        with self._connect(begin=True) as conn:
+            inserted = conn.execute(
+                insert(events).values(run_id=run_id, type=type, payload=payload, sent_at=sent_at)
+            ).inserted_primary_key
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.status == "waiting", runs.c.waiting_for == type)
+                .values(wake_at=sent_at)
+            )
+        return int(inserted[0]) if inserted else 0
+
+    def claim_event(self, run_id: str, type: str, key: str) -> tuple[int, str] | None:
+        table = EventRow.__table__  # type: ignore[attr-defined]
+        mine = (table.c.run_id == run_id) & (table.c.type == type)
+        with self._connect(begin=True) as conn:
+            row = conn.execute(select(table.c.id, table.c.payload).where(mine, table.c.delivered_key == key)).first()
+            if row is not None:
+                return int(row[0]), str(row[1])
+            query = select(table.c.id, table.c.payload).where(mine, table.c.delivered_key.is_(None))
+            query = query.order_by(table.c.id).limit(1)
+            if self._engine.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            row = conn.execute(query).first()
+            if row is None:
+                return None
+            conn.execute(update(table).where(table.c.id == row[0]).values(delivered_key=key))
+            return int(row[0]), str(row[1])
+
+    def suspend_run(
+        self,
+        run_id: str,
+        *,
+        status: str,
+        wake_at: float | None,
+        waiting_for: str | None,
+        updated_at: float,
+        usage: tuple[int, int, float],
+    ) -> None:
+        runs, events = RunRow.__table__, EventRow.__table__  # type: ignore[attr-defined]
+        prompt, completion, cost = usage
+        with self._connect(begin=True) as conn:
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id)
+                .values(status=status, wake_at=wake_at, waiting_for=waiting_for, updated_at=updated_at,
+                        prompt_tokens=prompt, completion_tokens=completion, cost=cost)
+            )  # fmt: skip
+            if waiting_for is not None:
+                waiting = select(events.c.id).where(
+                    events.c.run_id == run_id, events.c.type == waiting_for, events.c.delivered_key.is_(None)
+                )
+                if conn.execute(waiting.limit(1)).first() is not None:
+                    conn.execute(update(runs).where(runs.c.id == run_id).values(wake_at=updated_at))
+
+    def due_runs(self, now: float, limit: int | None = None) -> list[RunRecord]:
+        table = RunRow.__table__  # type: ignore[attr-defined]
+        query = select(table).where(table.c.status == "waiting", table.c.wake_at <= now).order_by(table.c.wake_at)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._connect() as conn:
+            return [RunRecord(**row) for row in conn.execute(query).mappings()]
+
+    def delete_steps_from(self, run_id: str, seq: int) -> int:
+        table = StepRow.__table__  # type: ignore[attr-defined]
+        with self._connect(begin=True) as conn:
+            result = conn.execute(delete(table).where(table.c.run_id == run_id, table.c.seq >= seq))
+        return int(result.rowcount or 0)
+
     def get_blobs(self, hashes: Iterable[str]) -> dict[str, bytes]:
         wanted = list(dict.fromkeys(hashes))
         if not wanted:
@@ -275,6 +346,50 @@ class SQLStore:
         with self._connect(begin=True) as conn:
             result = conn.execute(delete(table).where(table.c.namespace == namespace, table.c.key == key))
         return bool(result.rowcount)
+
+    # -- bundles (export and import of whole runs) ------------------------------------------------------
+
+    def child_runs(self, run_id: str) -> list[RunRecord]:
+        table = RunRow.__table__  # type: ignore[attr-defined]
+        query = select(table).where(table.c.parent_id == run_id).order_by(table.c.created_at, table.c.id)
+        with self._connect() as conn:
+            return [RunRecord(**row) for row in conn.execute(query).mappings()]
+
+    def import_runs(
+        self, runs: Sequence[RunRecord], steps: Sequence[StepRecord], blobs: Mapping[str, bytes]
+    ) -> list[str]:
+        run_table, step_table = RunRow.__table__, StepRow.__table__  # type: ignore[attr-defined]
+        blob_table = BlobRow.__table__  # type: ignore[attr-defined]
+        by_run: dict[str, list[StepRecord]] = {}
+        for step in sorted(steps, key=lambda s: s.seq):
+            by_run.setdefault(step.run_id, []).append(step)
+        step_query = select(*(step_table.c[name] for name in STEP_COLUMNS)).order_by(step_table.c.seq)
+        inserted: list[str] = []
+        try:
+            with self._connect(begin=True) as conn:
+                for run in runs:
+                    ours = by_run.get(run.id, [])
+                    row = conn.execute(select(run_table).where(run_table.c.id == run.id)).mappings().first()
+                    if row is not None:
+                        present = conn.execute(step_query.where(step_table.c.run_id == run.id)).all()
+                        if RunRecord(**row) != run:
+                            raise RunConflict(run.id, "another record (status, output, times or usage differ)")
+                        if [StepRecord(*r) for r in present] != ours:
+                            raise RunConflict(run.id, "other steps")
+                        continue  # imported before: nothing to do
+                    conn.execute(insert(run_table).values(asdict(run)))
+                    if ours:
+                        conn.execute(insert(step_table), [asdict(step) for step in ours])
+                    inserted.append(run.id)
+                if inserted and blobs:
+                    rows = [{"hash": h, "data": data, "size": len(data)} for h, data in blobs.items()]
+                    conn.execute(self._dialect_insert(blob_table).on_conflict_do_nothing(index_elements=["hash"]), rows)
+        except IntegrityError as exc:
+            raise StoreError(
+                f"another process wrote one of the runs {', '.join(r.id for r in runs)} while they were being "
+                "imported; nothing was imported. Try again"
+            ) from exc
+        return inserted
 
     def close(self) -> None:
         with self._writer_lock:

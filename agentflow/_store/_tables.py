@@ -27,6 +27,14 @@ class RunRow(_AgentFlowTable, table=True):
     error: str | None = Field(default=None, sa_column=Column(Text))
     code_version: str | None = Field(default=None, sa_column=Column(String))
     workflow_ref: str | None = Field(default=None, sa_column=Column(String))  # module:qualname of its code
+    # Waiting runs: when to wake (a sleep's end, an event wait's timeout, or now when an event came) and
+    # which event type they wait for. A deadline for the whole run; control holds a pending "pause" or
+    # "cancel" request; rollback says how the compensations of a failed or cancelled run went.
+    wake_at: float | None = Field(default=None, sa_column=Column(Float, index=True))
+    waiting_for: str | None = Field(default=None, sa_column=Column(String))
+    deadline_at: float | None = Field(default=None, sa_column=Column(Float))
+    control: str | None = Field(default=None, sa_column=Column(String))
+    rollback: str | None = Field(default=None, sa_column=Column(Text))
     parent_id: str | None = Field(default=None, sa_column=Column(String, index=True))
     forked_from: str | None = Field(default=None, sa_column=Column(String))
     forked_at: str | None = Field(default=None, sa_column=Column(String))
@@ -93,6 +101,20 @@ class FactRow(_AgentFlowTable, table=True):
     value: str = Field(sa_column=Column(Text, nullable=False))
     updated_at: float = Field(sa_column=Column(Float, nullable=False))
     run_id: str | None = Field(default=None, sa_column=Column(String))
+
+
+class EventRow(_AgentFlowTable, table=True):
+    """An event sent to a run: kept until a wait takes it, then marked with the key of that wait, so that
+    each event is delivered once (and to the same wait again if the run crashed before recording it)."""
+
+    __tablename__ = "events"
+
+    id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True, autoincrement=True))
+    run_id: str = Field(sa_column=Column(String, nullable=False, index=True))
+    type: str = Field(sa_column=Column(String, nullable=False))
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    sent_at: float = Field(sa_column=Column(Float, nullable=False))
+    delivered_key: str | None = Field(default=None, sa_column=Column(String))
 
 
 metadata = _AgentFlowTable.metadata

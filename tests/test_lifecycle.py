@@ -1,0 +1,414 @@
+"""Durable sleeps, events, pause / resume / cancel, restart, deadlines, compensation and child runs.
+
+Time is a FakeClock: nothing sleeps for real. A "process restart" is a second AgentFlow on the same
+database, with the workflow registered again, as a new process would do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from agentflow import (
+    AgentFlow,
+    AgentFlowError,
+    Context,
+    FakeClock,
+    NonRetryableError,
+    ReplayDivergence,
+    RunStatus,
+)
+
+DAY = 24 * 3600.0
+
+
+class Crash(BaseException):
+    """Stands for the process dying."""
+
+
+def effect_log() -> tuple[list[str], Callable[[str], Callable[[], str]]]:
+    done: list[str] = []
+
+    def doing(name: str) -> Callable[[], str]:
+        def act() -> str:
+            done.append(name)
+            return name
+
+        act.__qualname__ = f"act_{name}"
+        return act
+
+    return done, doing
+
+
+# -- sleeping ---------------------------------------------------------------------------------------------
+
+
+def test_a_run_sleeping_three_days_wakes_when_the_clock_has_moved_across_a_process_restart(
+    db_url: str, clock: FakeClock
+) -> None:
+    done, doing = effect_log()
+
+    def register(app: AgentFlow) -> Any:
+        @app.workflow(name="reminder")
+        async def reminder(ctx: Context, who: str) -> str:
+            await ctx.step("before", doing("before"))
+            await ctx.sleep("nap", timedelta(days=3))
+            await ctx.step("after", doing("after"))
+            return f"reminded {who}"
+
+        return reminder
+
+    first = AgentFlow(db_url, clock=clock)
+    run = first.run(register(first), "ann", run_id="r")
+    assert run.status == RunStatus.WAITING and done == ["before"]
+    assert run.wake_at is not None and run.wake_at.timestamp() == pytest.approx(clock.now + 3 * DAY)
+    first.close()
+
+    second = AgentFlow(db_url, clock=clock)  # a new process: nothing of the run is in memory
+    register(second)
+    assert second.recover() == [] and second.get_run("r").status == RunStatus.WAITING  # not due yet
+    clock.advance(3 * DAY - 1)
+    assert second.wake_due() == []
+    clock.advance(1)
+    [woken] = second.recover()
+    assert woken.status == RunStatus.COMPLETED and woken.output == "reminded ann"
+    assert done == ["before", "after"]  # each step once, across the restart
+    assert [s.key for s in woken.steps] == ["before#0", "nap.start#0", "nap#0", "after#0"]
+    assert str(woken.steps[2].kind) == "sleep"
+    assert second.replay("r").matched
+    second.close()
+
+
+# -- events -----------------------------------------------------------------------------------------------
+
+
+def test_an_event_sent_before_the_wait_and_one_sent_after_are_each_delivered_once(app: AgentFlow) -> None:
+    @app.workflow(name="approvals")
+    async def approvals(ctx: Context) -> list[Any]:
+        await ctx.step("notify", lambda: app.send_event(ctx.run_id, "approval", {"n": 1}))  # before the wait
+        first = await ctx.wait_for_event("first", type="approval")
+        second = await ctx.wait_for_event("second", type="approval")
+        return [first, second]
+
+    run = app.run(approvals, run_id="r")
+    assert run.status == RunStatus.WAITING and run.waiting_for == "approval"
+    assert app.wake_due() == []  # nothing came yet
+    app.send_event("r", "approval", {"n": 2})
+    [woken] = app.wake_due()
+    assert woken.status == RunStatus.COMPLETED and woken.output == [{"n": 1}, {"n": 2}]
+
+    app.send_event("r", "approval", {"n": 3})  # nobody waits any more: it stays in the inbox
+    assert app.wake_due() == []
+    assert app.replay("r").output == [{"n": 1}, {"n": 2}]  # the recorded payloads, not the inbox
+    events = [s for s in woken.steps if str(s.kind) == "event"]
+    assert [e.output["payload"] for e in events] == [{"n": 1}, {"n": 2}]
+    assert events[0].output["event_id"] != events[1].output["event_id"]
+
+
+def test_an_event_is_delivered_once_even_if_the_run_crashes_right_after_taking_it(app: AgentFlow) -> None:
+    crash = {"on": True}
+
+    @app.workflow(name="takes")
+    async def takes(ctx: Context) -> Any:
+        payload = await ctx.wait_for_event("go", type="go")
+
+        def maybe_crash() -> None:
+            if crash["on"]:
+                raise Crash
+
+        await ctx.step("after", maybe_crash)
+        second = await ctx.wait_for_event("again", type="go", timeout=60)
+        return [payload, second]
+
+    assert app.run(takes, run_id="r").status == RunStatus.WAITING
+    app.send_event("r", "go", "first")
+    with pytest.raises(Crash):
+        app.wake_due()
+    crash["on"] = False
+    run = app.resume("r")  # the first wait is served from the record: "first" is not taken again
+    assert run.status == RunStatus.WAITING and run.waiting_for == "go"
+    app.send_event("r", "go", "second")
+    [woken] = app.wake_due()
+    assert woken.output == ["first", "second"]
+
+
+def test_a_wait_times_out(app: AgentFlow, clock: FakeClock) -> None:
+    @app.workflow(name="approval")
+    async def approval(ctx: Context) -> str:
+        decision = await ctx.wait_for_event("decision", type="approval", timeout=timedelta(hours=1))
+        return str(decision)
+
+    run = app.run(approval, run_id="r")
+    assert run.status == RunStatus.WAITING
+    assert run.wake_at is not None and run.wake_at.timestamp() == pytest.approx(clock.now + 3600)
+    clock.advance(3600)
+    [woken] = app.wake_due()
+    assert woken.status == RunStatus.FAILED
+    assert woken.error is not None and woken.error.type == "EventTimeout" and "'approval'" in woken.error.message
+    app.send_event("r", "approval", "too late")  # the run is over: nothing wakes
+    assert app.wake_due() == [] and app.get_run("r").status == RunStatus.FAILED
+
+
+# -- pause, resume, cancel, restart ---------------------------------------------------------------------
+
+
+def test_pause_stops_at_the_next_step_boundary_and_resume_continues(app: AgentFlow) -> None:
+    done, doing = effect_log()
+
+    @app.workflow(name="pausable")
+    async def pausable(ctx: Context) -> int:
+        await ctx.step("one", doing("one"))
+        await ctx.step("pause_me", lambda: str(app.pause(ctx.run_id).status))  # as if asked from outside
+        await ctx.step("two", doing("two"))
+        return len(done)
+
+    run = app.run(pausable, run_id="r")
+    assert run.status == RunStatus.PAUSED and done == ["one"]
+    assert app.wake_due() == []  # a paused run does not wake by itself
+    resumed = app.resume("r")
+    assert resumed.status == RunStatus.COMPLETED and done == ["one", "two"]
+
+
+def test_a_waiting_run_paused_from_another_process_stays_paused_until_resumed(db_url: str, clock: FakeClock) -> None:
+    app = AgentFlow(db_url, clock=clock)
+
+    @app.workflow(name="sleeper")
+    async def sleeper(ctx: Context) -> str:
+        await ctx.sleep("nap", 60)
+        return "up"
+
+    assert app.run(sleeper, run_id="r").status == RunStatus.WAITING
+    other = AgentFlow(db_url, clock=clock)  # the CLI, say
+    assert other.pause("r").status == RunStatus.PAUSED
+    clock.advance(120)
+    assert app.wake_due() == []
+    assert app.resume("r").output == "up"
+    other.close()
+    app.close()
+
+
+def test_cancel_runs_the_compensations_and_ends_cancelled(app: AgentFlow) -> None:
+    undone: list[str] = []
+
+    @app.workflow(name="booking")
+    async def booking(ctx: Context) -> str:
+        await ctx.step("hotel", lambda: "H-1", compensate=lambda booked: undone.append(f"cancel {booked}"))
+        await ctx.step("flight", lambda: "F-7", compensate=lambda booked: undone.append(f"cancel {booked}"))
+        await ctx.wait_for_event("confirm", type="confirm")
+        await ctx.step("charge", lambda: "charged")
+        return "booked"
+
+    assert app.run(booking, run_id="r").status == RunStatus.WAITING
+    cancelled = app.cancel("r")
+    assert cancelled.status == RunStatus.CANCELLED
+    assert undone == ["cancel F-7", "cancel H-1"]  # newest first
+    assert cancelled.rollback is not None and cancelled.rollback.startswith("rolled back: 2 step(s) undone")
+    assert cancelled.error is not None and cancelled.error.type == "RunCancelled"
+    assert not any(s.key == "charge#0" for s in cancelled.steps)
+    with pytest.raises(AgentFlowError, match="nothing to pause"):
+        app.pause("r")
+
+
+def test_compensations_run_in_reverse_order_after_a_failure_and_again_correctly_after_a_crash(
+    app: AgentFlow,
+) -> None:
+    undone: list[str] = []
+    crash = {"on": True}
+
+    def undo(name: str) -> Callable[[Any], None]:
+        def compensate(_: Any) -> None:
+            undone.append(name)
+            if name == "b" and crash["on"]:
+                raise Crash  # the process dies in the middle of the rollback
+
+        compensate.__qualname__ = f"undo_{name}"
+        return compensate
+
+    def fail() -> None:
+        raise NonRetryableError("card declined")
+
+    @app.workflow(name="saga")
+    async def saga(ctx: Context) -> None:
+        for name in ("a", "b", "c"):
+            await ctx.step(name, lambda n=name: n, compensate=undo(name))
+        await ctx.step("pay", fail)
+
+    with pytest.raises(Crash):
+        app.run(saga, run_id="r")
+    assert undone == ["c", "b"]
+    crash["on"] = False
+    run = app.resume("r")
+    assert run.status == RunStatus.FAILED and run.error is not None and "card declined" in run.error.message
+    # c's undo was recorded before the crash and is not repeated; b's was in flight and runs again.
+    assert undone == ["c", "b", "b", "a"]
+    assert run.rollback == "rolled back: 3 step(s) undone (c#0, b#0, a#0)"
+    keys = [s.key for s in run.steps]
+    assert keys[-3:] == ["c#0/compensate#0", "b#0/compensate#0", "a#0/compensate#0"]
+
+
+def test_restart_from_a_key_runs_that_step_and_the_rest_again(app: AgentFlow) -> None:
+    done, doing = effect_log()
+
+    @app.workflow(name="three")
+    async def three(ctx: Context) -> int:
+        for name in ("a", "b", "c"):
+            await ctx.step(name, doing(name))
+        return len(done)
+
+    assert app.run(three, run_id="r").output == 3
+    again = app.restart("r", from_key="b#0")
+    assert again.status == RunStatus.COMPLETED and done == ["a", "b", "c", "b", "c"]
+    assert [s.key for s in again.steps] == ["a#0", "b#0", "c#0"]
+    assert app.verify("r") is None
+    with pytest.raises(AgentFlowError, match="no step 'z#0'"):
+        app.restart("r", from_key="z#0")
+
+
+def test_a_run_past_its_deadline_stops_even_while_it_waits(app: AgentFlow, clock: FakeClock) -> None:
+    undone: list[str] = []
+
+    @app.workflow(name="slow", deadline=600)
+    async def slow(ctx: Context) -> str:
+        await ctx.step("reserve", lambda: "R", compensate=lambda r: undone.append(r))
+        await ctx.sleep("nap", DAY)
+        return "too late"
+
+    run = app.run(slow, run_id="r")
+    assert run.status == RunStatus.WAITING
+    assert run.wake_at is not None and run.wake_at.timestamp() == pytest.approx(clock.now + 600)  # the deadline
+    clock.advance(600)
+    [woken] = app.wake_due()
+    assert woken.status == RunStatus.FAILED and woken.error is not None and woken.error.type == "DeadlineExceeded"
+    assert undone == ["R"]
+
+
+# -- background runs and child runs ---------------------------------------------------------------------
+
+
+def test_start_returns_a_handle_and_result_waits_for_the_end(app: AgentFlow) -> None:
+    @app.workflow(name="quick")
+    async def quick(ctx: Context, n: int) -> int:
+        return await ctx.step("double", lambda: n * 2)
+
+    handle = app.start(quick, 21, run_id="r")
+    assert handle.run_id == "r"
+    assert handle.result(timeout=60).output == 42
+    assert handle.status() == RunStatus.COMPLETED
+
+
+def test_a_child_run_has_a_deterministic_id_suspends_its_parent_and_wakes_it(app: AgentFlow) -> None:
+    @app.workflow(name="approve")
+    async def approve(ctx: Context, amount: float) -> str:
+        decision = await ctx.wait_for_event("decision", type="decision")
+        return f"{decision} {amount}"
+
+    @app.workflow(name="refund")
+    async def refund(ctx: Context, amount: float) -> str:
+        verdict = await ctx.child(approve, amount)
+        return f"refund: {verdict}"
+
+    run = app.run(refund, 80.0, run_id="p")
+    child_id = "p/child#0"
+    assert run.status == RunStatus.WAITING and run.waiting_for == f"child:{child_id}"
+    child = app.get_run(child_id)
+    assert child.status == RunStatus.WAITING and child.parent_id == "p"
+    app.send_event(child_id, "decision", "approved")
+    woken = app.wake_due()  # the child ends, which makes its parent due
+    assert [r.id for r in woken] == [child_id]
+    [parent] = app.wake_due()
+    assert parent.id == "p" and parent.output == "refund: approved 80.0"
+
+
+def test_cancelling_a_parent_cancels_its_children(app: AgentFlow) -> None:
+    @app.workflow(name="approve")
+    async def approve(ctx: Context) -> str:
+        return str(await ctx.wait_for_event("decision", type="decision"))
+
+    @app.workflow(name="parent")
+    async def parent(ctx: Context) -> str:
+        return str(await ctx.child(approve))
+
+    assert app.run(parent, run_id="p").status == RunStatus.WAITING
+    assert app.cancel("p").status == RunStatus.CANCELLED
+    assert app.get_run("p/child#0").status == RunStatus.CANCELLED
+
+
+def test_a_replay_of_a_run_whose_wait_changed_diverges_at_the_wait(app: AgentFlow) -> None:
+    kind = {"type": "approval"}
+
+    @app.workflow(name="waits")
+    async def waits(ctx: Context) -> Any:
+        return await ctx.wait_for_event("w", type=kind["type"])
+
+    app.run(waits, run_id="r")
+    app.send_event("r", "approval", 1)
+    assert app.wake_due()[0].output == 1
+    kind["type"] = "rejection"
+    with pytest.raises(ReplayDivergence) as caught:
+        app.replay("r")
+    assert caught.value.key == "w#0"
+
+
+# -- the CLI ----------------------------------------------------------------------------------------------
+
+approvals_app = AgentFlow(":memory:")  # module level: runs record a ref the CLI can import
+
+
+@approvals_app.workflow(name="cli_approval")
+async def cli_approval(ctx: Context, amount: float) -> str:
+    await ctx.step("reserve", lambda: "R-1", compensate=lambda r: None)
+    decision = await ctx.wait_for_event("decision", type="decision")
+    return f"{decision} {amount}"
+
+
+def test_the_lifecycle_verbs_of_the_cli(db_url: str) -> None:
+    from typer.testing import CliRunner
+
+    from agentflow._cli import cli
+
+    def invoke(*words: str) -> str:
+        result = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"}).invoke(cli, [*words, "--db", db_url])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    with AgentFlow(db_url) as app:
+        app.register(cli_approval, name="cli_approval")
+        assert app.run(cli_approval, 10.0, run_id="c1").status == RunStatus.WAITING
+        assert app.run(cli_approval, 20.0, run_id="c2").status == RunStatus.WAITING
+    assert "run c1: paused" in invoke("pause", "c1")
+    assert "run c1: waiting (waiting for decision)" in invoke("resume", "c1")
+    assert "sent to run c1" in invoke("send-event", "c1", "decision", '"approved"')
+    assert "run c1: completed" in invoke("wake")
+    assert "run c2: cancelled; rolled back: 1 step(s) undone" in invoke("cancel", "c2")
+    assert "run c1: completed" in invoke("restart", "c1", "--from", "decision#0")
+    with AgentFlow(db_url) as app:
+        assert app.get_run("c1").output == "approved 10.0"
+
+
+def test_cancel_interrupts_an_async_step_running_in_this_process(app: AgentFlow) -> None:
+    import asyncio
+    import threading
+
+    started = threading.Event()
+    undone: list[str] = []
+
+    @app.workflow(name="stuck")
+    async def stuck(ctx: Context) -> str:
+        await ctx.step("reserve", lambda: "R-9", compensate=lambda r: undone.append(r))
+
+        async def forever() -> None:
+            started.set()
+            await asyncio.Event().wait()  # never set: only a cancel ends this step
+
+        await ctx.step("hang", forever)
+        return "unreachable"
+
+    handle = app.start(stuck, run_id="r")
+    assert started.wait(timeout=60)  # a bound on a deadlock, not a wait for time to pass
+    app.cancel("r")
+    run = handle.result(timeout=60)
+    assert run.status == RunStatus.CANCELLED and undone == ["R-9"]
+    assert [s.key for s in run.steps] == ["reserve#0", "reserve#0/compensate#0"]  # the hung step left no record
