@@ -441,7 +441,11 @@ class AgentFlow:
             return Replay(run_id, status, output, len(engine.served), mode, diverged[0], engine.run_id)
         self._check_ending(record, steps, engine, output_json, error)
         output = None if output_json is None else self._codec.decode(output_json, wf.return_type)
-        return Replay(run_id, RunStatus(record.status), output, len(engine.served), mode)
+        recorded_version, current_version = engine.code_versions
+        note = None
+        if recorded_version != current_version:
+            note = f"recorded under code version {recorded_version}, replayed under {current_version}"
+        return Replay(run_id, RunStatus(record.status), output, len(engine.served), mode, note=note)
 
     def _check_ending(
         self,

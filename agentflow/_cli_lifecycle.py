@@ -1,5 +1,7 @@
-"""CLI verbs of the run lifecycle: ``send-event``, ``pause``, ``resume``, ``cancel``, ``restart``, ``wake``.
+"""CLI verbs of the run lifecycle: ``start``, ``send-event``, ``pause``, ``resume``, ``cancel``, ``restart``,
+``wake`` (``show`` gives a run's status).
 
+    agentflow start REF [--args JSON] [--run-id ID] [--deadline SECONDS] [--db URL]
     agentflow send-event RUN_ID TYPE [PAYLOAD_JSON] [--db URL]
     agentflow pause RUN_ID [--db URL]
     agentflow resume RUN_ID [--app REF] [--db URL]
@@ -14,17 +16,30 @@ The others execute the run's code here, found from the run's recorded ref or ``-
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
 from rich.text import Text
 
+from ._app import AgentFlow
 from ._cli import DbOption, _console, _fail, _open, _status_text, cli
 from ._cli_replay import AppOption, _with_code
 from ._models import Run
 from .errors import AgentFlowError
 
 RunArg = Annotated[str, typer.Argument(metavar="RUN_ID", show_default=False)]
+
+
+@contextmanager
+def _open_or_create(db: str | None) -> Iterator[AgentFlow]:
+    """The AgentFlow on ``db``, created if missing (starting a run may be the first thing done)."""
+    try:
+        with AgentFlow(db) as flow:
+            yield flow
+    except AgentFlowError as exc:
+        _fail(str(exc))
 
 
 def _report(run: Run) -> None:
@@ -36,6 +51,42 @@ def _report(run: Run) -> None:
     if run.rollback:
         line.append(f"; {run.rollback}")
     _console().print(line)
+
+
+@cli.command("start")
+def start_command(
+    ref: Annotated[
+        str,
+        typer.Argument(metavar="REF", help="The workflow function or Agent: module:name or path/to/script.py:name."),
+    ],
+    args: Annotated[
+        str, typer.Option("--args", metavar="JSON", help="The arguments after the context, as a JSON list.")
+    ] = "[]",
+    run_id: Annotated[str | None, typer.Option("--run-id", help="Name the run (an idempotency key).")] = None,
+    deadline: Annotated[
+        float | None, typer.Option("--deadline", metavar="SECONDS", help="Stop the run after this long.")
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """Start a run here; it executes until it ends or waits (a waiting run needs no process)."""
+    from ._refs import load_ref
+
+    try:
+        arguments = json.loads(args)
+    except json.JSONDecodeError as exc:
+        _fail(f"--args is not JSON: {exc}")
+    if not isinstance(arguments, list):
+        _fail("--args must be a JSON list of the workflow's arguments, like '[\"A-17\"]'")
+    with _open_or_create(db) as flow:
+        try:
+            workflow = load_ref(ref)
+            if getattr(workflow, "__agentflow_workflow__", None) is not None:
+                flow.register(workflow)
+            handle = flow.start(workflow, *arguments, run_id=run_id, deadline=deadline)
+            run = handle.settled()
+        except AgentFlowError as exc:
+            _fail(str(exc))
+    _report(run)
 
 
 @cli.command("send-event")

@@ -95,6 +95,8 @@ def replay_command(
     out.print(
         Text(f"the replay of {run_id} matched its record: {result.served} steps served, nothing called", style="green")
     )
+    if result.note:
+        out.print(Text(f"  {result.note}", style="yellow"))
 
 
 @cli.command("fork")

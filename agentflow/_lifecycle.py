@@ -55,6 +55,13 @@ class RunHandle:
         """The run as it is now."""
         return self.app.get_run(self.run_id)
 
+    def settled(self, timeout: float | None = None) -> Run:
+        """Wait until the run stops executing, ended or suspended (waiting, paused), and return it."""
+        try:
+            return self._execution.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"run {self.run_id!r} is still executing after {timeout} s") from None
+
     def result(self, timeout: float | None = None) -> Run:
         """Wait until the run has ended (completed, failed or cancelled) and return it.
 

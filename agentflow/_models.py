@@ -265,6 +265,7 @@ class Replay:
     mode: ReplayMode = "strict"
     diverged: ReplayDivergence | None = None
     live_run_id: str | None = None
+    note: str | None = None  # set when the run was recorded under another code version than it replayed
 
     @property
     def matched(self) -> bool:

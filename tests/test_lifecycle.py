@@ -374,9 +374,11 @@ def test_the_lifecycle_verbs_of_the_cli(db_url: str) -> None:
         assert result.exit_code == 0, result.output
         return result.output
 
+    assert "run c1: waiting (waiting for decision)" in invoke(
+        "start", "test_lifecycle:cli_approval", "--args", "[10.0]", "--run-id", "c1"
+    )
     with AgentFlow(db_url) as app:
         app.register(cli_approval, name="cli_approval")
-        assert app.run(cli_approval, 10.0, run_id="c1").status == RunStatus.WAITING
         assert app.run(cli_approval, 20.0, run_id="c2").status == RunStatus.WAITING
     assert "run c1: paused" in invoke("pause", "c1")
     assert "run c1: waiting (waiting for decision)" in invoke("resume", "c1")
@@ -412,3 +414,21 @@ def test_cancel_interrupts_an_async_step_running_in_this_process(app: AgentFlow)
     run = handle.result(timeout=60)
     assert run.status == RunStatus.CANCELLED and undone == ["R-9"]
     assert [s.key for s in run.steps] == ["reserve#0", "reserve#0/compensate#0"]  # the hung step left no record
+
+
+def test_serve_wakes_a_run_as_soon_as_its_event_is_sent_in_this_process(app: AgentFlow) -> None:
+    import threading
+
+    @app.workflow(name="served")
+    async def served(ctx: Context) -> Any:
+        return await ctx.wait_for_event("go", type="go")
+
+    assert app.run(served, run_id="r").status == RunStatus.WAITING
+    serving = threading.Thread(
+        target=app.serve, kwargs={"poll": 3600, "stop": lambda: app.get_run("r").status.is_terminal}
+    )
+    serving.start()
+    app.send_event("r", "go", "now")  # wakes the scheduler at once: it does not wait out its hour-long poll
+    serving.join(timeout=60)  # a bound on a deadlock, not a wait for time to pass
+    assert not serving.is_alive()
+    assert app.get_run("r").output == "now"

@@ -281,3 +281,15 @@ def test_a_counterfactual_run_serves_tools_from_the_recorded_world_and_calls_the
     assert "no result for lookup" in str(results["lookup#1"][1])  # not in the world: marked missing
     assert results["issue_refund#0"][0] == "refunded 5.0 on A-1"  # served: never paid twice
     assert lookups == ["A-1"] and calls == ["A-1"]  # no tool ran
+
+
+def test_a_replay_under_another_code_version_that_still_matches_says_so(app: AgentFlow) -> None:
+    async def stable(ctx: Context) -> int:
+        return await ctx.step("one", lambda: 1)
+
+    app.workflow(name="stable", code_version="v1")(stable)
+    assert app.run(stable, run_id="r").code_version == "v1"
+    assert app.replay("r").note is None
+    app.workflow(name="stable", code_version="v2")(stable)
+    replay = app.replay("r")
+    assert replay.matched and replay.note == "recorded under code version v1, replayed under v2"
