@@ -206,7 +206,8 @@ class Agent:
     def _checkpoint(self, ctx: Context, result: AgentResult) -> None:
         live = self.state(result)
         recorded = ctx.checkpoint(f"{self.name}.state", live, snapshot_every=self.snapshot_every)
-        if recorded != json.loads(json.dumps(live, default=str)):  # a fork edited the state: go on from it
+        if recorded is not live and recorded != json.loads(json.dumps(live, default=str)):
+            # Served from a record that differs from the live state: a fork edited it. Go on from it.
             result.messages[:] = recorded.get("messages", result.messages)
             result.scratch = dict(recorded.get("scratch", result.scratch))
 

@@ -82,7 +82,7 @@ def record_checkpoint(engine: RunEngine, scope: str, name: str, state: Mapping[s
         chains[chain] = _Last(copy, last.since_snapshot + 1 if last is not None else 0)
     now = engine.clock.time()
     engine.record(key=key, kind="checkpoint", name=name, fp=fp, request=request, started=now, attempts=1, output=output)
-    return json.loads(text)
+    return state  # recorded as given: the caller's own object (so it can tell nothing was edited)
 
 
 class _CheckpointLike(Protocol):
