@@ -25,7 +25,7 @@ from rich.text import Text
 from ._app import AgentFlow
 from ._cli import DbOption, _console, _fail, _open, _status_text, cli
 from ._models import Run, Step
-from ._refs import load_ref
+from ._refs import register_code
 from .errors import AgentFlowError, ReplayDivergence
 
 AppOption = Annotated[
@@ -47,15 +47,10 @@ def _with_code(flow: AgentFlow, run: Run, app_ref: str | None) -> None:
             f"run {run.id} did not record where its workflow {run.workflow!r} lives (defined inside a function?); "
             "pass --app module:attribute"
         )
-    found = load_ref(ref)
-    if isinstance(found, AgentFlow):
-        flow.adopt_workflow(found, run.workflow)
-    elif getattr(found, "__agentflow_workflow__", None) is not None:
-        flow.register(found)
-    elif callable(found):
-        flow.register(found, name=run.workflow)
-    else:
-        _fail(f"{ref} is a {type(found).__name__}, not an AgentFlow, a workflow function or an Agent")
+    try:
+        register_code(flow, run.workflow, ref)
+    except AgentFlowError as exc:
+        _fail(f"{exc}" + ("" if app_ref else "; if the code moved, pass --app module:attribute"))
 
 
 @cli.command("replay")

@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import ConfigurationError
 
-__all__ = ["load_ref", "ref_of_function", "ref_of_object"]
+__all__ = ["load_ref", "ref_of_function", "ref_of_object", "register_code"]
 
 
 def _module_part(module_name: str) -> str | None:
@@ -77,6 +77,24 @@ def load_ref(ref: str) -> Any:
         except AttributeError:
             raise ConfigurationError(f"{module_part!r} has no {qualname!r} (from {ref!r})") from None
     return value
+
+
+def register_code(app: Any, workflow_name: str, ref: str) -> None:
+    """Register on ``app`` the code ``ref`` names for the workflow ``workflow_name``: the workflow of that
+    name from an ``AgentFlow``, an ``Agent`` (under its own name), or a workflow function."""
+    from ._app import AgentFlow
+
+    found = load_ref(ref)
+    if isinstance(found, AgentFlow):
+        app.adopt_workflow(found, workflow_name)
+    elif getattr(found, "__agentflow_workflow__", None) is not None:  # an Agent or a PlanningAgent
+        app.register(found)
+    elif callable(found):
+        app.register(found, name=workflow_name)
+    else:
+        raise ConfigurationError(
+            f"{ref} is a {type(found).__name__}, not an AgentFlow, a workflow function or an Agent"
+        )
 
 
 def _import_path(path: Path) -> Any:

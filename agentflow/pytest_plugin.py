@@ -123,8 +123,7 @@ class BundleReplay(pytest.Item):
 
 def _register_code(app: AgentFlow, run: Run, app_ref: str | None) -> None:
     """Register the run's workflow on ``app`` from ``app_ref`` or the ref the run recorded."""
-    from ._app import AgentFlow
-    from ._refs import load_ref
+    from ._refs import register_code
     from .errors import ConfigurationError
 
     ref = app_ref or run.workflow_ref
@@ -134,18 +133,8 @@ def _register_code(app: AgentFlow, run: Run, app_ref: str | None) -> None:
             f"not kept in a module-level variable?); set the ini option {_APP} = module:attribute"
         )
     try:
-        found = load_ref(ref)
+        register_code(app, run.workflow, ref)
     except ConfigurationError as exc:
         if app_ref is not None:
             raise
         raise ConfigurationError(f"{exc}; if the code moved, set the ini option {_APP} = module:attribute") from None
-    if isinstance(found, AgentFlow):
-        app.adopt_workflow(found, run.workflow)
-    elif getattr(found, "__agentflow_workflow__", None) is not None:  # an Agent or a PlanningAgent
-        app.register(found)
-    elif callable(found):
-        app.register(found, name=run.workflow)
-    else:
-        raise ConfigurationError(
-            f"{ref} is a {type(found).__name__}, not an AgentFlow, a workflow function or an Agent"
-        )
