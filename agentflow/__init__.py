@@ -26,6 +26,7 @@ from ._graph import Graph, Node, SyncGraph
 from ._llm import Budget, LLMResponse, StreamChunk, ToolCall
 from ._llm_calls import LLMStream
 from ._models import ErrorInfo, Replay, Run, RunStatus, Step, StepKind, StepStatus, Usage
+from ._queue import Lease, Queue, QueuedRun, RateLimit, WorkerReport
 from ._retry import Backoff, RetryPolicy
 from ._tool import IdempotencyKey, Tool, ToolArgumentsError, ToolResult, tool
 from .errors import (
@@ -34,6 +35,7 @@ from .errors import (
     BundleError,
     ConfigurationError,
     GraphFailed,
+    LeaseLost,
     MaxTurnsExceeded,
     NonRetryableError,
     NotAnAgentFlowDatabase,
@@ -61,6 +63,10 @@ def __getattr__(name: str) -> object:
         from . import _plan
 
         return getattr(_plan, name)
+    if name == "evals":  # agentflow.evals (datasets, scorers, reports): a subpackage, imported on first use
+        import importlib
+
+        return importlib.import_module(".evals", __name__)
     raise AttributeError(f"module 'agentflow' has no attribute {name!r}")
 
 
@@ -83,6 +89,8 @@ __all__ = [
     "IdempotencyKey",
     "LLMResponse",
     "LLMStream",
+    "Lease",
+    "LeaseLost",
     "MaxTurnsExceeded",
     "Node",
     "NonRetryableError",
@@ -92,6 +100,9 @@ __all__ = [
     "PlanResult",
     "PlanStep",
     "PlanningAgent",
+    "Queue",
+    "QueuedRun",
+    "RateLimit",
     "Replay",
     "ReplayDivergence",
     "RetryPolicy",
@@ -118,6 +129,7 @@ __all__ = [
     "ToolCall",
     "ToolResult",
     "Usage",
+    "WorkerReport",
     "WorkflowNotRegistered",
     "__version__",
     "check_plan",

@@ -45,6 +45,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from ._queue import Lease, Queue, QueuedRun, RateLimit, WorkerReport
     from ._store._sql import Durability
 
 __all__ = ["AgentFlow"]
@@ -92,6 +93,7 @@ class AgentFlow:
         self._requests: dict[str, str] = {}  # run id -> "pause" or "cancel", asked in this process
         self._loop_thread: BackgroundLoop | None = None  # runs started with start()
         self._wakeup: asyncio.Event | None = None  # set by send_event while serve() runs here
+        self._queues: dict[str, Queue] = {}  # declared with queue(): their limits, for workers
 
     def __repr__(self) -> str:
         return f"AgentFlow({self._store.url!r})"
@@ -251,6 +253,9 @@ class AgentFlow:
             raise RunConflict(run_id, f"workflow {existing.workflow!r}, not {wf.name!r}")
         if json.loads(existing.input) != json.loads(input_json):
             raise RunConflict(run_id, f"other input ({existing.input[:200]})")
+        if existing.status in _RESUMABLE and existing.queue is not None:
+            raise RunConflict(run_id, f"queue {existing.queue!r}, where a worker runs it (its handle's result() "
+                              "waits for it)")  # fmt: skip
         if existing.status in _RESUMABLE:
             return await self._execute(wf, existing, fresh=False)
         return self._to_run(existing)
@@ -260,7 +265,8 @@ class AgentFlow:
 
         A finished run is returned as it is. Raises ``RunNotFound``, ``WorkflowNotRegistered`` (import the
         module that defines the workflow first), or ``ReplayDivergence`` when the code no longer asks for
-        what the record holds (the run is left unchanged).
+        what the record holds (the run is left unchanged). A run of a queue is handed back to its workers
+        instead (a paused one becomes ``pending``, a waiting one due now) and returned as it is then.
         """
         return run_sync(lambda: self.resume_async(run_id))
 
@@ -275,6 +281,12 @@ class AgentFlow:
             record = replace(record, control=None)
         if record.status not in _RESUMABLE and record.status not in _SUSPENDED:
             return self._to_run(record)
+        if record.queue is not None:  # a queue's runs are executed by its workers, under their leases
+            if record.status == RunStatus.PAUSED.value:
+                self._store.update_run(run_id, {"status": RunStatus.PENDING.value, "updated_at": self._clock.time()})
+            elif record.status == RunStatus.WAITING.value:
+                self._store.update_run(run_id, {"wake_at": self._clock.time()})
+            return self.get_run(run_id)
         return await self._execute(self._lookup(record.workflow), record, fresh=False)
 
     def recover(self) -> list[Run]:
@@ -290,7 +302,7 @@ class AgentFlow:
         """``recover`` for async callers."""
         recovered: list[Run] = []
         for record in self._store.list_runs(statuses=_RESUMABLE):
-            if record.id in self._inflight:
+            if record.id in self._inflight or record.queue is not None:  # a queue's runs are its workers'
                 continue
             wf = self._workflows.get(record.workflow)
             if wf is None:
@@ -329,7 +341,8 @@ class AgentFlow:
         engine.control = self._control_for(run_id, record.deadline_at)
         engine.children = self
         engine.extras["parent_id"] = record.parent_id
-        if not fresh or record.status != RunStatus.RUNNING.value:
+        # A worker's claim has set the run running already, in the same write that gave it the lease.
+        if journal.lease_token is None and (not fresh or record.status != RunStatus.RUNNING.value):
             self._store.update_run(
                 run_id,
                 {"status": RunStatus.RUNNING.value, "updated_at": self._clock.time(), "wake_at": None,
@@ -619,6 +632,7 @@ class AgentFlow:
                 "control": None,
                 "rollback": rollback,
             },
+            lease_token=engine.journal.lease_token,
         )
         parent = engine.extras.get("parent_id")
         if parent:  # a child run: wake its parent if it waits for this child
@@ -636,6 +650,7 @@ class AgentFlow:
             waiting_for=suspended.waiting_for,
             updated_at=self._clock.time(),
             usage=(engine.prompt_tokens, engine.completion_tokens, engine.cost),
+            lease_token=engine.journal.lease_token,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -649,9 +664,29 @@ class AgentFlow:
         its whole life; it overrides the workflow's. ``handle.status()``, ``handle.result(timeout)``.
         """
         wf = self._lookup(workflow)
+        record = self._pending_record(wf, args, kwargs, run_id, deadline)
+        if not self._store.insert_run(record):
+            existing = self._store.get_run(record.id)
+            if existing is None or existing.workflow != wf.name:
+                raise RunConflict(record.id, "a run with this id exists already, of another workflow")
+            record = existing
+        if self._loop_thread is None:
+            self._loop_thread = BackgroundLoop()
+        future = self._loop_thread.submit(self._execute(wf, record, fresh=record.status == RunStatus.PENDING.value))
+        return RunHandle(self, record.id, future)
+
+    def _pending_record(
+        self,
+        wf: Workflow,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        run_id: str | None,
+        deadline: float | None,
+    ) -> RunRecord:
+        """A new run of ``wf``, ``pending``: started in the background or queued, not yet executing."""
         now = self._clock.time()
         limit = deadline if deadline is not None else wf.deadline
-        record = RunRecord(
+        return RunRecord(
             id=run_id or uuid.uuid4().hex,
             workflow=wf.name,
             status=RunStatus.PENDING.value,
@@ -662,15 +697,6 @@ class AgentFlow:
             workflow_ref=wf.ref,
             deadline_at=None if limit is None else now + limit,
         )
-        if not self._store.insert_run(record):
-            existing = self._store.get_run(record.id)
-            if existing is None or existing.workflow != wf.name:
-                raise RunConflict(record.id, "a run with this id exists already, of another workflow")
-            record = existing
-        if self._loop_thread is None:
-            self._loop_thread = BackgroundLoop()
-        future = self._loop_thread.submit(self._execute(wf, record, fresh=record.status == RunStatus.PENDING.value))
-        return RunHandle(self, record.id, future)
 
     def pause(self, run_id: str) -> Run:
         """Pause a run at its next step boundary (status ``paused``); ``resume`` continues it.
@@ -708,6 +734,10 @@ class AgentFlow:
         task = self._inflight.get(run_id)
         if task is not None:  # executing in this process: interrupt it where it is
             task.get_loop().call_soon_threadsafe(task.cancel)
+            return self.get_run(run_id)
+        if record.queue is not None:  # a worker holds it, or will: it sees the request at its next step
+            if record.status in _SUSPENDED:  # due now, so that a worker wakes it to roll it back
+                self._store.update_run(run_id, {"status": RunStatus.WAITING.value, "wake_at": self._clock.time()})
             return self.get_run(run_id)
         wf = self._workflows.get(record.workflow)
         if wf is not None and record.status in (*_SUSPENDED, *_RESUMABLE):
@@ -763,7 +793,7 @@ class AgentFlow:
         """``wake_due`` for async callers."""
         woken: list[Run] = []
         for record in self._store.due_runs(self._clock.time(), limit):
-            if record.id in self._inflight:
+            if record.id in self._inflight or record.queue is not None:  # a queue's workers wake its runs
                 continue
             wf = self._workflows.get(record.workflow)
             if wf is None:
@@ -822,6 +852,120 @@ class AgentFlow:
                 raise DeadlineExceeded(run_id, deadline_at)
 
         return check
+
+    # -- queues and workers (many processes and machines; see _worker) ----------------------------------
+
+    def queue(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        worker_concurrency: int | None = None,
+        rate_limit: RateLimit | None = None,
+    ) -> Queue:
+        """Declare the queue ``name`` and its limits (for the workers of this app: declare it in the code
+        every worker runs). ``concurrency``: runs of the queue running at once across all workers;
+        ``worker_concurrency``: at once in one worker; ``rate_limit``: model requests and tokens per
+        minute (a ``RateLimit``). Returns the ``Queue``; declaring it again replaces its limits."""
+        from ._queue import Queue
+
+        declared = Queue(name, concurrency, worker_concurrency, rate_limit)
+        self._queues[name] = declared
+        return declared
+
+    def enqueue(
+        self,
+        workflow: Callable[..., Any] | str,
+        /,
+        *args: Any,
+        queue: str = "default",
+        run_id: str | None = None,
+        priority: int = 0,
+        dedup_id: str | None = None,
+        deadline: float | None = None,
+        **kwargs: Any,
+    ) -> QueuedRun:
+        """Put a run of ``workflow(ctx, *args, **kwargs)`` on ``queue`` for a worker (``app.work`` or
+        ``agentflow worker``) and return its handle at once; the run is ``pending`` until claimed.
+
+        Higher ``priority`` runs are claimed first (then the oldest). A ``dedup_id`` makes the enqueue
+        idempotent while the first run is unfinished: a second enqueue with the same id on the queue
+        returns that run (``handle.deduplicated``); once it has ended, the id may be used again. A
+        ``run_id`` already taken by the same workflow and input returns that run too (another workflow or
+        input raises ``RunConflict``). ``deadline`` (seconds from now) bounds the run's whole life.
+        """
+        from ._queue import QueuedRun
+        from ._store._queues import QueueStore
+
+        wf = self._lookup(workflow)
+        record = replace(
+            self._pending_record(wf, args, kwargs, run_id, deadline), queue=queue, priority=priority, dedup_id=dedup_id
+        )
+        found, inserted = QueueStore(self._store).enqueue(record)  # type: ignore[arg-type]
+        return QueuedRun(self, found.id, deduplicated=not inserted)
+
+    def work(
+        self,
+        queue: str | Sequence[str] = "default",
+        *,
+        concurrency: int = 1,
+        stop: Callable[[], bool] | None = None,
+        drain: bool = False,
+        lease: float = 30.0,
+        poll: float = 1.0,
+        grace: float = 30.0,
+        worker_id: str | None = None,
+        handle_signals: bool = True,
+    ) -> WorkerReport:
+        """Be a worker: claim and execute runs of ``queue`` (a name or several), up to ``concurrency`` at a
+        time, until ``stop()`` returns true, or (``drain``) the queues have no pending, running or due-to-
+        wake run left, or SIGTERM / SIGINT comes (in the main thread). Returns what it did.
+
+        Runs are held under a lease of ``lease`` seconds, renewed every ``lease / 3`` (heartbeat); a run
+        whose worker died is taken over by another worker once its lease has expired and resumes from
+        its record. Due waiting runs of the queue are woken here. On Postgres, enqueues wake workers at
+        once (LISTEN/NOTIFY); otherwise they are seen within ``poll`` seconds. At a shutdown, runs in flight
+        get ``grace`` seconds to end, then are released to the queue (a second signal releases at once).
+        """
+        return run_sync(
+            lambda: self.work_async(
+                queue, concurrency=concurrency, stop=stop, drain=drain, lease=lease, poll=poll, grace=grace,
+                worker_id=worker_id, handle_signals=handle_signals,
+            )
+        )  # fmt: skip
+
+    async def work_async(
+        self,
+        queue: str | Sequence[str] = "default",
+        *,
+        concurrency: int = 1,
+        stop: Callable[[], bool] | None = None,
+        drain: bool = False,
+        lease: float = 30.0,
+        poll: float = 1.0,
+        grace: float = 30.0,
+        worker_id: str | None = None,
+        handle_signals: bool = True,
+    ) -> WorkerReport:
+        """``work`` for async callers."""
+        from ._worker import Worker
+
+        names = [queue] if isinstance(queue, str) else list(queue)
+        worker = Worker(
+            self, names, concurrency=concurrency, lease=lease, poll=poll, grace=grace, worker_id=worker_id,
+            stop=stop, drain=drain, handle_signals=handle_signals,
+        )  # fmt: skip
+        return await worker.run()
+
+    def leases(self, run_id: str) -> list[Lease]:
+        """The lease history of a queued run: each claim by a worker (its fencing token, the worker, when)
+        and how it ended, oldest first."""
+        from ._queue import Lease
+        from ._store._queues import QueueStore
+
+        self._require(run_id)
+        rows = QueueStore(self._store).leases(run_id)  # type: ignore[arg-type]
+        return [Lease.from_row(r.token, r.worker, r.claimed_at, r.released_at, r.outcome) for r in rows]
 
     # -- child runs (the engine's ChildRunner) ----------------------------------------------------------
 

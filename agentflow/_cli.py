@@ -6,6 +6,8 @@
     agentflow replay / fork / diff / step   (see _cli_replay)
     agentflow export / import               (see _cli_bundle)
     agentflow send-event / pause / resume / cancel / restart / wake   (see _cli_lifecycle)
+    agentflow eval [PATH] / --list / --compare A B   (see _cli_eval)
+    agentflow worker --app REF [--queue NAME] [--concurrency N]   (see _cli_worker)
 
 Presentation only: everything shown comes from the public API (``AgentFlow.list_runs``, ``get_run``,
 ``Run.steps``). The database is opened with ``create=False``, so looking never creates one. Errors
@@ -168,8 +170,13 @@ def show_command(
     with _open(db) as flow:
         run = flow.get_run(run_id)
         steps = sorted(run.steps, key=lambda s: s.seq)
+        leases = flow.leases(run_id) if run.queue is not None else []
     out = _console()
     out.print(_header(run, len(steps)))
+    if leases:
+        from ._cli_worker import lease_history
+
+        out.print(lease_history(leases))
     if steps:
         out.print(_steps_listing(steps, out.width))
     else:
@@ -244,6 +251,12 @@ def _header(run: Run, step_count: int) -> Panel:
         grid.add_row("parent", Text(run.parent_id))
     if run.forked_from:
         grid.add_row("forked from", Text(run.forked_from))
+    if run.queue is not None:
+        from ._cli_worker import lease_text, queue_text
+
+        grid.add_row("queue", Text(queue_text(run)))
+        grid.add_row("worker", Text(run.worker or "-"))
+        grid.add_row("lease", lease_text(run))
     grid.add_row("steps", Text(str(step_count)))
     usage = run.usage
     grid.add_row(
@@ -262,7 +275,9 @@ def _header(run: Run, step_count: int) -> Panel:
 
 
 def _runs_listing(runs: list[Run], width: int) -> RenderableType:
-    """A table when it fits in ``width`` with ids unbroken, else a few lines per run."""
+    """A table when it fits in ``width`` with ids unbroken, else a few lines per run. Runs of queues add
+    the queue and the worker that holds (or last held) each run."""
+    queued = any(run.queue is not None for run in runs)
     rows = [
         [
             Text(run.id, style="bold"),
@@ -274,13 +289,22 @@ def _runs_listing(runs: list[Run], width: int) -> RenderableType:
         ]
         for run in runs
     ]
-    table = _table_if_fits(_RUN_COLUMNS, rows, width)
+    columns: tuple[_Column, ...] = _RUN_COLUMNS
+    if queued:
+        from ._cli_worker import QUEUE_COLUMNS, queue_cells
+
+        columns = (*_RUN_COLUMNS[:3], *QUEUE_COLUMNS, *_RUN_COLUMNS[3:])
+        rows = [[*row[:3], *queue_cells(run), *row[3:]] for row, run in zip(rows, runs, strict=True)]
+    table = _table_if_fits(columns, rows, width)
     if table is not None:
         return table
     lines: list[RenderableType] = []
-    for ident, workflow, status, created, duration, error in rows:
+    for row in rows:
+        ident, workflow, status = row[:3]
+        created, duration, error = row[-3:]
         lines.append(Text("  ").join([ident, status]))
-        lines.append(_indented(Text(" · ").join([workflow, created, duration])))
+        extra = [cell for cell in row[3:-3] if cell.plain]  # a queued run's queue and worker
+        lines.append(_indented(Text(" · ").join([workflow, *extra, created, duration])))
         if error:
             lines.append(_indented(error))
     return Group(*lines)
@@ -422,4 +446,4 @@ def _truncate(text: str, limit: int) -> str:
 
 # The commands that work from a run's record (replay, fork, diff, step) live in their own module, and so do
 # those that move runs between databases (export, import).
-from . import _cli_bundle, _cli_lifecycle, _cli_replay  # noqa: E402, F401
+from . import _cli_bundle, _cli_eval, _cli_lifecycle, _cli_replay, _cli_worker  # noqa: E402, F401

@@ -54,6 +54,8 @@ class Journal:
         self._chain = records[-1].chain if records else genesis(run_id)
         self._counters: dict[str, int] = {}
         self._lock = threading.Lock()  # a sync workflow's thread and the event loop may both append
+        # Set when a worker holds the run under a lease: every write is fenced by this token.
+        self.lease_token: int | None = None
 
     @property
     def store(self) -> Store:
@@ -115,7 +117,10 @@ class Journal:
                 cost=cost,
                 chain=chain,
             )
-            self._store.write_step(record, blobs)
+            if self.lease_token is None:
+                self._store.write_step(record, blobs)
+            else:  # a worker's run: written only while the worker still holds its lease
+                self._store.write_step(record, blobs, lease_token=self.lease_token)
             self._next_seq += 1
             self._chain = chain
             self._recorded[key] = record

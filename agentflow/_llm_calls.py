@@ -224,6 +224,9 @@ def _record(engine: RunEngine, call: LLMCall, started: float, attempts: int, **f
                   attempts=attempts, blobs=call.blobs, **fields)  # fmt: skip
     chains: MessageChains = engine.extras["message_chain"]
     chains.written(call.blobs)
+    limiter = engine.extras.get("rate_limiter")
+    if limiter is not None:
+        limiter.after_call(call.key, attempts, fields.get("prompt_tokens", 0) + fields.get("completion_tokens", 0))
 
 
 def _failed(engine: RunEngine, call: LLMCall, started: float, error: Exception, attempts: int) -> StepFailed:
@@ -248,6 +251,9 @@ async def _ask_provider(engine: RunEngine, call: LLMCall) -> tuple[Any, float, i
     ``StepFailed``. For a stream this covers opening it: once chunks are handed out, a failure is final.
     """
     check_budget(engine, call)
+    limiter = engine.extras.get("rate_limiter")  # a run of a rate-limited queue, executed by a worker
+    if limiter is not None:
+        await limiter.before_call(engine, call.key, call.model, call.messages, call.call_kwargs)
     litellm = import_litellm()
     started = engine.clock.time()
     done = await engine.attempts(

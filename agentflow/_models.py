@@ -180,6 +180,12 @@ class Run:
     wake_at: datetime | None = None  # a waiting run: when it wakes (a sleep's end, an event wait's timeout)
     waiting_for: str | None = None  # a waiting run: the event type it waits for
     rollback: str | None = None  # a failed or cancelled run: how its compensations went
+    queue: str | None = None  # the queue it was enqueued on (None: it ran where it was started)
+    priority: int = 0  # on its queue: higher is claimed first
+    dedup_id: str | None = None
+    worker: str | None = None  # the worker that holds it, or held it last
+    lease_expires_at: datetime | None = None  # set while a worker holds it
+    lease_token: int = 0  # the fencing token: one more at each claim by a worker
     _store: Store | None = field(default=None, repr=False, compare=False)
 
     @cached_property
@@ -245,6 +251,12 @@ class Run:
             wake_at=None if rec.wake_at is None else _utc(rec.wake_at),
             waiting_for=rec.waiting_for,
             rollback=rec.rollback,
+            queue=rec.queue,
+            priority=rec.priority,
+            dedup_id=rec.dedup_id,
+            worker=rec.lease_owner,
+            lease_expires_at=None if rec.lease_expires_at is None else _utc(rec.lease_expires_at),
+            lease_token=rec.lease_token,
             _store=store,
         )
 

@@ -22,7 +22,8 @@ Tree::
     ├── BundleError                   a run bundle is not one, is damaged or newer, or clashes with a run
     └── StoreError                    the database cannot be used
         ├── NotAnAgentFlowDatabase    the file is damaged, not SQLite, or holds someone else's tables
-        └── SchemaVersionError        the database was written by a newer agentflow
+        ├── SchemaVersionError        the database was written by a newer agentflow
+        └── LeaseLost                 a worker wrote to a run another worker has taken over (not written)
 
     NonRetryableError                 raised by *your* step code to stop retries at once; it is the
                                       user's signal, not agentflow's failure, so it subclasses Exception
@@ -42,6 +43,7 @@ __all__ = [
     "DeadlineExceeded",
     "EventTimeout",
     "GraphFailed",
+    "LeaseLost",
     "MaxTurnsExceeded",
     "NonRetryableError",
     "NotAnAgentFlowDatabase",
@@ -295,6 +297,20 @@ class NotAnAgentFlowDatabase(StoreError):
 
 class SchemaVersionError(StoreError):
     """The database schema was written by a newer agentflow than this one."""
+
+
+class LeaseLost(StoreError):
+    """A worker tried to write to a run whose lease it no longer holds: the lease expired (the worker
+    stalled or lost its database connection) and another worker claimed the run, with a newer fencing
+    token. Nothing was written; the execution in this worker stops and leaves the run to its new holder."""
+
+    def __init__(self, run_id: str, token: int, what: str) -> None:
+        self.run_id = run_id
+        self.token = token
+        super().__init__(
+            f"{what} of run {run_id!r} was refused: this worker's lease (token {token}) was taken over by "
+            "another worker after it expired. Nothing was written; the run goes on there"
+        )
 
 
 class NonRetryableError(Exception):

@@ -61,6 +61,12 @@ EXPECTED = {
     "Usage",
     "WorkflowNotRegistered",
     "__version__",
+    "Lease",
+    "LeaseLost",
+    "Queue",
+    "QueuedRun",
+    "RateLimit",
+    "WorkerReport",
 }
 
 

@@ -36,6 +36,7 @@ def test_built_wheel_contains_the_mapped_packages_and_the_migrations(tmp_path: P
         "agentflow/_store/migrations/env.py",
         "agentflow/_store/migrations/script.py.mako",
         "agentflow/_store/migrations/versions/0001_initial.py",
+        "agentflow/evals/__init__.py",
     ]:
         assert expected in names, expected
     assert not any(n.startswith(("tests/", "tools/", "memory/", "examples/")) for n in names)

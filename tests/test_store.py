@@ -28,7 +28,10 @@ from agentflow.errors import (
     StoreError,
 )
 
-AGENTFLOW_TABLES = {"runs", "steps", "blobs", "facts", "events", VERSION_TABLE}
+AGENTFLOW_TABLES = {
+    *("runs", "steps", "blobs", "facts", "events", "evals", "eval_cases", "leases", "rate_buckets"),
+    VERSION_TABLE,
+}
 
 
 # -- helpers ----------------------------------------------------------------------------------------------

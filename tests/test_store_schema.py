@@ -99,7 +99,18 @@ def test_empty_database_is_migrated_to_head_at_open(db_url: str) -> None:
     open_store(db_url).close()
 
     assert execute(db_url, f"SELECT version_num FROM {VERSION_TABLE}") == [(HEAD,)]
-    assert table_names(db_url) == {"runs", "steps", "blobs", "facts", "events", VERSION_TABLE}
+    assert table_names(db_url) == {
+        "runs",
+        "steps",
+        "blobs",
+        "facts",
+        "events",
+        "leases",
+        "rate_buckets",
+        "evals",
+        "eval_cases",
+        VERSION_TABLE,
+    }
 
 
 def _migrate_to(db_url: str, revision: str) -> None:

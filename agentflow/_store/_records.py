@@ -6,6 +6,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ._eval_records import EvalStore
+
 __all__ = ["STEP_COLUMNS", "RunRecord", "StepRecord", "Store"]
 
 
@@ -37,6 +39,9 @@ class RunRecord:
     deadline_at: float | None = None
     control: str | None = None
     rollback: str | None = None
+    queue: str | None = None
+    priority: int = 0
+    dedup_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,8 +75,8 @@ class StepRecord:
 STEP_COLUMNS: tuple[str, ...] = tuple(StepRecord.__dataclass_fields__)
 
 
-class Store(Protocol):
-    """What the engine needs from a database."""
+class Store(EvalStore, Protocol):
+    """What the engine needs from a database (and, through ``EvalStore``, what the eval layer needs)."""
 
     @property
     def url(self) -> str: ...
@@ -95,18 +100,23 @@ class Store(Protocol):
         """Runs, newest first, filtered by status and workflow name."""
         ...
 
-    def update_run(self, run_id: str, fields: Mapping[str, object]) -> None:
-        """Set ``fields`` (column name to value) on one run."""
+    def update_run(self, run_id: str, fields: Mapping[str, object], *, lease_token: int | None = None) -> None:
+        """Set ``fields`` (column name to value) on one run; with ``lease_token``, only while the run's lease
+        token is that one (else ``LeaseLost``, nothing written)."""
         ...
 
     def load_steps(self, run_id: str) -> list[StepRecord]:
         """All recorded steps of a run in ``seq`` order."""
         ...
 
-    def write_step(self, step: StepRecord, blobs: Mapping[str, bytes] | None = None) -> None:
+    def write_step(
+        self, step: StepRecord, blobs: Mapping[str, bytes] | None = None, lease_token: int | None = None
+    ) -> None:
         """Append one step record, and the blobs it refers to, in one commit: the hot path.
 
-        Blobs already stored are left as they are. Safe from several threads.
+        Blobs already stored are left as they are. Safe from several threads. With ``lease_token`` (a run
+        held by a worker) the record is written only while the run's lease token is still that one; else
+        ``LeaseLost`` is raised and nothing is written.
         """
         ...
 
@@ -128,9 +138,11 @@ class Store(Protocol):
         waiting_for: str | None,
         updated_at: float,
         usage: tuple[int, int, float],
+        lease_token: int | None = None,
     ) -> None:
         """Mark a run waiting (or paused). If an event it waits for is in its inbox already (sent while it
-        was getting there), it is due at once: no event is missed between the wait and the status."""
+        was getting there), it is due at once: no event is missed between the wait and the status. With
+        ``lease_token``, only while the run's lease token is that one (else ``LeaseLost``)."""
         ...
 
     def due_runs(self, now: float, limit: int | None = None) -> list[RunRecord]:

@@ -19,9 +19,16 @@ if TYPE_CHECKING:
 __all__ = ["HEAD", "REVISIONS", "VERSION_TABLE", "ensure_schema"]
 
 VERSION_TABLE = "agentflow_schema_version"
-REVISIONS: tuple[str, ...] = ("0001_initial", "0002_facts", "0003_workflow_ref", "0004_lifecycle")
+REVISIONS: tuple[str, ...] = (
+    "0001_initial",
+    "0002_facts",
+    "0003_workflow_ref",
+    "0004_lifecycle",
+    "0005_queues",
+    "0006_evals",
+)
 HEAD = REVISIONS[-1]
-OUR_TABLES = frozenset({"runs", "steps", "blobs", "facts", "events"})
+OUR_TABLES = frozenset({"runs", "steps", "blobs", "facts", "events", "leases", "rate_buckets", "evals", "eval_cases"})
 _MIGRATIONS = Path(__file__).parent / "migrations"
 # Arbitrary constant: Postgres advisory lock held while one process migrates.
 _PG_MIGRATION_LOCK = 0x61676E74666C6F77 % (2**63)

@@ -23,7 +23,8 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.pool import PoolProxiedConnection, StaticPool
 
-from ..errors import ConfigurationError, NotAnAgentFlowDatabase, RunConflict, StoreError
+from ..errors import ConfigurationError, LeaseLost, NotAnAgentFlowDatabase, RunConflict, StoreError
+from ._eval_sql import EvalSQL
 from ._records import STEP_COLUMNS, RunRecord, StepRecord
 from ._schema import VERSION_TABLE, check_revision, ensure_schema
 from ._tables import BlobRow, EventRow, FactRow, RunRow, StepRow
@@ -93,7 +94,7 @@ def _is_integrity_error(exc: BaseException) -> bool:
     }
 
 
-class SQLStore:
+class SQLStore(EvalSQL):
     """``Store`` on one SQLAlchemy engine."""
 
     def __init__(self, engine: Engine, url: str) -> None:
@@ -111,6 +112,15 @@ class SQLStore:
         self._insert_step_sql = (
             f"INSERT INTO {StepRow.__tablename__} ({', '.join(STEP_COLUMNS)}) "
             f"VALUES ({', '.join([placeholder] * len(STEP_COLUMNS))})"
+        )
+        # A run held by a worker under a lease: the row goes in only while the run's lease_token is still
+        # the worker's (fencing). FOR SHARE holds off a claim by another worker until this commit, so a
+        # claim either sees this step or makes this insert find no row.
+        share = " FOR SHARE" if engine.dialect.name == "postgresql" else ""
+        self._insert_fenced_step_sql = (
+            f"INSERT INTO {StepRow.__tablename__} ({', '.join(STEP_COLUMNS)}) "
+            f"SELECT {', '.join([placeholder] * len(STEP_COLUMNS))} WHERE EXISTS (SELECT 1 FROM "
+            f"{RunRow.__tablename__} WHERE id = {placeholder} AND lease_token = {placeholder}{share})"
         )
 
     @contextlib.contextmanager
@@ -169,13 +179,18 @@ class SQLStore:
         with self._connect() as conn:
             return [RunRecord(**row) for row in conn.execute(query).mappings()]
 
-    def update_run(self, run_id: str, fields: Mapping[str, object]) -> None:
+    def update_run(self, run_id: str, fields: Mapping[str, object], *, lease_token: int | None = None) -> None:
         unknown = set(fields) - set(RUN_COLUMNS)
         if unknown:
             raise ConfigurationError(f"runs has no column(s) {sorted(unknown)}")
         table = RunRow.__table__  # type: ignore[attr-defined]
+        query = update(table).where(table.c.id == run_id)
+        if lease_token is not None:
+            query = query.where(table.c.lease_token == lease_token)
         with self._connect(begin=True) as conn:
-            conn.execute(update(table).where(table.c.id == run_id).values(dict(fields)))
+            result = conn.execute(query.values(dict(fields)))
+            if lease_token is not None and result.rowcount == 0:
+                raise LeaseLost(run_id, lease_token, "an update")
 
     def load_steps(self, run_id: str) -> list[StepRecord]:
         table = StepRow.__table__  # type: ignore[attr-defined]
@@ -184,8 +199,14 @@ class SQLStore:
             rows = conn.execute(query.order_by(table.c.seq)).all()
         return [StepRecord(*row) for row in rows]
 
-    def write_step(self, step: StepRecord, blobs: Mapping[str, bytes] | None = None) -> None:
+    def write_step(
+        self, step: StepRecord, blobs: Mapping[str, bytes] | None = None, lease_token: int | None = None
+    ) -> None:
         values = tuple(getattr(step, name) for name in STEP_COLUMNS)
+        sql = self._insert_step_sql
+        if lease_token is not None:
+            sql = self._insert_fenced_step_sql
+            values = (*values, step.run_id, lease_token)
         with self._writer_lock:
             if self._writer is None:
                 self._writer = self._engine.raw_connection()
@@ -194,9 +215,13 @@ class SQLStore:
                 cur = dbapi.cursor()
                 for h, data in (blobs or {}).items():  # usually one: a call's new message node
                     cur.execute(self._insert_blob_sql, (h, data, len(data)))
-                cur.execute(self._insert_step_sql, values)
+                cur.execute(sql, values)
+                fenced_off = lease_token is not None and cur.rowcount == 0
                 cur.close()
-                dbapi.commit()
+                if fenced_off:
+                    dbapi.rollback()
+                else:
+                    dbapi.commit()
             except Exception as exc:
                 with contextlib.suppress(Exception):
                     dbapi.rollback()
@@ -208,6 +233,8 @@ class SQLStore:
                 self._writer.invalidate()  # a broken connection is not reused; the next write gets a new one
                 self._writer = None
                 raise StoreError(f"could not record step {step.key!r} of run {step.run_id!r}: {exc}") from exc
+        if fenced_off:
+            raise LeaseLost(step.run_id, lease_token or 0, f"step {step.key!r}")
 
     def _dialect_insert(self, table: Any) -> Any:
         """An ``INSERT`` with ``ON CONFLICT`` support: both dialects spell it the same way."""
@@ -264,16 +291,22 @@ class SQLStore:
         waiting_for: str | None,
         updated_at: float,
         usage: tuple[int, int, float],
+        lease_token: int | None = None,
     ) -> None:
         runs, events = RunRow.__table__, EventRow.__table__  # type: ignore[attr-defined]
         prompt, completion, cost = usage
+        mine = runs.c.id == run_id
+        if lease_token is not None:
+            mine = mine & (runs.c.lease_token == lease_token)
         with self._connect(begin=True) as conn:
-            conn.execute(
+            result = conn.execute(
                 update(runs)
-                .where(runs.c.id == run_id)
+                .where(mine)
                 .values(status=status, wake_at=wake_at, waiting_for=waiting_for, updated_at=updated_at,
                         prompt_tokens=prompt, completion_tokens=completion, cost=cost)
             )  # fmt: skip
+            if lease_token is not None and result.rowcount == 0:
+                raise LeaseLost(run_id, lease_token, "suspending")
             if waiting_for is not None:
                 waiting = select(events.c.id).where(
                     events.c.run_id == run_id, events.c.type == waiting_for, events.c.delivered_key.is_(None)

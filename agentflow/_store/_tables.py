@@ -5,11 +5,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Float, Integer, LargeBinary, String, Text
+from sqlalchemy import Boolean, Column, Float, Index, Integer, LargeBinary, String, Text, text
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
-__all__ = ["BlobRow", "FactRow", "RunRow", "StepRow", "metadata"]
+__all__ = ["BlobRow", "EvalCaseRow", "EvalRow", "FactRow", "LeaseRow", "RateBucketRow", "RunRow", "StepRow", "metadata"]
+
+
+# The rows the deduplication index covers: a dedup id is unique among the runs of a queue not yet finished.
+UNFINISHED_DEDUP = "dedup_id IS NOT NULL AND status NOT IN ('completed', 'failed', 'cancelled')"
 
 
 class _AgentFlowTable(SQLModel, registry=registry()):
@@ -48,6 +52,23 @@ class RunRow(_AgentFlowTable, table=True):
     lease_owner: str | None = Field(default=None, sa_column=Column(String))
     lease_expires_at: float | None = Field(default=None, sa_column=Column(Float))
     lease_token: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    # Queues: the queue a run waits on for a worker (None: it runs in the process that started it), its
+    # priority (higher first) and a deduplication id, unique among the queue's unfinished runs.
+    queue: str | None = Field(default=None, sa_column=Column(String))
+    priority: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    dedup_id: str | None = Field(default=None, sa_column=Column(String))
+
+    __table_args__ = (
+        Index("ix_runs_queue_status", "queue", "status"),
+        Index(
+            "ix_runs_queue_dedup",
+            "queue",
+            "dedup_id",
+            unique=True,
+            sqlite_where=text(UNFINISHED_DEDUP),
+            postgresql_where=text(UNFINISHED_DEDUP),
+        ),
+    )
 
 
 class StepRow(_AgentFlowTable, table=True):
@@ -115,6 +136,75 @@ class EventRow(_AgentFlowTable, table=True):
     payload: str = Field(sa_column=Column(Text, nullable=False))
     sent_at: float = Field(sa_column=Column(Float, nullable=False))
     delivered_key: str | None = Field(default=None, sa_column=Column(String))
+
+
+class LeaseRow(_AgentFlowTable, table=True):
+    """One claim of a run by a worker (the lease history): the fencing token it got, when, and how the
+    lease ended (``released_at`` and ``outcome``; both None while held, or forever if the worker died)."""
+
+    __tablename__ = "leases"
+
+    run_id: str = Field(sa_column=Column(String, primary_key=True))
+    token: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    worker: str = Field(sa_column=Column(String, nullable=False))
+    claimed_at: float = Field(sa_column=Column(Float, nullable=False))
+    released_at: float | None = Field(default=None, sa_column=Column(Float))
+    outcome: str | None = Field(default=None, sa_column=Column(String))
+
+
+class RateBucketRow(_AgentFlowTable, table=True):
+    """A token bucket shared by every worker of a rate limit: the requests and LLM tokens left in it at
+    ``updated_at`` (it refills continuously up to the limit per minute; usage above an estimate is debt)."""
+
+    __tablename__ = "rate_buckets"
+
+    key: str = Field(sa_column=Column(String, primary_key=True))
+    requests: float = Field(sa_column=Column(Float, nullable=False))
+    tokens: float = Field(sa_column=Column(Float, nullable=False))
+    updated_at: float = Field(sa_column=Column(Float, nullable=False))
+
+
+class EvalRow(_AgentFlowTable, table=True):
+    """An eval of a suite's cases (``agentflow.evals``): how it ran, its totals, and a JSON summary."""
+
+    __tablename__ = "evals"
+
+    id: str = Field(sa_column=Column(String, primary_key=True))
+    suite: str = Field(sa_column=Column(String, nullable=False, index=True))
+    mode: str = Field(sa_column=Column(String, nullable=False))
+    created_at: float = Field(sa_column=Column(Float, nullable=False, index=True))
+    dataset: str = Field(default="", sa_column=Column(String, nullable=False))
+    candidate: str | None = Field(default=None, sa_column=Column(String))
+    baseline_id: str | None = Field(default=None, sa_column=Column(String))
+    case_count: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    passed_count: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    prompt_tokens: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    completion_tokens: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    cost: float = Field(default=0.0, sa_column=Column(Float, nullable=False))
+    summary: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+
+
+class EvalCaseRow(_AgentFlowTable, table=True):
+    """One case of an eval: the run scored, its scores and its trajectory (JSON), so that evals can be
+    compared later without the runs."""
+
+    __tablename__ = "eval_cases"
+
+    eval_id: str = Field(sa_column=Column(String, primary_key=True))
+    case_id: str = Field(sa_column=Column(String, primary_key=True))
+    seq: int = Field(sa_column=Column(Integer, nullable=False))
+    source_run_id: str | None = Field(default=None, sa_column=Column(String))
+    run_id: str | None = Field(default=None, sa_column=Column(String))
+    status: str = Field(sa_column=Column(String, nullable=False))
+    passed: bool = Field(sa_column=Column(Boolean, nullable=False))
+    scores: str = Field(sa_column=Column(Text, nullable=False))
+    trajectory: str = Field(sa_column=Column(Text, nullable=False))
+    output: str | None = Field(default=None, sa_column=Column(Text))
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    prompt_tokens: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    completion_tokens: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    cost: float = Field(default=0.0, sa_column=Column(Float, nullable=False))
+    latency: float = Field(default=0.0, sa_column=Column(Float, nullable=False))
 
 
 metadata = _AgentFlowTable.metadata
