@@ -16,7 +16,7 @@ The others execute the run's code here, found from the run's recorded ref or ``-
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated
 
@@ -51,6 +51,13 @@ def _report(run: Run) -> None:
     if run.rollback:
         line.append(f"; {run.rollback}")
     _console().print(line)
+
+
+def _with_run_code(db: str | None, run_id: str, app_ref: str | None, act: Callable[[AgentFlow], Run]) -> Run:
+    """``act(flow)`` on the database with the run's workflow code registered (its ref, or ``--app``)."""
+    with _open(db) as flow:  # an AgentFlowError in here prints as a message, exit 1
+        _with_code(flow, flow.get_run(run_id), app_ref)
+        return act(flow)
 
 
 @cli.command("start")
@@ -111,33 +118,20 @@ def send_event_command(
 @cli.command("pause")
 def pause_command(run_id: RunArg, db: DbOption = None) -> None:
     """Pause a run at its next step boundary; a waiting run stays asleep until resumed."""
-    with _open(db) as flow:
-        try:
-            _report(flow.pause(run_id))
-        except AgentFlowError as exc:
-            _fail(str(exc))
+    with _open(db) as flow:  # an AgentFlowError in here prints as a message, exit 1
+        _report(flow.pause(run_id))
 
 
 @cli.command("resume")
 def resume_command(run_id: RunArg, app_ref: AppOption = None, db: DbOption = None) -> None:
     """Resume a paused, waiting or crashed run here: recorded steps are served, the rest runs live."""
-    with _open(db) as flow:
-        _with_code(flow, flow.get_run(run_id), app_ref)
-        try:
-            _report(flow.resume(run_id))
-        except AgentFlowError as exc:
-            _fail(str(exc))
+    _report(_with_run_code(db, run_id, app_ref, lambda flow: flow.resume(run_id)))
 
 
 @cli.command("cancel")
 def cancel_command(run_id: RunArg, app_ref: AppOption = None, db: DbOption = None) -> None:
     """Cancel a run: its compensations run newest first and it ends cancelled (its children too)."""
-    with _open(db) as flow:
-        _with_code(flow, flow.get_run(run_id), app_ref)
-        try:
-            _report(flow.cancel(run_id))
-        except AgentFlowError as exc:
-            _fail(str(exc))
+    _report(_with_run_code(db, run_id, app_ref, lambda flow: flow.cancel(run_id)))
 
 
 @cli.command("restart")
@@ -150,12 +144,7 @@ def restart_command(
     db: DbOption = None,
 ) -> None:
     """Run a run again from a step on: the records from it are removed, the ones before it served."""
-    with _open(db) as flow:
-        _with_code(flow, flow.get_run(run_id), app_ref)
-        try:
-            _report(flow.restart(run_id, from_key))
-        except AgentFlowError as exc:
-            _fail(str(exc))
+    _report(_with_run_code(db, run_id, app_ref, lambda flow: flow.restart(run_id, from_key)))
 
 
 @cli.command("wake")
