@@ -9,13 +9,11 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import AgentFlowError
-
 if TYPE_CHECKING:
     from ._app import AgentFlow
     from ._models import Run, RunStatus
 
-__all__ = ["BackgroundLoop", "RunHandle"]
+__all__ = ["BackgroundLoop", "RunHandle", "RunRef"]
 
 T = TypeVar("T")
 
@@ -36,16 +34,12 @@ class BackgroundLoop:
         self._thread.join(timeout=5)
 
 
-class RunHandle:
-    """A run started with ``app.start``: ask its status, or wait for its end."""
+class RunRef:
+    """What every run handle offers: the run's status and snapshot, and waiting for its end."""
 
-    def __init__(self, app: AgentFlow, run_id: str, execution: concurrent.futures.Future[Run]) -> None:
+    def __init__(self, app: AgentFlow, run_id: str) -> None:
         self.app = app
         self.run_id = run_id
-        self._execution = execution
-
-    def __repr__(self) -> str:
-        return f"RunHandle({self.run_id!r})"
 
     def status(self) -> RunStatus:
         """The run's status now, from the database."""
@@ -54,6 +48,27 @@ class RunHandle:
     def run(self) -> Run:
         """The run as it is now."""
         return self.app.get_run(self.run_id)
+
+    def _wait_until_ended(self, deadline: float | None, timeout: float | None, poll: float) -> Run:
+        """Read the run every ``poll`` seconds until it has ended; ``TimeoutError`` at ``deadline``."""
+        while True:
+            run = self.app.get_run(self.run_id)
+            if run.status.is_terminal:
+                return run
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"run {self.run_id!r} is {run.status} after {timeout} s")
+            time.sleep(poll)
+
+
+class RunHandle(RunRef):
+    """A run started with ``app.start``: ask its status, or wait for its end."""
+
+    def __init__(self, app: AgentFlow, run_id: str, execution: concurrent.futures.Future[Run]) -> None:
+        super().__init__(app, run_id)
+        self._execution = execution
+
+    def __repr__(self) -> str:
+        return f"RunHandle({self.run_id!r})"
 
     def settled(self, timeout: float | None = None) -> Run:
         """Wait until the run stops executing, ended or suspended (waiting, paused), and return it."""
@@ -73,12 +88,5 @@ class RunHandle:
             self._execution.result(timeout=timeout)
         except concurrent.futures.TimeoutError:
             raise TimeoutError(f"run {self.run_id!r} did not end within {timeout} s") from None
-        except AgentFlowError:
-            raise
-        while True:
-            run = self.app.get_run(self.run_id)
-            if run.status.is_terminal:
-                return run
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"run {self.run_id!r} is {run.status} after {timeout} s")
-            time.sleep(0.01)  # a run that is waiting ends when another part of the program wakes it
+        # A run that is waiting ends when another part of the program wakes it.
+        return self._wait_until_ended(deadline, timeout, 0.01)

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
+from ._lifecycle import RunRef
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
     from ._app import AgentFlow
-    from ._models import Run, RunStatus
+    from ._models import Run
 
 __all__ = ["Lease", "Queue", "QueuedRun", "RateLimit", "WorkerReport"]
 
@@ -78,7 +79,7 @@ class Queue:
         return self.rate_limit.key or f"queue:{self.name}"
 
 
-class QueuedRun:
+class QueuedRun(RunRef):
     """A run put on a queue by ``app.enqueue``: a worker will run it. Ask its status, or wait for its end.
 
     ``deduplicated`` is True when no new run was made: a run with the same ``dedup_id`` was still
@@ -86,32 +87,17 @@ class QueuedRun:
     """
 
     def __init__(self, app: AgentFlow, run_id: str, *, deduplicated: bool) -> None:
-        self.app = app
-        self.run_id = run_id
+        super().__init__(app, run_id)
         self.deduplicated = deduplicated
 
     def __repr__(self) -> str:
         return f"QueuedRun({self.run_id!r}{', deduplicated' if self.deduplicated else ''})"
 
-    def status(self) -> RunStatus:
-        """The run's status now, from the database."""
-        return self.app.get_run(self.run_id).status
-
-    def run(self) -> Run:
-        """The run as it is now."""
-        return self.app.get_run(self.run_id)
-
     def result(self, timeout: float | None = None, *, poll: float = 0.05) -> Run:
         """Wait until a worker has ended the run (completed, failed or cancelled) and return it: the
         database is read every ``poll`` seconds. Raises ``TimeoutError`` after ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            run = self.app.get_run(self.run_id)
-            if run.status.is_terminal:
-                return run
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"run {self.run_id!r} is {run.status} after {timeout} s")
-            time.sleep(poll)
+        return self._wait_until_ended(deadline, timeout, poll)
 
 
 @dataclass(frozen=True)
