@@ -136,6 +136,8 @@ def settle_heap() -> None:
     """
     gc.collect()
     gc.freeze()
+    if os.environ.get("NOGC"):
+        gc.disable()
 
 
 def measure(folder: Path, length: int, calls: int, rounds: int, fake: FakeProvider) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -320,6 +321,87 @@ def test_http_get_refuses_a_redirect_it_would_refuse_as_a_url(location: str) -> 
     with pytest.raises(HttpGetRefused, match=r"redirected to .*, which is refused"):
         fetch(get, url="https://example.com/start")
     assert [str(r.url) for r in seen] == ["https://example.com/start"]
+
+
+INTERNAL_URLS = [
+    "http://127.0.0.1:8080/admin",
+    "http://169.254.169.254/latest/meta-data/iam",  # the cloud metadata service
+    "http://10.0.0.5/",
+    "http://192.168.1.1/",
+    "http://100.64.0.1/",  # carrier-grade NAT
+    "http://0.0.0.0/",
+    "http://[::1]/",
+    "http://[fe80::1]/",
+    "http://[::ffff:127.0.0.1]/",  # IPv4 loopback written as IPv6
+    "http://[2002:7f00:1::]/",  # 6to4 wrapping 127.0.0.1
+    "http://224.0.0.1/",  # multicast
+]
+
+
+@pytest.mark.parametrize("url", INTERNAL_URLS)
+def test_http_get_refuses_internal_addresses_before_any_request(url: str) -> None:
+    transport, seen = recording(lambda r: httpx.Response(200, headers={"content-type": "text/plain"}, text="secret"))
+    with pytest.raises(HttpGetRefused, match="not a public address") as caught:
+        fetch(make_http_get(transport=transport), url=url)
+    assert "allow_private=True" in str(caught.value)
+    assert seen == []
+    assert "Internal addresses" in make_http_get(transport=transport).description
+
+
+def test_http_get_reaches_internal_addresses_when_allowed_or_named_in_allowed_hosts() -> None:
+    transport, seen = recording(lambda r: httpx.Response(200, headers={"content-type": "text/plain"}, text="ok"))
+    assert fetch(make_http_get(transport=transport, allow_private=True), url="http://127.0.0.1:8080/").text == "ok"
+    named = make_http_get(transport=transport, allowed_hosts={"10.0.0.5", "example.com"})
+    assert fetch(named, url="http://10.0.0.5/health").text == "ok"
+    assert [str(r.url) for r in seen] == ["http://127.0.0.1:8080/", "http://10.0.0.5/health"]
+    assert "Internal addresses" not in make_http_get(transport=transport, allow_private=True).description
+
+
+def test_http_get_refuses_a_redirect_to_an_internal_address() -> None:
+    transport, seen = recording(
+        lambda r: httpx.Response(302, headers={"location": "http://169.254.169.254/latest/meta-data"})
+    )
+    with pytest.raises(HttpGetRefused, match=r"redirected to http://169\.254\.169\.254/.*not a public address"):
+        fetch(make_http_get(transport=transport), url="https://example.com/start")
+    assert [str(r.url) for r in seen] == ["https://example.com/start"]
+
+
+def fake_resolver(monkeypatch: pytest.MonkeyPatch, answers: dict[str, list[str]]) -> list[str]:
+    """Replace name resolution (what the event loop's getaddrinfo calls) with ``answers``; returns the names
+    asked for. Nothing is looked up on the network."""
+    asked: list[str] = []
+
+    def getaddrinfo(host: str, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        asked.append(host)
+        if host not in answers:
+            raise socket.gaierror(-2, "Name or service not known")
+        family = {True: socket.AF_INET6, False: socket.AF_INET}
+        return [(family[":" in a], socket.SOCK_STREAM, 6, "", (a, port)) for a in answers[host]]
+
+    monkeypatch.setattr("socket.getaddrinfo", getaddrinfo)
+    return asked
+
+
+def test_http_get_refuses_a_host_name_that_resolves_to_an_internal_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One public and one internal address: the internal one is enough to refuse (the connection could use it).
+    asked = fake_resolver(monkeypatch, {"intranet.example": ["93.184.216.34", "10.1.2.3"]})
+    with pytest.raises(HttpGetRefused, match=r"'intranet\.example' resolves to 10\.1\.2\.3, which is not a public"):
+        fetch(make_http_get(), url="http://intranet.example/payroll")
+    assert asked == ["intranet.example"]
+
+
+def test_http_get_a_host_name_that_does_not_resolve_is_an_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_resolver(monkeypatch, {})
+    with pytest.raises(HttpGetError, match=r"the host name 'nowhere\.example' does not resolve") as caught:
+        fetch(make_http_get(), url="https://nowhere.example/")
+    assert not isinstance(caught.value, HttpGetRefused)  # DNS may answer later: a retry is allowed
+
+
+def test_http_get_with_a_transport_of_its_own_does_not_resolve_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = fake_resolver(monkeypatch, {})
+    transport, _ = recording(lambda r: httpx.Response(200, headers={"content-type": "text/plain"}, text="ok"))
+    assert fetch(make_http_get(transport=transport), url="https://example.com/").text == "ok"
+    assert asked == []
 
 
 def test_http_get_timeout_is_a_retryable_error_naming_the_deadline() -> None:

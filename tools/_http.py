@@ -9,14 +9,23 @@ Errors come in two kinds. ``HttpGetRefused`` (a ``NonRetryableError``): the URL 
 acceptable and asking again will not change that. ``HttpGetError``: the request failed on the way (a
 timeout, a refused connection) and a retry may succeed.
 
-Without ``allowed_hosts`` the tool reaches whatever this process can reach, internal services and cloud
-metadata addresses included. Give an agent that reads untrusted text an allow-list.
+Addresses that are not public (loopback, private networks, link-local such as the cloud metadata service at
+169.254.169.254, carrier-grade NAT, reserved ranges) are refused unless ``allow_private=True`` or the host
+is named in ``allowed_hosts``: a model steered by a web page it read must not be able to make the tool
+fetch internal services. IP literals are checked as given; host names are resolved and every address they
+resolve to is checked, before the first request and before each redirect. The connection resolves the name
+again, so a DNS server that answers differently the second time (DNS rebinding) can get past the check;
+``allowed_hosts`` has no such gap, so give an agent that reads untrusted text an allow-list. With a
+``transport`` of the caller's (tests, a proxy) names are not resolved: the transport decides where a
+request goes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import codecs
+import ipaddress
+import socket
 from collections.abc import Iterable, Mapping
 
 import httpx
@@ -65,6 +74,7 @@ def make_http_get(
     max_redirects: int = 5,
     headers: Mapping[str, str] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    allow_private: bool = False,
     name: str = "http_get",
 ) -> Tool:
     """An ``http_get`` tool with its own limits.
@@ -75,7 +85,9 @@ def make_http_get(
     headers the model asks for: the place for a User-Agent or an API key, which then stays out of the
     recorded arguments. They follow redirects (httpx drops only ``Authorization`` on a redirect to another
     origin), so pair secret headers with ``allowed_hosts``. ``transport`` replaces the network, for tests
-    (``httpx.MockTransport``) or a custom client setup; the tool does not close it.
+    (``httpx.MockTransport``) or a custom client setup; the tool does not close it. ``allow_private=True``
+    lets the tool reach addresses that are not public (loopback, private networks, cloud metadata); hosts in
+    ``allowed_hosts`` may be reached whatever their address.
     """
     if not timeout > 0:
         raise ConfigurationError(f"make_http_get: timeout must be a positive number of seconds, not {timeout!r}")
@@ -90,18 +102,23 @@ def make_http_get(
     hosts = None if allowed_hosts is None else frozenset(_normal_host(h) for h in allowed_hosts)
     fixed_headers = dict(headers or {})
     borrowed = None if transport is None else _Borrowed(transport)
+    # Where a URL may lead: its scheme and host, then (unless private addresses are allowed) its address.
+    guard = _Guard(hosts, allow_private=allow_private, resolve=transport is None)
 
     async def http_get(url: str, headers: dict[str, str] | None = None) -> HttpGetResult:
-        first = _checked_url(url, hosts)
+        _checked_url(url, hosts)  # a malformed or refused URL is reported before anything else
         try:
             request_headers = httpx.Headers(headers or {})
             request_headers.update(fixed_headers)
         except (UnicodeEncodeError, TypeError, ValueError) as exc:
             raise HttpGetRefused(f"the headers cannot be sent ({exc}); header names and values must be ASCII") from None
+
+        async def get() -> HttpGetResult:
+            first = await guard.check(url)  # resolving the name counts against the deadline
+            return await _fetch(first, request_headers, guard, timeout, max_bytes, max_redirects, borrowed)
+
         try:
-            return await asyncio.wait_for(
-                _fetch(first, request_headers, hosts, timeout, max_bytes, max_redirects, borrowed), timeout
-            )
+            return await asyncio.wait_for(get(), timeout)
         except (asyncio.TimeoutError, TimeoutError, httpx.TimeoutException):
             raise HttpGetError(
                 f"GET {url} timed out after {timeout:g} s; the server is slow or unreachable, try again later "
@@ -116,7 +133,80 @@ def make_http_get(
     )
     if hosts is not None:
         description += f" Only these hosts can be reached: {', '.join(sorted(hosts)) or 'none'}."
+    if not allow_private:
+        description += " Internal addresses (localhost, private networks, cloud metadata) are refused."
     return tool(name=name, description=description)(http_get)
+
+
+class _Guard:
+    """Checks every URL the tool is about to request: the first one and each redirect."""
+
+    def __init__(self, hosts: frozenset[str] | None, *, allow_private: bool, resolve: bool) -> None:
+        self._hosts = hosts
+        self._allow_private = allow_private
+        self._resolve = resolve
+
+    async def check(self, url: str | httpx.URL) -> httpx.URL:
+        parsed = _checked_url(url, self._hosts)
+        if self._allow_private or (self._hosts is not None and _normal_host(parsed.host) in self._hosts):
+            return parsed
+        host = parsed.host
+        literal = _ip(host)
+        if literal is not None:
+            if not _public(literal):
+                raise HttpGetRefused(
+                    f"{host} is not a public address ({_kind(literal)}); http_get does not reach internal "
+                    "addresses unless the tool is made with allow_private=True or the host is in allowed_hosts"
+                )
+            return parsed
+        if self._resolve:
+            for address in await _addresses(host, parsed.port or (443 if parsed.scheme == "https" else 80)):
+                if not _public(address):
+                    raise HttpGetRefused(
+                        f"{host!r} resolves to {address}, which is not a public address ({_kind(address)}); "
+                        "http_get does not reach internal addresses unless the tool is made with "
+                        "allow_private=True or the host is in allowed_hosts"
+                    )
+        return parsed
+
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _ip(text: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(text.split("%", 1)[0])  # an IPv6 zone ("fe80::1%eth0") is not part of it
+    except ValueError:
+        return None
+
+
+def _public(address: IPAddress) -> bool:
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour or (address.teredo[1] if address.teredo else None)
+        if embedded is not None and not _public(embedded):
+            return False
+    return address.is_global and not address.is_multicast
+
+
+def _kind(address: IPAddress) -> str:
+    checks = (
+        ("loopback", address.is_loopback),
+        ("link-local: cloud metadata lives there", address.is_link_local),
+        ("a private network", address.is_private),
+        ("multicast", address.is_multicast),
+        ("unspecified", address.is_unspecified),
+    )
+    return next((name for name, hit in checks if hit), "reserved, not routed on the internet")
+
+
+async def _addresses(host: str, port: int) -> list[IPAddress]:
+    """Every address ``host`` resolves to; a name that does not resolve is an ``HttpGetError``."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
+        raise HttpGetError(f"the host name {host!r} does not resolve ({exc}); check the URL") from None
+    found = (_ip(str(info[4][0])) for info in infos)
+    return [address for address in found if address is not None]
 
 
 class _Borrowed(httpx.AsyncBaseTransport):
@@ -152,7 +242,7 @@ def _checked_url(url: str | httpx.URL, hosts: frozenset[str] | None) -> httpx.UR
 async def _fetch(
     url: httpx.URL,
     headers: httpx.Headers,
-    hosts: frozenset[str] | None,
+    guard: _Guard,
     timeout: float,
     max_bytes: int,
     max_redirects: int,
@@ -176,7 +266,7 @@ async def _fetch(
             finally:
                 await response.aclose()
             try:
-                _checked_url(request.url, hosts)
+                await guard.check(request.url)
             except HttpGetRefused as exc:
                 raise HttpGetRefused(f"{response.url} redirected to {request.url}, which is refused: {exc}") from None
     raise HttpGetRefused(f"GET {url} was redirected more than {max_redirects} times; stopped following redirects")
