@@ -18,8 +18,9 @@ The tools:
     everything else, and any integer over 1000 digits, with a ``CalculatorError``.
 ``http_get(url, headers=None)``
     GET over http(s), following redirects, returning an ``HttpGetResult`` (status, final URL, content type,
-    text, truncated). The body is streamed and cut at 1 MB; the call has a 10 s deadline. Build one with
-    other limits, an allow-list of hosts, fixed headers or a test transport with ``make_http_get(...)``.
+    text, truncated). The body is streamed and cut at 1 MB; the call has a 10 s deadline. Internal addresses
+    (localhost, private networks, cloud metadata) are refused. Build one with other limits, an allow-list
+    of hosts, ``allow_private=True``, fixed headers or a test transport with ``make_http_get(...)``.
 ``FileSandbox(root)``
     ``read_file(path)``, ``write_file(path, content)`` and ``list_files(folder=".")``, confined to one
     folder: absolute paths, ``..`` and symbolic links leading out are refused with a ``FileSandboxError``.
