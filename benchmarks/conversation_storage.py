@@ -8,6 +8,8 @@ the model's reply (short, ``"ok"``, unless ``--reply-bytes`` says otherwise).
 The content is the bytes of the conversation's messages (2 per turn, each counted once), each measured as
 its compact JSON. What agentflow stored is read back from the database: the blobs table (hash + data), the
 run's rows of ``steps`` (every column: text and blob lengths, 8 bytes a number) and its row of ``runs``.
+Step records are stored packed (``agentflow._store._packing``: digests as 32 bytes, JSON deflated against a
+preset dictionary when shorter); the sizes counted are the packed ones, as they sit in the database.
 The baseline, measured in the same run, is what a checkpointer that snapshots the message list stores:
 the compact JSON of the whole list at every turn. (LangGraph's SqliteSaver, not measured here, is reported
 to take about 111 MB for 1,000 steps of a growing list.)
@@ -41,6 +43,7 @@ from typing import Any
 from unittest import mock
 
 from agentflow import AgentFlow, Context
+from agentflow._store._packing import unpack_json
 from agentflow.testing import FakeProvider, reply
 
 MODEL = "gpt-4o-mini"
@@ -216,7 +219,7 @@ def components(db: Path) -> tuple[dict[str, int], int]:
     for row in conn.execute("SELECT * FROM steps"):
         for name, value in zip(columns, row, strict=True):
             if name == "output" and value:
-                message = json.loads(value)["response"]["choices"][0]["message"]
+                message = json.loads(unpack_json(value) or "")["response"]["choices"][0]["message"]
                 replies += size({"role": message["role"], "content": message["content"]})
             if name in ("request", "output"):
                 parts[name] += value_bytes(value)
@@ -297,7 +300,7 @@ def main() -> int:
     ok_messages = messages_stored <= RATIO_TARGET * content
     line("= message storage", messages_stored, f"(target <= {RATIO_TARGET:g}x) {'PASS' if ok_messages else 'FAIL'}")
     line("steps.output (the recorded responses)", parts["output"])
-    line("  of which the replies' messages", replies, "(each also in the chain node of the next turn)")
+    line("  the replies' messages, inflated", replies, "(deflated inside the outputs; also in the next chain node)")
     line("steps.fingerprint + steps.chain", parts["fingerprint+chain"])
     line("steps: other columns (ids, key, times...)", parts["other"])
     line("runs: the run's row", parts["runs"])

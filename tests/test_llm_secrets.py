@@ -19,6 +19,7 @@ import pytest
 from dbtools import execute
 
 from agentflow import AgentFlow, Budget, Context, RunStatus, StepFailed
+from agentflow._store._packing import unpack_json
 from agentflow.testing import FakeProvider, error, reply
 
 MODEL = "gpt-4o-mini"
@@ -80,13 +81,17 @@ def _scan(url: str, secret: str) -> dict[str, list[str]]:
 
     SQLite: the bytes of the file and its -wal and -shm files (so deleted and not yet checkpointed data
     count), and every column of every row, read through sqlite3. Postgres: every column of every table of
-    the schema, as psycopg gives it (bytea as bytes) and cast to text (each row as ``row::text``).
+    the schema, as psycopg gives it (bytea as bytes) and cast to text (each row as ``row::text``). A steps
+    column deflated at rest (``agentflow._store._packing``) is looked at inflated too; the file scan cannot
+    see into deflated bytes of rows already deleted.
     """
     found: dict[str, list[str]] = {}
 
     def look(place: str, value: Any) -> None:
         if value is not None and (forms := _traces(_as_bytes(value), secret)):
             found[place] = forms
+        if isinstance(value, bytes | memoryview) and bytes(value[:1]) == b"\x01":  # a deflated JSON column
+            look(f"{place} (inflated)", unpack_json(value))
 
     if "://" not in url:
         path = Path(url)
@@ -198,7 +203,7 @@ def test_an_api_key_reaches_the_provider_but_leaves_no_trace_in_the_database(
     # The scan is not blind: the canary, sent in a message (a blob) and in a header (the request), is found.
     places = _scan(db_url, canary.removeprefix("canary-"))
     assert any(place.startswith("blobs[") and place.endswith(".data") for place in places), places
-    assert any(place.startswith("steps[") and place.endswith(".request") for place in places), places
+    assert any(place.startswith("steps[") and ".request" in place for place in places), places
 
 
 @pytest.mark.parametrize("header", ["X-Custom-Token", "X-Api-Key", "Api-Key"])

@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,10 @@ from sqlalchemy.pool import NullPool
 
 import agentflow._store._schema as schema
 import agentflow._store.migrations as migrations_package
-from agentflow import AgentFlow, RunStatus
+from agentflow import AgentFlow, Context, RunStatus
+from agentflow._codec import fingerprint
+from agentflow._journal import chain_hash, genesis
+from agentflow._store._records import STEP_COLUMNS, StepRecord
 from agentflow._store._schema import HEAD, REVISIONS, VERSION_TABLE
 from agentflow._store._sql import normalize_url, open_store
 from agentflow._store._tables import metadata
@@ -113,8 +118,9 @@ def test_empty_database_is_migrated_to_head_at_open(db_url: str) -> None:
     }
 
 
-def _migrate_to(db_url: str, revision: str) -> None:
-    """Bring the database at ``db_url`` to ``revision`` with Alembic, as an older agentflow left it."""
+def _migrate_to(db_url: str, revision: str, *, down: bool = False) -> None:
+    """Bring the database at ``db_url`` up (or ``down``) to ``revision`` with Alembic, as an older agentflow
+    left it."""
     from alembic import command
     from alembic.config import Config
 
@@ -124,7 +130,7 @@ def _migrate_to(db_url: str, revision: str) -> None:
             config = Config()
             config.set_main_option("script_location", str(MIGRATIONS))
             config.attributes["connection"] = conn
-            command.upgrade(config, revision)
+            (command.downgrade if down else command.upgrade)(config, revision)
     finally:
         engine.dispose()
 
@@ -164,3 +170,72 @@ def test_migrating_0001_to_0002_adds_the_facts_table(db_url: str) -> None:
 
     assert "facts" in table_names(db_url)
     assert execute(db_url, f"SELECT version_num FROM {VERSION_TABLE}") == [(HEAD,)]
+
+
+def _old_steps(run_id: str) -> list[StepRecord]:
+    """Step records as an agentflow before 0007 wrote them (text columns), with a valid hash chain."""
+    output = json.dumps(
+        {"response": {"id": "chatcmpl-1", "object": "chat.completion", "choices": [], "note": "x" * 90}}
+    )
+    rows: list[StepRecord] = []
+    previous = genesis(run_id)
+    for seq, (key, kind, out, error) in enumerate(
+        [
+            ("fetch#0", "step", '{"ok":1}', None),
+            ("llm#0", "llm", output, None),
+            ("send#0", "tool", None, '{"type":"E"}'),
+        ]
+    ):
+        request = json.dumps({"key": key, "args": [seq]})
+        fp = fingerprint(request)
+        status = "failed" if error else "completed"
+        chain = chain_hash(previous, key, kind, fp, status, out, error)
+        rows.append(
+            StepRecord(run_id, key, seq, kind, kind, fp, request, status, 1, out, error, 1.0, 2.0, 3, 4, 0.5, chain)
+        )
+        previous = chain
+    return rows
+
+
+def test_steps_written_before_0007_read_the_same_and_their_chain_verifies_after_it(db_url: str) -> None:
+    _migrate_to(db_url, "0006_evals")
+    execute(
+        db_url,
+        "INSERT INTO runs (id, workflow, status, input, output, created_at, updated_at) "
+        "VALUES ('old', 'triage', 'completed', '{\"args\":[],\"kwargs\":{}}', '42', 1.0, 2.0)",
+    )
+    old = _old_steps("old")
+    columns = ", ".join(STEP_COLUMNS)
+    for step in old:
+        execute(db_url, f"INSERT INTO steps ({columns}) VALUES (:{', :'.join(STEP_COLUMNS)})", **asdict(step))
+
+    with AgentFlow(db_url) as app:
+        assert app.verify("old") is None
+        assert [s.key for s in app.get_run("old").steps] == ["fetch#0", "llm#0", "send#0"]
+    store = open_store(db_url)
+    try:
+        assert store.load_steps("old") == old
+    finally:
+        store.close()
+
+
+def test_downgrading_0007_turns_packed_steps_back_into_text(db_url: str) -> None:
+    with AgentFlow(db_url) as app:
+
+        @app.workflow(name="long")
+        def long(ctx: Context) -> str:
+            return str(ctx.step("make", lambda: "y" * 300))
+
+        assert app.run(long, run_id="new").status == RunStatus.COMPLETED
+    store = open_store(db_url)
+    try:
+        recorded = store.load_steps("new")
+    finally:
+        store.close()
+    raw = execute(db_url, "SELECT output, fingerprint FROM steps WHERE run_id = 'new'")
+    assert bytes(raw[0][0])[:1] == b"\x01" and len(bytes(raw[0][1])) == 32  # packed at head
+
+    _migrate_to(db_url, "0006_evals", down=True)
+    columns = ", ".join(STEP_COLUMNS)
+    rows = execute(db_url, f"SELECT {columns} FROM steps WHERE run_id = 'new' ORDER BY seq")
+    assert [StepRecord(*row) for row in rows] == recorded

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..errors import StoreError
 from ._eval_records import EVAL_CASE_COLUMNS, EVAL_COLUMNS, EvalCaseRecord, EvalRecord
+from ._packing import unpacked_step
 from ._records import STEP_COLUMNS, RunRecord, StepRecord
 from ._tables import EvalCaseRow, EvalRow, RunRow, StepRow
 
@@ -53,7 +54,7 @@ class EvalSQL:
             for chunk in _chunks(run_ids):
                 query = select(*columns).where(table.c.run_id.in_(chunk)).order_by(table.c.run_id, table.c.seq)
                 for row in conn.execute(query):
-                    out[row[0]].append(StepRecord(*row))
+                    out[row[0]].append(unpacked_step(row))
         return out
 
     def insert_eval(self: _Connects, record: EvalRecord, cases: Sequence[EvalCaseRecord]) -> None:

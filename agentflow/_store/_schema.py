@@ -26,6 +26,7 @@ REVISIONS: tuple[str, ...] = (
     "0004_lifecycle",
     "0005_queues",
     "0006_evals",
+    "0007_packed_steps",
 )
 HEAD = REVISIONS[-1]
 OUR_TABLES = frozenset({"runs", "steps", "blobs", "facts", "events", "leases", "rate_buckets", "evals", "eval_cases"})

@@ -25,6 +25,7 @@ from sqlalchemy.pool import PoolProxiedConnection, StaticPool
 
 from ..errors import ConfigurationError, LeaseLost, NotAnAgentFlowDatabase, RunConflict, StoreError
 from ._eval_sql import EvalSQL
+from ._packing import packed_step, unpacked_step
 from ._records import STEP_COLUMNS, RunRecord, StepRecord
 from ._schema import VERSION_TABLE, check_revision, ensure_schema
 from ._tables import BlobRow, EventRow, FactRow, RunRow, StepRow
@@ -197,12 +198,12 @@ class SQLStore(EvalSQL):
         query = select(*(table.c[name] for name in STEP_COLUMNS)).where(table.c.run_id == run_id)
         with self._connect() as conn:
             rows = conn.execute(query.order_by(table.c.seq)).all()
-        return [StepRecord(*row) for row in rows]
+        return [unpacked_step(row) for row in rows]
 
     def write_step(
         self, step: StepRecord, blobs: Mapping[str, bytes] | None = None, lease_token: int | None = None
     ) -> None:
-        values = tuple(getattr(step, name) for name in STEP_COLUMNS)
+        values = packed_step(step)
         sql = self._insert_step_sql
         if lease_token is not None:
             sql = self._insert_fenced_step_sql
@@ -407,12 +408,13 @@ class SQLStore(EvalSQL):
                         present = conn.execute(step_query.where(step_table.c.run_id == run.id)).all()
                         if RunRecord(**row) != run:
                             raise RunConflict(run.id, "another record (status, output, times or usage differ)")
-                        if [StepRecord(*r) for r in present] != ours:
+                        if [unpacked_step(r) for r in present] != ours:
                             raise RunConflict(run.id, "other steps")
                         continue  # imported before: nothing to do
                     conn.execute(insert(run_table).values(asdict(run)))
                     if ours:
-                        conn.execute(insert(step_table), [asdict(step) for step in ours])
+                        packed = [dict(zip(STEP_COLUMNS, packed_step(step), strict=True)) for step in ours]
+                        conn.execute(insert(step_table), packed)
                     inserted.append(run.id)
                 if inserted and blobs:
                     rows = [{"hash": h, "data": data, "size": len(data)} for h, data in blobs.items()]
