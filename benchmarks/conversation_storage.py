@@ -300,7 +300,7 @@ def main() -> int:
     ok_messages = messages_stored <= RATIO_TARGET * content
     line("= message storage", messages_stored, f"(target <= {RATIO_TARGET:g}x) {'PASS' if ok_messages else 'FAIL'}")
     line("steps.output (the recorded responses)", parts["output"])
-    line("  the replies' messages, inflated", replies, "(deflated inside the outputs; also in the next chain node)")
+    line("  the replies' messages, unpacked", replies, "(packed inside the outputs; also in the next chain node)")
     line("steps.fingerprint + steps.chain", parts["fingerprint+chain"])
     line("steps: other columns (ids, key, times...)", parts["other"])
     line("runs: the run's row", parts["runs"])

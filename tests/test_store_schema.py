@@ -224,7 +224,8 @@ def test_downgrading_0007_turns_packed_steps_back_into_text(db_url: str) -> None
 
         @app.workflow(name="long")
         def long(ctx: Context) -> str:
-            return str(ctx.step("make", lambda: "y" * 300))
+            ctx.step("message", lambda: {"role": "user", "content": "Where is my order A-1002, please?"})
+            return str(ctx.step("make", lambda: "the order ships tomorrow " * 50))
 
         assert app.run(long, run_id="new").status == RunStatus.COMPLETED
     store = open_store(db_url)
@@ -232,8 +233,10 @@ def test_downgrading_0007_turns_packed_steps_back_into_text(db_url: str) -> None
         recorded = store.load_steps("new")
     finally:
         store.close()
-    raw = execute(db_url, "SELECT output, fingerprint FROM steps WHERE run_id = 'new'")
-    assert bytes(raw[0][0])[:1] == b"\x01" and len(bytes(raw[0][1])) == 32  # packed at head
+    raw = execute(db_url, "SELECT output, fingerprint FROM steps WHERE run_id = 'new' ORDER BY seq")
+    # Packed at head: fragments as tokens (under 1 KiB), deflated (over), digests as 32 bytes.
+    assert [bytes(output)[:1] for output, _ in raw] == [b"\x02", b"\x01"]
+    assert all(len(bytes(digest)) == 32 for _, digest in raw)
 
     _migrate_to(db_url, "0006_evals", down=True)
     columns = ", ".join(STEP_COLUMNS)

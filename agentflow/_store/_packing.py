@@ -2,25 +2,28 @@
 
 Above the store a ``StepRecord`` holds JSON text and hex digests. In the table:
 
-- ``request``, ``output`` and ``error`` are bytes: JSON of 48 bytes or more is deflated against a preset
-  dictionary of the fields agentflow's records repeat (an OpenAI-style chat completion, its usage, tool
-  calls, stream chunks, a request's keys) behind a first byte ``0x01``; shorter JSON is its UTF-8 bytes.
-  JSON text never starts with byte 1, so the two cannot be confused, and rows written before this layout
-  (text on SQLite, ``convert_to`` bytes on Postgres) read as they are. A recorded LLM response of ~350
-  bytes takes ~60; a message's content is left to the content-addressed ``blobs``, which stay plain.
+- ``request``, ``output`` and ``error`` are bytes. JSON under 48 bytes is its UTF-8. Longer JSON has the
+  fragments agentflow's records repeat (the skeleton of a chat completion, its usage, a tool call, a
+  request's keys) replaced by one control character each, behind a first byte ``0x02``: JSON text never
+  holds a raw control character (it escapes them), so the substitution is exact both ways. JSON of 1 KiB
+  or more is deflated instead, against a dictionary of the same fragments, behind ``0x01``. A value that
+  neither shortens is stored as its UTF-8. JSON never starts with byte 1 or 2, so rows written before this
+  layout (text on SQLite, ``convert_to`` bytes on Postgres) read as they are. A recorded LLM response of
+  ~300 bytes takes ~50; a message's content is left to the content-addressed ``blobs``, which stay plain.
 - ``fingerprint`` and ``chain`` are sha256 digests: 32 raw bytes rather than 64 hex characters. A value
-  that is not a 64-digit hex digest (a fingerprint imported from elsewhere) is kept as ``0x00`` + UTF-8.
+  that is not a lowercase 64-digit hex digest (one imported from elsewhere) is kept as ``0x00`` + UTF-8.
 
-Deflate with a 2 KiB window (``wbits=-11``), from a copy of a compressor primed with the dictionary, takes
-~2.5 us for a response and ~1 us to inflate (~7 us a recorded LLM call in all, for ~370 bytes saved);
-``benchmarks/conversation_storage.py`` measures the bytes.
+Why fragments below 1 KiB rather than deflate: the substitution costs ~3.5 us for a response and ~1 us for
+a request, deflate ~2.7 us each in a tight loop but ~20 us each inside a run, where litellm's work between
+two calls leaves deflate's 10 KiB of state cold (``benchmarks/llm_overhead.py`` shows a call's own time).
 
-The dictionary is part of the file format: ``DICTIONARY_V1`` must never change. A better one gets a new
-first byte (``0x02``) and this module keeps reading ``0x01``.
+``FRAGMENTS_V1`` and ``DICTIONARY_V1`` are part of the file format and must never change; a test pins
+them. Better ones get new first bytes and this module keeps reading ``0x01`` and ``0x02``.
 """
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -29,17 +32,70 @@ from ._records import STEP_COLUMNS, StepRecord
 
 __all__ = ["pack_digest", "pack_json", "packed_step", "unpack_digest", "unpack_json", "unpacked_step"]
 
-_DEFLATED_V1 = 1
-_MIN_DEFLATE = 48  # below this the deflate stream's own framing eats most of the gain
+_DEFLATED_V1 = b"\x01"
+_TOKENS_V1 = b"\x02"
+_MIN_PACK = 48  # shorter JSON is stored as it is: there is little to gain
+_MIN_DEFLATE = 1024  # from here on deflate pays for itself; below, token substitution costs far less
 _WBITS = -11  # raw deflate, 2 KiB window: the dictionary and a record fit; small state, fast to set up
 _TEXT_DIGEST = b"\x00"
+_CONTROL = re.compile("[\x00-\x1f]")
 
-# Fragments agentflow's step records repeat, the most frequent last (deflate reaches back from the end
-# most cheaply). Written out here rather than derived from code: this text is part of the stored format.
+# What step records repeat, each replaced by one control character (JSON text never holds a raw one: it
+# escapes them). Fragments come in groups, each tried only when the record holds its guard (a model
+# call's response, its request, a tool call, a checkpoint patch; the last group always), in this order:
+# some fragments contain later ones. Part of the stored format: never change it; a new table gets a new
+# first byte.
+FRAGMENTS_V1: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        '{"response":',
+        (
+            '"completion_tokens_details":{"accepted_prediction_tokens":0,"audio_tokens":0,"reasoning_tokens":0,'
+            '"rejected_prediction_tokens":0},"prompt_tokens_details":{"audio_tokens":0,"cached_tokens":0}',
+            '","index":0,"message":{"role":"assistant","tool_calls":[{"function":{"arguments":"',
+            '","object":"chat.completion","choices":[{"finish_reason":"',
+            '","object":"chat.completion.chunk","choices":[{"delta":{',
+            '"provider_specific_fields":{}}],"usage":{"completion_tokens":',
+            '{"response":{"id":"chatcmpl-',
+            '","index":0,"message":{"content":"',
+            '","role":"assistant"},',
+            '","type":"function"}]},',
+            '"},"id":"call_',
+            ',"prompt_tokens":',
+            ',"total_tokens":',
+            '"system_fingerprint":"fp_',
+            '","created":',
+            ',"model":"',
+        ),
+    ),
+    (
+        '{"messages":',
+        ('{"messages":"', '","model":"', '","n_messages":', ',"params":{', ',"tools":"', '"temperature":'),
+    ),
+    ('"idempotent":', ('},"idempotent":true,"tool":"', '},"idempotent":false,"tool":"', '{"arguments":{')),
+    ('{"patch":', ('{"patch":[{"op":"', '","path":"/', '"value":')),
+    ("", ('"content":"', '"role":"', "gpt-4o")),
+)
+
+
+def _token_tables() -> tuple[tuple[tuple[str, tuple[tuple[str, str], ...]], ...], tuple[tuple[str, str], ...]]:
+    """(guard, ((fragment, token), ...)) groups to substitute, and (token, fragment) pairs to restore.
+    Tokens are the characters 1, 2, 3... in the order of ``FRAGMENTS_V1``."""
+    tokens = (chr(n) for n in range(1, 32))
+    groups = tuple((guard, tuple(zip(fragments, tokens, strict=False))) for guard, fragments in FRAGMENTS_V1)
+    pairs = [pair for _, group in groups for pair in group]
+    assert len(pairs) == sum(len(fs) for _, fs in FRAGMENTS_V1) <= 31, "one control character a fragment"
+    assert not any(_CONTROL.search(fragment) for fragment, _ in pairs)
+    return groups, tuple((token, fragment) for fragment, token in reversed(pairs))
+
+
+_SUBSTITUTE, _RESTORE = _token_tables()
+
+# For JSON of 1 KiB and more (long outputs, tracebacks, streams' chunks): deflate against a dictionary of
+# the same kind of fragments, the most frequent last (deflate reaches back from the end most cheaply).
 DICTIONARY_V1 = (
     b'{"type":"function","function":{"name":"","description":"","parameters":{"type":"object","properties":'
     b'{"type":"string"},"required":[],"additionalProperties":false}}}'
-    b'{"error":{"type":"","message":"","attempt":1}}{"ok":true,"value":null}'
+    b'{"type": "", "message": "", "traceback": "Traceback (most recent call last):\\n  File \\"'
     b'"system_fingerprint":"fp_","service_tier":"default","annotations":[],"refusal":null,'
     b'"reasoning_content":"","thinking_blocks":[],"logprobs":null,'
     b'"completion_tokens_details":{"accepted_prediction_tokens":0,"audio_tokens":0,"reasoning_tokens":0,'
@@ -47,7 +103,8 @@ DICTIONARY_V1 = (
     b'{"id":"chatcmpl-","created":17,"model":"","object":"chat.completion.chunk","choices":[{"delta":'
     b'{"content":"","role":"assistant"},"finish_reason":null,"index":0}]}'
     b'"chunks":[],"offsets":[0.0'
-    b'{"arguments":{},"idempotent":true,"tool":""}{"checkpoint":""}'
+    b'{"arguments":{},"idempotent":true,"tool":""}{"checkpoint":""}{"snapshot":{"messages":['
+    b'{"patch":[{"op":"add","path":"/messages/","value":{"content":"","role":"user"}}'
     b'"params":{"temperature":0.0,"max_tokens":,"seed":},"response_format":"","stream":true,'
     b'"tools":"","tool_choice":"auto",'
     b'"tool_calls":[{"function":{"arguments":"{\\"","name":""},"id":"call_","type":"function"}]},'
@@ -58,22 +115,24 @@ DICTIONARY_V1 = (
     b'"provider_specific_fields":{}}],"usage":{"completion_tokens":,"prompt_tokens":,"total_tokens":'
 )
 
-# A compressor with the dictionary loaded, never used itself: each packing works on a copy of it.
-_PRIMED = zlib.compressobj(6, zlib.DEFLATED, _WBITS, 2, zdict=DICTIONARY_V1)
-
 
 def pack_json(text: str | None) -> bytes | None:
     """A JSON column's bytes at rest."""
     if text is None:
         return None
-    data = text.encode()
-    if len(data) < _MIN_DEFLATE:
-        return data
-    deflate = _PRIMED.copy()  # ~1.5 us less than loading the dictionary into a new compressor
-    packed = deflate.compress(data) + deflate.flush()
-    if len(packed) + 1 >= len(data):
-        return data
-    return bytes((_DEFLATED_V1,)) + packed
+    if len(text) < _MIN_PACK or _CONTROL.search(text):  # short, or not JSON as agentflow writes it
+        return text.encode()
+    if len(text) >= _MIN_DEFLATE:
+        data = text.encode()
+        deflate = zlib.compressobj(6, zlib.DEFLATED, _WBITS, 2, zdict=DICTIONARY_V1)
+        packed = deflate.compress(data) + deflate.flush()
+        return _DEFLATED_V1 + packed if len(packed) < len(data) else data
+    short = text
+    for guard, pairs in _SUBSTITUTE:  # a guard is never part of an earlier group's fragments
+        if guard in text:
+            for fragment, token in pairs:
+                short = short.replace(fragment, token)
+    return _TOKENS_V1 + short.encode() if len(short) < len(text) else text.encode()
 
 
 def unpack_json(value: bytes | memoryview | str | None) -> str | None:
@@ -81,7 +140,14 @@ def unpack_json(value: bytes | memoryview | str | None) -> str | None:
     if value is None or isinstance(value, str):
         return value
     data = bytes(value)
-    if data[:1] == b"\x01":
+    first = data[:1]
+    if first == _TOKENS_V1:
+        text = data[1:].decode()
+        for token, fragment in _RESTORE:
+            if token in text:
+                text = text.replace(token, fragment)
+        return text
+    if first == _DEFLATED_V1:
         inflate = zlib.decompressobj(_WBITS, zdict=DICTIONARY_V1)
         return (inflate.decompress(data[1:]) + inflate.flush()).decode()
     return data.decode()
