@@ -247,6 +247,29 @@ def dbstat(db: Path) -> list[tuple[str, int, int]] | None:
     return [(str(name), int(pages), int(payload)) for name, pages, payload in rows]
 
 
+def print_floor(content: int, turns: int, parts: dict[str, int]) -> None:
+    """What a call's record cannot do without, as DESIGN.md lays records out, against the 2x budget.
+
+    Content addressing and the audit chain need five sha256 values a call, each 32 bytes even stored raw:
+    the new chain node's key, its link to the node before it, the request's reference to the chain head,
+    the fingerprint, and the hash chain link. The step also needs its run id, its key and two times. The
+    response is what was actually stored for it (packed). Framing, status, attempt, usage and cost are
+    left out: the floor is lower than anything that could be built.
+    """
+    per_turn = content / turns
+    digests = 5 * 32
+    identity = len("conversation") + len(f"llm#{turns // 2}") + 2 * 8
+    response = parts["output"] / turns
+    floor = per_turn + digests + identity + response
+    print(f"\nfloor for a call's record, as the design lays records out (bytes a turn; content {per_turn:.0f}):")
+    print(f"  5 sha256 values stored raw (node key, node link, chain head, fingerprint, chain) {digests:6.0f}")
+    print(f"  run id, key, started and finished times                                          {identity:6.0f}")
+    print(f"  the response as stored (packed)                                                  {response:6.0f}")
+    print(f"  with the content: {floor:.0f} a turn = {floor / per_turn:.2f}x content, before any framing, status,")
+    print("  attempt, usage or cost: 2x in all needs turns of about", end=" ")
+    print(f"{(digests + identity + response) / (2 - 1):.0f}+ bytes, or records without these fields")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--turns", type=int, default=1000, help="turns of the conversation (default 1000)")
@@ -330,6 +353,8 @@ def main() -> int:
         for name, pages, payload in stats:
             if pages > 4096:
                 print(f"  {name:34} {pages:12,} {payload:12,}")
+
+    print_floor(content, turns, parts)
 
     ok = ok_messages and ok_all and ok_growth
     print(f"\n{'PASS' if ok else 'FAIL'}")

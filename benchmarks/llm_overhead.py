@@ -7,7 +7,10 @@ synchronous=NORMAL):
 
 - baseline: raw ``litellm.acompletion(...)`` calls (litellm + respx + the fake's own work);
 - durable: ``ctx.llm(...)`` calls with the same messages, parameters and reply, recorded;
-- replay: the same run resumed against its record (no provider call at all): time per served call.
+- replay: the same run resumed against its record (no provider call at all): time per served call;
+- recording alone: ``ctx.llm`` calls while litellm answers at once with a response made beforehand: the
+  same recording work without litellm's ~3 ms between two calls, which leaves the CPU caches cold (the
+  overhead above is several times this; a loop allocating ~3 MB between calls does the same).
 
 Baseline and durable calls alternate inside one workflow (raw then durable, durable then raw, ...), each
 timed on its own, so the drift of a machine and the state of the heap and the event loop touch both
@@ -30,6 +33,8 @@ import os
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"  # before litellm is imported: no cost-map download
 
 import argparse
+import asyncio
+import copy
 import gc
 import inspect
 import pkgutil
@@ -162,6 +167,7 @@ def measure(folder: Path, length: int, calls: int, rounds: int, fake: FakeProvid
             served += served_s
             resumes.append(whole / calls)
             per_round.append((sum(durable_s) - sum(raw_s)) / calls * 1e6)
+        alone = recording_alone(bench, length, calls)
     finally:
         gc.unfreeze()
         bench.app.close()
@@ -175,7 +181,23 @@ def measure(folder: Path, length: int, calls: int, rounds: int, fake: FakeProvid
         "served": statistics.fmean(served) * us,
         "served_median": statistics.median(served) * us,
         "resume": statistics.median(resumes) * us,
+        "alone": statistics.fmean(alone) * us,
     }
+
+
+def recording_alone(bench: Bench, length: int, calls: int) -> list[float]:
+    """Seconds of each ``ctx.llm`` call when litellm answers at once with a response made beforehand: the
+    same recording work, without litellm's ~3 ms between two calls (which leaves caches cold)."""
+    import litellm
+
+    made = asyncio.run(litellm.acompletion(model=MODEL, messages=bench.lists[0], max_retries=0, **PARAMS))
+
+    async def at_once(**_kwargs: Any) -> Any:
+        return copy.copy(made)
+
+    with mock.patch.object(litellm, "acompletion", at_once):
+        _, durable_s = bench.live(calls, f"alone-{length}", baseline=False)
+    return durable_s
 
 
 # -- where the time goes ------------------------------------------------------------------------------------
@@ -326,6 +348,9 @@ def main() -> int:
             print(f"    by round: {rounds}; difference of the medians: {m['overhead_median']:.1f} us")
             print(f"  replayed ctx.llm (served)           {m['served']:8.1f} us   (median {m['served_median']:.1f})")
             print(f"  whole resume / calls                {m['resume']:8.1f} us   (loading the record included)")
+            print(
+                f"  recording alone                     {m['alone']:8.1f} us   (litellm answers at once: warm caches)"
+            )
             print(f"  {'PASS' if passed else 'FAIL'}\n")
         if args.breakdown or not ok:
             for length, raw_us in baselines.items():
