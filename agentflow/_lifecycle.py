@@ -10,7 +10,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from ._app import AgentFlow
+    from ._app_core import AppCore
     from ._models import Run, RunStatus
 
 __all__ = ["BackgroundLoop", "RunHandle", "RunRef"]
@@ -37,7 +37,7 @@ class BackgroundLoop:
 class RunRef:
     """What every run handle offers: the run's status and snapshot, and waiting for its end."""
 
-    def __init__(self, app: AgentFlow, run_id: str) -> None:
+    def __init__(self, app: AppCore, run_id: str) -> None:
         self.app = app
         self.run_id = run_id
 
@@ -63,7 +63,7 @@ class RunRef:
 class RunHandle(RunRef):
     """A run started with ``app.start``: ask its status, or wait for its end."""
 
-    def __init__(self, app: AgentFlow, run_id: str, execution: concurrent.futures.Future[Run]) -> None:
+    def __init__(self, app: AppCore, run_id: str, execution: concurrent.futures.Future[Run]) -> None:
         super().__init__(app, run_id)
         self._execution = execution
 

@@ -17,7 +17,7 @@ from ._lifecycle import RunRef
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from ._app import AgentFlow
+    from ._app_core import AppCore
     from ._models import Run
 
 __all__ = ["Lease", "Queue", "QueuedRun", "RateLimit", "WorkerReport"]
@@ -86,7 +86,7 @@ class QueuedRun(RunRef):
     unfinished on the queue (or the same ``run_id`` existed), and this handle is that run's.
     """
 
-    def __init__(self, app: AgentFlow, run_id: str, *, deduplicated: bool) -> None:
+    def __init__(self, app: AppCore, run_id: str, *, deduplicated: bool) -> None:
         super().__init__(app, run_id)
         self.deduplicated = deduplicated
 

@@ -36,7 +36,7 @@ from ._rate import RunLimiter
 from .errors import ConfigurationError, LeaseLost, StoreError
 
 if TYPE_CHECKING:
-    from ._app import AgentFlow
+    from ._app_core import AppCore
     from ._engine import RunEngine
     from ._store import RunRecord
     from ._store._queues import QueueStore
@@ -77,7 +77,7 @@ class Worker:
 
     def __init__(
         self,
-        app: AgentFlow,
+        app: AppCore,
         queues: Sequence[str],
         *,
         concurrency: int = 1,

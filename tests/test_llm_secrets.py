@@ -76,22 +76,27 @@ _PG_COLUMNS = (
 )
 
 
+# The steps columns that hold JSON packed at rest (agentflow._store._packing); digests are packed too, but
+# as raw sha256 bytes, which hold nothing to look for.
+PACKED_COLUMNS = (".request", ".output", ".error")
+
+
 def _scan(url: str, secret: str) -> dict[str, list[str]]:
     """Where ``secret`` (in any of its forms) occurs in the database: {place: [forms found]}.
 
     SQLite: the bytes of the file and its -wal and -shm files (so deleted and not yet checkpointed data
     count), and every column of every row, read through sqlite3. Postgres: every column of every table of
     the schema, as psycopg gives it (bytea as bytes) and cast to text (each row as ``row::text``). A steps
-    column deflated at rest (``agentflow._store._packing``) is looked at inflated too; the file scan cannot
-    see into deflated bytes of rows already deleted.
+    column packed at rest (``agentflow._store._packing``) is looked at unpacked too; the file scan cannot
+    see into packed bytes of rows already deleted.
     """
     found: dict[str, list[str]] = {}
 
     def look(place: str, value: Any) -> None:
         if value is not None and (forms := _traces(_as_bytes(value), secret)):
             found[place] = forms
-        if isinstance(value, bytes | memoryview) and bytes(value[:1]) == b"\x01":  # a deflated JSON column
-            look(f"{place} (inflated)", unpack_json(value))
+        if place.startswith("steps[") and place.endswith(PACKED_COLUMNS) and isinstance(value, bytes | memoryview):
+            look(f"{place} (unpacked)", unpack_json(value))
 
     if "://" not in url:
         path = Path(url)

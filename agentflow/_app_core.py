@@ -1,0 +1,587 @@
+"""The core of ``AgentFlow``: its state, registering workflows, executing runs, reading them back, bundles.
+
+``AgentFlow`` (in ``_app``) is this core and three parts, each a class of its own module that derives from
+``AppCore`` and adds methods, never state: replay, fork and counterfactual runs (``_app_replay``); a
+run's lifecycle in the background: start, pause, cancel, restart, events, serve (``_app_lifecycle``); and
+queues and workers (``_app_queues``). One async core (``run_async`` and friends); the sync methods are a
+thin facade over it that also works inside a running event loop such as Jupyter's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from ._clock import Clock, SystemClock
+from ._codec import Codec
+from ._context import Context, SyncContext
+from ._engine import CancelRequested, RunEngine, Suspend
+from ._journal import Journal, first_broken_link
+from ._lifecycle import BackgroundLoop
+from ._llm import Budget
+from ._loop import run_sync
+from ._models import ErrorInfo, Run, RunStatus, Step
+from ._refs import ref_of_object
+from ._retry import RetryPolicy
+from ._store import RunRecord, StepRecord, Store
+from ._workflow import Workflow
+from .errors import (
+    ConfigurationError,
+    DeadlineExceeded,
+    ReplayDivergence,
+    RunCancelled,
+    RunConflict,
+    RunNotFound,
+    StoreError,
+    WorkflowNotRegistered,
+)
+
+if TYPE_CHECKING:
+    from ._queue import Queue
+    from ._store._sql import Durability
+
+__all__ = ["AppCore"]
+
+log = logging.getLogger("agentflow")
+F = TypeVar("F", bound=Callable[..., Any])
+_App = TypeVar("_App", bound="AppCore")
+RESUMABLE = (RunStatus.PENDING.value, RunStatus.RUNNING.value)
+FINISHED = (RunStatus.COMPLETED.value, RunStatus.FAILED.value)
+SUSPENDED = (RunStatus.WAITING.value, RunStatus.PAUSED.value)
+
+
+class AppCore:
+    """The state of an ``AgentFlow`` and what every part of it uses (see the module docstring)."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        durability: Durability = "normal",
+        clock: Clock | None = None,
+        retry: RetryPolicy | None = None,
+        llm_retry: RetryPolicy | None = None,
+        create: bool = True,
+    ) -> None:
+        from ._store._sql import default_sqlite_path, open_store
+
+        self.url = url or os.environ.get("AGENTFLOW_DATABASE_URL") or default_sqlite_path()
+        self._store: Store = open_store(self.url, durability=durability, create=create)
+        self._clock: Clock = clock or SystemClock()
+        self._default_retry = retry or RetryPolicy()
+        self._llm_retry = llm_retry or RetryPolicy(max_attempts=4, delay=1.0, backoff="exponential", max_delay=60.0)
+        self._codec = Codec()
+        self._workflows: dict[str, Workflow] = {}
+        self._by_function: dict[Callable[..., Any], Workflow] = {}
+        self._inflight: dict[str, asyncio.Task[Run]] = {}
+        self._step_listeners: list[Callable[[str, Step], None]] = []
+        self._requests: dict[str, str] = {}  # run id -> "pause" or "cancel", asked in this process
+        self._loop_thread: BackgroundLoop | None = None  # runs started with start()
+        self._wakeup: asyncio.Event | None = None  # set by send_event while serve() runs here
+        self._queues: dict[str, Queue] = {}  # declared with queue(): their limits, for workers
+
+    def __repr__(self) -> str:
+        return f"AgentFlow({self._store.url!r})"
+
+    # -- registration ------------------------------------------------------------------------------------
+
+    def workflow(
+        self,
+        name: str | None = None,
+        *,
+        budget: Budget | None = None,
+        code_version: str | None = None,
+        deadline: float | timedelta | None = None,
+    ) -> Callable[[F], F]:
+        """Register a workflow (``async def`` or ``def``) whose first parameter is the ``Context``.
+
+        ``name`` (default: the function's qualified name) is what runs record, and what ``resume`` and
+        ``recover`` look up in another process, so keep it stable. ``code_version`` is recorded with each
+        run (default: a hash of the function's source); a replay under another version says so.
+        ``budget`` limits each run's tokens and cost: a model call that could pass it raises
+        ``BudgetExceeded`` before it is made. ``deadline`` (seconds) bounds each run's whole life: past it
+        the run stops at its next step with ``DeadlineExceeded`` (a waiting run is woken for it).
+        """
+
+        def register(fn: F) -> F:
+            wf = self._register(fn, name)
+            wf.budget = budget
+            wf.deadline = deadline.total_seconds() if isinstance(deadline, timedelta) else deadline
+            if code_version is not None:
+                wf.code_version = code_version
+            return fn
+
+        return register
+
+    def register(self, workflow: Any, /, name: str | None = None) -> None:
+        """Register a workflow function, or an ``Agent`` (under its name), without running it.
+
+        What ``resume``, ``replay`` and ``recover`` need in a process that did not start the run:
+        they look the run's workflow up by the name it was recorded under.
+        """
+        if getattr(workflow, "__agentflow_workflow__", None) is not None:
+            self._lookup(workflow)
+        else:
+            self._register(workflow, name)
+
+    def _register(self, fn: Callable[..., Any], name: str | None) -> Workflow:
+        wf_name = name or fn.__qualname__
+        known = self._workflows.get(wf_name)
+        if known is not None and known.fn is not fn:
+            raise ConfigurationError(
+                f"two workflows are named {wf_name!r}; give one another name: @app.workflow(name=...)"
+            )
+        wf = known or Workflow(wf_name, fn, self._codec)
+        self._workflows[wf_name] = wf
+        self._by_function[fn] = wf
+        return wf
+
+    def _lookup(self, workflow: Callable[..., Any] | str) -> Workflow:
+        if isinstance(workflow, str):
+            try:
+                return self._workflows[workflow]
+            except KeyError:
+                raise WorkflowNotRegistered(workflow, list(self._workflows)) from None
+        as_workflow = getattr(workflow, "__agentflow_workflow__", None)
+        if as_workflow is not None:  # an Agent: runs as a workflow of its own, named after it
+            name, fn = as_workflow()
+            known = self._by_function.get(fn)
+            if known is not None:
+                return known
+            wf = self._register(fn, name)
+            wf.ref = ref_of_object(workflow, getattr(workflow, "defined_in", None))
+            wf.version_source = getattr(workflow, "code_version", None)
+            return wf
+        return self._by_function.get(workflow) or self._register(workflow, None)
+
+    def _unregistered(self, workflow: Any) -> Workflow:
+        """The workflow for ``workflow`` without registering it: a new version of an agent may share the
+        name of the registered one (a counterfactual run of it must not replace it)."""
+        as_workflow = getattr(workflow, "__agentflow_workflow__", None)
+        if as_workflow is None:
+            return self._by_function.get(workflow) or Workflow(workflow.__qualname__, workflow, self._codec)
+        name, fn = as_workflow()
+        known = self._by_function.get(fn)
+        if known is not None:
+            return known
+        wf = Workflow(name, fn, self._codec)
+        wf.ref = ref_of_object(workflow, getattr(workflow, "defined_in", None))
+        wf.version_source = getattr(workflow, "code_version", None)
+        return wf
+
+    def adopt_workflow(self, other: AppCore, name: str) -> None:
+        """Register here the workflow ``other`` has under ``name`` (tools that open another database)."""
+        wf = other._workflows.get(name)
+        if wf is None:
+            raise WorkflowNotRegistered(name, list(other._workflows))
+        self._workflows[name] = wf
+        self._by_function[wf.fn] = wf
+
+    def on_step(self, listener: Callable[[str, Step], None]) -> Callable[[], None]:
+        """Call ``listener(run_id, step)`` each time a run of this app records a step (live, not served).
+
+        For progress displays and logs: it runs on the run's event loop, so keep it quick; an exception
+        in it is logged and does not stop the run. Returns a function that removes the listener.
+        """
+        self._step_listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._step_listeners:
+                self._step_listeners.remove(listener)
+
+        return remove
+
+    def _tell_listeners(self, run_id: str, rec: StepRecord) -> None:
+        step = Step.from_record(rec)
+        for listener in list(self._step_listeners):
+            try:
+                listener(run_id, step)
+            except Exception:
+                log.exception("step listener %r failed on %s of run %s", listener, step.key, run_id)
+
+    # -- running -----------------------------------------------------------------------------------------
+
+    def run(self, workflow: Callable[..., Any] | str, /, *args: Any, run_id: str | None = None, **kwargs: Any) -> Run:
+        """Run ``workflow(ctx, *args, **kwargs)`` durably to its end and return the ``Run``.
+
+        A ``run_id`` names the run and is an idempotency key: a finished run with that id is returned as
+        recorded, an unfinished one is resumed, and nothing that was recorded runs twice. A failing
+        workflow gives a ``Run`` with status ``failed`` and its ``error``; it does not raise.
+        """
+        return run_sync(lambda: self.run_async(workflow, *args, run_id=run_id, **kwargs))
+
+    async def run_async(
+        self, workflow: Callable[..., Any] | str, /, *args: Any, run_id: str | None = None, **kwargs: Any
+    ) -> Run:
+        """``run`` for async callers."""
+        wf = self._lookup(workflow)
+        run_id = run_id or uuid.uuid4().hex
+        input_json = wf.encode_input(args, kwargs)
+        record = self._new_record(wf, run_id, RunStatus.RUNNING, input_json, deadline=wf.deadline)
+        if self._store.insert_run(record):
+            return await self._execute(wf, record, fresh=True)
+        existing = self._store.get_run(run_id)
+        if existing is None:  # pragma: no cover - deleted between the two statements
+            raise RunNotFound(run_id)
+        if existing.workflow != wf.name:
+            raise RunConflict(run_id, f"workflow {existing.workflow!r}, not {wf.name!r}")
+        if json.loads(existing.input) != json.loads(input_json):
+            raise RunConflict(run_id, f"other input ({existing.input[:200]})")
+        if existing.status in RESUMABLE and existing.queue is not None:
+            raise RunConflict(run_id, f"queue {existing.queue!r}, where a worker runs it (its handle's result() "
+                              "waits for it)")  # fmt: skip
+        if existing.status in RESUMABLE:
+            return await self._execute(wf, existing, fresh=False)
+        return self._to_run(existing)
+
+    def resume(self, run_id: str) -> Run:
+        """Continue a run that stopped before its end; recorded steps are served, the rest run live.
+
+        A finished run is returned as it is. Raises ``RunNotFound``, ``WorkflowNotRegistered`` (import the
+        module that defines the workflow first), or ``ReplayDivergence`` when the code no longer asks for
+        what the record holds (the run is left unchanged). A run of a queue is handed back to its workers
+        instead (a paused one becomes ``pending``, a waiting one due now) and returned as it is then.
+        """
+        return run_sync(lambda: self.resume_async(run_id))
+
+    async def resume_async(self, run_id: str) -> Run:
+        """``resume`` for async callers."""
+        record = self._store.get_run(run_id)
+        if record is None:
+            raise RunNotFound(run_id)
+        if record.status == RunStatus.PAUSED.value or record.control == "pause":
+            self._requests.pop(run_id, None)
+            self._store.update_run(run_id, {"control": None})
+            record = replace(record, control=None)
+        if record.status not in RESUMABLE and record.status not in SUSPENDED:
+            return self._to_run(record)
+        if record.queue is not None:  # a queue's runs are executed by its workers, under their leases
+            if record.status == RunStatus.PAUSED.value:
+                self._store.update_run(run_id, {"status": RunStatus.PENDING.value, "updated_at": self._clock.time()})
+            elif record.status == RunStatus.WAITING.value:
+                self._store.update_run(run_id, {"wake_at": self._clock.time()})
+            return self.get_run(run_id)
+        return await self._execute(self._lookup(record.workflow), record, fresh=False)
+
+    async def _execute(
+        self, wf: Workflow, record: RunRecord, *, fresh: bool, setup: Callable[[RunEngine], None] | None = None
+    ) -> Run:
+        running = self._inflight.get(record.id)
+        if running is not None and running.get_loop() is asyncio.get_running_loop():
+            return await asyncio.shield(running)  # the same run is executing here already
+        task = asyncio.ensure_future(self._execute_once(wf, record, fresh, setup))
+        self._inflight[record.id] = task
+        task.add_done_callback(lambda _: self._inflight.pop(record.id, None))
+        # Shielded: a caller that is cancelled stops waiting; the run itself goes on to its end.
+        return await asyncio.shield(task)
+
+    async def _execute_once(
+        self, wf: Workflow, record: RunRecord, fresh: bool, setup: Callable[[RunEngine], None] | None = None
+    ) -> Run:
+        run_id = record.id
+        journal = Journal(run_id, self._store, [] if fresh else self._store.load_steps(run_id))
+        engine = RunEngine(run_id, journal, self._codec, self._clock, self._default_retry)
+        if setup is not None:  # a fork's source record, a counterfactual's world
+            setup(engine)
+        engine.extras.update(llm_retry=self._llm_retry, budget=wf.budget)
+        if self._step_listeners:
+            engine.listeners.append(lambda rec: self._tell_listeners(run_id, rec))
+        engine.control = self._control_for(run_id, record.deadline_at)
+        engine.children = self
+        engine.extras["parent_id"] = record.parent_id
+        # A worker's claim has set the run running already, in the same write that gave it the lease.
+        if journal.lease_token is None and (not fresh or record.status != RunStatus.RUNNING.value):
+            self._store.update_run(
+                run_id,
+                {"status": RunStatus.RUNNING.value, "updated_at": self._clock.time(), "wake_at": None,
+                 "waiting_for": None},
+            )  # fmt: skip
+        try:
+            output_json = await self._invoke(wf, engine, record)
+        except Suspend as suspended:  # a sleep, an event wait, a pause: the run waits holding nothing
+            engine.raise_if_halted()
+            deadline = record.deadline_at
+            if deadline is not None and not suspended.paused and self._clock.time() >= deadline:
+                engine.control = None  # woken at its deadline: it ends here, rolled back
+                rollback = await engine.compensate_all()
+                error = ErrorInfo.encode(DeadlineExceeded(run_id, deadline))
+                self._finish(engine, RunStatus.FAILED, error=error, rollback=rollback)
+            else:
+                self._suspend(run_id, engine, suspended, deadline)
+        except (CancelRequested, asyncio.CancelledError) as stop:
+            if isinstance(stop, asyncio.CancelledError) and self._requests.get(run_id) != "cancel":
+                raise  # the loop is shutting down, not a cancel of this run: it stays resumable
+            engine.raise_if_halted()
+            rollback = await engine.compensate_all()
+            self._finish(engine, RunStatus.CANCELLED, error=ErrorInfo.encode(RunCancelled(run_id)), rollback=rollback)
+        except (ReplayDivergence, StoreError):
+            raise  # the record is fine; the code or the database is not: leave the run resumable
+        except Exception as exc:
+            engine.raise_if_halted()
+            rollback = await engine.compensate_all()
+            self._finish(engine, RunStatus.FAILED, error=ErrorInfo.encode(exc), rollback=rollback)
+        else:
+            engine.raise_if_halted()  # the workflow caught it, but the run must not end as if all was well
+            self._finish(engine, RunStatus.COMPLETED, output=output_json)
+        finally:
+            self._requests.pop(run_id, None)
+        return self.get_run(run_id)
+
+    async def _invoke(self, wf: Workflow, engine: RunEngine, record: RunRecord) -> str:
+        """Call the workflow on the run's input; its output as JSON."""
+        args, kwargs = wf.decode_input(record.input)
+        if wf.is_async:
+            output = await wf.fn(Context(engine), *args, **kwargs)
+        else:
+            ctx = SyncContext(engine, asyncio.get_running_loop())
+            output = await asyncio.to_thread(wf.fn, ctx, *args, **kwargs)
+        return self._codec.encode(output, f"output of run {record.id!r}")
+
+    def _finish(
+        self,
+        engine: RunEngine,
+        status: RunStatus,
+        *,
+        output: str | None = None,
+        error: str | None = None,
+        rollback: str | None = None,
+    ) -> None:
+        now = self._clock.time()
+        self._store.update_run(
+            engine.run_id,
+            {
+                "status": status.value,
+                "output": output,
+                "error": error,
+                "updated_at": now,
+                "prompt_tokens": engine.prompt_tokens,
+                "completion_tokens": engine.completion_tokens,
+                "cost": engine.cost,
+                "wake_at": None,
+                "waiting_for": None,
+                "control": None,
+                "rollback": rollback,
+            },
+            lease_token=engine.journal.lease_token,
+        )
+        parent = engine.extras.get("parent_id")
+        if parent:  # a child run: wake its parent if it waits for this child
+            self._store.send_event(parent, f"child:{engine.run_id}", "null", now)
+
+    def _suspend(self, run_id: str, engine: RunEngine, suspended: Suspend, deadline_at: float | None) -> None:
+        status = RunStatus.PAUSED if suspended.paused else RunStatus.WAITING
+        wake_at = suspended.wake_at
+        if deadline_at is not None and not suspended.paused:  # woken at its deadline to stop
+            wake_at = deadline_at if wake_at is None else min(wake_at, deadline_at)
+        self._store.suspend_run(
+            run_id,
+            status=status.value,
+            wake_at=wake_at,
+            waiting_for=suspended.waiting_for,
+            updated_at=self._clock.time(),
+            usage=(engine.prompt_tokens, engine.completion_tokens, engine.cost),
+            lease_token=engine.journal.lease_token,
+        )
+
+    def _pending_record(
+        self,
+        wf: Workflow,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        run_id: str | None,
+        deadline: float | None,
+    ) -> RunRecord:
+        """A new run of ``wf``, ``pending``: started in the background or queued, not yet executing."""
+        limit = deadline if deadline is not None else wf.deadline
+        input_json = wf.encode_input(args, kwargs)
+        return self._new_record(wf, run_id or uuid.uuid4().hex, RunStatus.PENDING, input_json, deadline=limit)
+
+    def _new_record(
+        self,
+        wf: Workflow,
+        run_id: str,
+        status: RunStatus,
+        input_json: str,
+        *,
+        deadline: float | None = None,
+        parent_id: str | None = None,
+        forked_from: str | None = None,
+        forked_at: str | None = None,
+    ) -> RunRecord:
+        """A new run of ``wf`` made now, under the workflow's current code version and ref; ``deadline`` in
+        seconds from now. Not stored yet."""
+        now = self._clock.time()
+        return RunRecord(
+            id=run_id,
+            workflow=wf.name,
+            status=status.value,
+            input=input_json,
+            created_at=now,
+            updated_at=now,
+            code_version=wf.current_version(),
+            workflow_ref=wf.ref,
+            deadline_at=None if deadline is None else now + deadline,
+            parent_id=parent_id,
+            forked_from=forked_from,
+            forked_at=forked_at,
+        )
+
+    def _require(self, run_id: str) -> RunRecord:
+        record = self._store.get_run(run_id)
+        if record is None:
+            raise RunNotFound(run_id)
+        return record
+
+    def _control_for(self, run_id: str, deadline_at: float | None) -> Callable[[], None]:
+        """The check a run makes before each live step: pause or cancel asked (here, or in the database
+        by another process: read at most every 0.2 s), or its deadline passed."""
+        last_read = [0.0]
+
+        def check() -> None:
+            request = self._requests.get(run_id)
+            if request is None and time.monotonic() - last_read[0] >= 0.2:
+                last_read[0] = time.monotonic()
+                stored = self._store.get_run(run_id)
+                if stored is not None and stored.control:
+                    request = self._requests[run_id] = stored.control
+            if request == "pause":
+                raise Suspend(wake_at=None, waiting_for=None, why=f"run {run_id} was paused", paused=True)
+            if request == "cancel":
+                raise CancelRequested(run_id)
+            if deadline_at is not None and self._clock.time() >= deadline_at:
+                raise DeadlineExceeded(run_id, deadline_at)
+
+        return check
+
+    # -- child runs (the engine's ChildRunner) -----------------------------------------------------------
+
+    def name_of(self, workflow: Any) -> str:
+        return self._lookup(workflow).name
+
+    async def run_child(
+        self, workflow: Any, child_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], parent_id: str
+    ) -> tuple[str, str | None, str | None]:
+        """Run, resume or look up the child run ``child_id``; its ``(status, output JSON, error)``."""
+        wf = self._lookup(workflow)
+        record = self._store.get_run(child_id)
+        if record is None:
+            input_json = wf.encode_input(args, kwargs)
+            record = self._new_record(wf, child_id, RunStatus.RUNNING, input_json, parent_id=parent_id)
+            if self._store.insert_run(record):
+                await self._execute(wf, record, fresh=True)
+        else:
+            due = record.wake_at is not None and record.wake_at <= self._clock.time()
+            if record.status in RESUMABLE or (record.status == RunStatus.WAITING.value and due):
+                await self._execute(wf, record, fresh=False)
+        final = self._require(child_id)
+        return final.status, final.output, final.error
+
+    # -- reading -----------------------------------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> Run:
+        """The run with this id; ``RunNotFound`` if there is none."""
+        record = self._store.get_run(run_id)
+        if record is None:
+            raise RunNotFound(run_id)
+        return self._to_run(record)
+
+    def list_runs(
+        self,
+        *,
+        status: RunStatus | str | Sequence[RunStatus | str] | None = None,
+        workflow: Callable[..., Any] | str | None = None,
+        limit: int | None = 100,
+    ) -> list[Run]:
+        """Runs, newest first, optionally of some statuses and one workflow."""
+        statuses = _statuses(status)
+        name = workflow if isinstance(workflow, str) or workflow is None else self._lookup(workflow).name
+        return [self._to_run(r) for r in self._store.list_runs(statuses=statuses, workflow=name, limit=limit)]
+
+    def readable_request(self, step: Step) -> Any:
+        """A step's recorded request with a model call's messages spelled out (they are stored as a chain
+        of content-addressed blobs): what was asked, for people and diffs."""
+        request = step.request
+        if isinstance(request, dict) and isinstance(request.get("messages"), str):
+            from ._llm import read_messages
+
+            return {**request, "messages": read_messages(request["messages"], self._store.get_blobs)}
+        return request
+
+    def verify(self, run_id: str) -> str | None:
+        """Check a run's hash chain: the key of the first step record that was altered, or None if intact."""
+        if self._store.get_run(run_id) is None:
+            raise RunNotFound(run_id)
+        return first_broken_link(run_id, self._store.load_steps(run_id))
+
+    def _to_run(self, record: RunRecord) -> Run:
+        output: Any = None
+        if record.output is not None:
+            wf = self._workflows.get(record.workflow)
+            try:
+                output = self._codec.decode(record.output, wf.return_type) if wf else json.loads(record.output)
+            except ValueError:  # the declared type changed since: give the JSON as it is
+                output = json.loads(record.output)
+        return Run.from_record(record, output, self._store)
+
+    # -- lifetime ----------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the database connections."""
+        self._store.close()
+
+    def __enter__(self: _App) -> _App:
+        return self
+
+    def __exit__(self, *exc: object) -> Literal[False]:
+        self.close()
+        return False
+
+    # -- bundles -----------------------------------------------------------------------------------------
+
+    def export_run(self, run_id: str, path: str | os.PathLike[str] | None = None) -> bytes:
+        """The run, its steps, the blobs they refer to and its child runs as a portable JSON bundle.
+
+        Written to ``path`` too when given. ``import_runs`` loads it into another database (a laptop, CI),
+        where ``replay`` runs it offline. The same run exports the same bytes.
+        """
+        from ._bundle import export_bundle
+
+        data = export_bundle(self._store, run_id)
+        if path is not None:
+            with open(path, "wb") as file:
+                file.write(data)
+        return data
+
+    def import_runs(self, bundle: str | os.PathLike[str] | bytes) -> list[str]:
+        """Import a bundle made by ``export_run`` (a path, or its bytes): the ids of its runs, the exported
+        one first. Everything is checked before anything is written, and written in one transaction; a
+        bundle imported before is a no-op. Raises ``BundleError`` for a file that is not a bundle, was
+        changed, or holds a run whose id names another run here."""
+        from ._bundle import import_bundle
+
+        if isinstance(bundle, bytes):
+            return import_bundle(self._store, bundle)
+        with open(bundle, "rb") as file:
+            return import_bundle(self._store, file.read(), f"bundle {os.fspath(bundle)}")
+
+
+def _statuses(status: RunStatus | str | Sequence[RunStatus | str] | None) -> list[str] | None:
+    if status is None:
+        return None
+    items = [status] if isinstance(status, (str, RunStatus)) else list(status)
+    out = []
+    for item in items:
+        try:
+            out.append(RunStatus(item).value)
+        except ValueError:
+            valid = ", ".join(s.value for s in RunStatus)
+            raise ConfigurationError(f"unknown run status {item!r}; use one of {valid}") from None
+    return out

@@ -1,0 +1,199 @@
+"""A run's life beyond one call: started in the background, paused, cancelled, restarted, sent events,
+woken when due (``serve``): the part of ``AgentFlow`` that steers runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from ._app_core import RESUMABLE, SUSPENDED, AppCore
+from ._lifecycle import BackgroundLoop, RunHandle
+from ._loop import run_sync
+from ._models import Run, RunStatus
+from ._store import RunRecord
+from .errors import (
+    AgentFlowError,
+    ReplayDivergence,
+    RunConflict,
+)
+
+__all__ = ["LifecyclePart"]
+
+log = logging.getLogger("agentflow")
+
+
+class LifecyclePart(AppCore):
+    """``start``, ``pause``, ``cancel``, ``restart``, ``send_event``, ``wake_due`` and ``serve`` of ``AgentFlow``."""
+
+    def recover(self) -> list[Run]:
+        """Resume every run left ``pending`` or ``running`` by a process that died, and every waiting run
+        that is due (its sleep is over, its event came, its wait timed out).
+
+        For one process on SQLite; many workers on Postgres will coordinate through leases. Runs of
+        workflows this process has not registered, and runs that diverge, are logged and left as they are.
+        """
+        return run_sync(self.recover_async)
+
+    async def recover_async(self) -> list[Run]:
+        """``recover`` for async callers."""
+        recovered = await self._resume_each(self._store.list_runs(statuses=RESUMABLE), "recover")
+        return recovered + await self.wake_due_async()
+
+    def start(
+        self, workflow: Any, /, *args: Any, run_id: str | None = None, deadline: float | None = None, **kwargs: Any
+    ) -> RunHandle:
+        """Start a run in the background and return its handle at once (status ``pending`` until it runs).
+
+        The run executes on this app's background event loop. ``deadline`` (seconds from now) bounds
+        its whole life; it overrides the workflow's. ``handle.status()``, ``handle.result(timeout)``.
+        """
+        wf = self._lookup(workflow)
+        record = self._pending_record(wf, args, kwargs, run_id, deadline)
+        if not self._store.insert_run(record):
+            existing = self._store.get_run(record.id)
+            if existing is None or existing.workflow != wf.name:
+                raise RunConflict(record.id, "a run with this id exists already, of another workflow")
+            record = existing
+        if self._loop_thread is None:
+            self._loop_thread = BackgroundLoop()
+        future = self._loop_thread.submit(self._execute(wf, record, fresh=record.status == RunStatus.PENDING.value))
+        return RunHandle(self, record.id, future)
+
+    def pause(self, run_id: str) -> Run:
+        """Pause a run at its next step boundary (status ``paused``); ``resume`` continues it.
+
+        A waiting run is paused at once: it will not wake until resumed. Works across processes (the
+        request is stored; a run executing elsewhere sees it within a fraction of a second).
+        """
+        record = self._require(run_id)
+        if RunStatus(record.status).is_terminal:
+            raise AgentFlowError(f"run {run_id!r} is {record.status}: there is nothing to pause")
+        self._requests[run_id] = "pause"
+        fields: dict[str, object] = {"control": "pause", "updated_at": self._clock.time()}
+        if record.status == RunStatus.WAITING.value:
+            fields["status"] = RunStatus.PAUSED.value
+        self._store.update_run(run_id, fields)
+        return self.get_run(run_id)
+
+    def cancel(self, run_id: str) -> Run:
+        """Cancel a run: it stops at its next step boundary (an async step running in this process is
+        interrupted), its compensations run newest first, and it ends ``cancelled``. Its child runs are
+        cancelled too. A waiting or paused run is executed here to roll back (its workflow must be
+        registered); otherwise the request is stored for the process that resumes it."""
+        return run_sync(lambda: self.cancel_async(run_id))
+
+    async def cancel_async(self, run_id: str) -> Run:
+        """``cancel`` for async callers."""
+        record = self._require(run_id)
+        if RunStatus(record.status).is_terminal:
+            return self._to_run(record)
+        self._requests[run_id] = "cancel"
+        self._store.update_run(run_id, {"control": "cancel", "updated_at": self._clock.time()})
+        for child in self._store.list_runs(statuses=[*RESUMABLE, *SUSPENDED]):
+            if child.parent_id == run_id:
+                await self.cancel_async(child.id)
+        task = self._inflight.get(run_id)
+        if task is not None:  # executing in this process: interrupt it where it is
+            task.get_loop().call_soon_threadsafe(task.cancel)
+            return self.get_run(run_id)
+        if record.queue is not None:  # a worker holds it, or will: it sees the request at its next step
+            if record.status in SUSPENDED:  # due now, so that a worker wakes it to roll it back
+                self._store.update_run(run_id, {"status": RunStatus.WAITING.value, "wake_at": self._clock.time()})
+            return self.get_run(run_id)
+        wf = self._workflows.get(record.workflow)
+        if wf is not None and record.status in (*SUSPENDED, *RESUMABLE):
+            return await self._execute(wf, replace(record, control="cancel"), fresh=False)
+        return self.get_run(run_id)
+
+    def restart(self, run_id: str, from_key: str | None = None) -> Run:
+        """Run a run again from the step ``from_key`` on (from the start when None): the records from
+        that step on are removed, the ones before it are served, and the rest runs live."""
+        return run_sync(lambda: self.restart_async(run_id, from_key))
+
+    async def restart_async(self, run_id: str, from_key: str | None = None) -> Run:
+        """``restart`` for async callers."""
+        record = self._require(run_id)
+        if record.id in self._inflight:
+            raise AgentFlowError(f"run {run_id!r} is executing; cancel or pause it before restarting it")
+        seq = 0
+        if from_key is not None:
+            steps = self._store.load_steps(run_id)
+            found = [r.seq for r in steps if r.key == from_key]
+            if not found:
+                raise AgentFlowError(f"run {run_id!r} has no step {from_key!r}; its steps: "
+                                     f"{', '.join(r.key for r in steps[:12])}")  # fmt: skip
+            seq = found[0]
+        wf = self._lookup(record.workflow)
+        self._store.delete_steps_from(run_id, seq)
+        self._requests.pop(run_id, None)
+        fresh = replace(record, status=RunStatus.RUNNING.value, output=None, error=None, control=None, rollback=None)
+        self._store.update_run(
+            run_id,
+            {"status": fresh.status, "output": None, "error": None, "control": None, "rollback": None,
+             "wake_at": None, "waiting_for": None, "updated_at": self._clock.time()},
+        )  # fmt: skip
+        return await self._execute(wf, fresh, fresh=False)
+
+    def send_event(self, run_id: str, type: str, payload: Any = None) -> int:
+        """Send an event to a run: kept in its inbox until a ``wait_for_event(type=...)`` takes it, each
+        event delivered once. A run waiting for ``type`` becomes due; ``serve`` (or ``recover``, or
+        ``wake_due``) resumes it. Returns the event's id."""
+        self._require(run_id)
+        payload_json = self._codec.encode(payload, f"payload of event {type!r} for run {run_id!r}")
+        event_id = self._store.send_event(run_id, type, payload_json, self._clock.time())
+        wakeup = self._wakeup
+        if wakeup is not None and self._loop_thread is not None:
+            self._loop_thread.loop.call_soon_threadsafe(wakeup.set)
+        return event_id
+
+    def wake_due(self) -> list[Run]:
+        """Resume every waiting run that is due now: its sleep is over, its event came, its timeout passed."""
+        return run_sync(self.wake_due_async)
+
+    async def wake_due_async(self, limit: int | None = None) -> list[Run]:
+        """``wake_due`` for async callers."""
+        return await self._resume_each(self._store.due_runs(self._clock.time(), limit), "wake")
+
+    async def _resume_each(self, records: list[RunRecord], why: str) -> list[Run]:
+        """Execute each run of ``records`` from its record, one after the other; skip runs executing here
+        and queued runs (a queue's workers take those), and log, not raise, what cannot go on."""
+        resumed: list[Run] = []
+        for record in records:
+            if record.id in self._inflight or record.queue is not None:
+                continue
+            wf = self._workflows.get(record.workflow)
+            if wf is None:
+                log.warning(
+                    "%s: run %s is of workflow %r, which is not registered here", why, record.id, record.workflow
+                )
+                continue
+            try:
+                resumed.append(await self._execute(wf, record, fresh=False))
+            except ReplayDivergence as exc:
+                log.error("%s: run %s was left as it was: %s", why, record.id, exc)
+        return resumed
+
+    def serve(self, *, poll: float = 1.0, stop: Callable[[], bool] | None = None) -> None:
+        """Serve this app's waiting runs: wake each when it is due, until ``stop()`` returns true (or
+        forever). Events sent in this process wake runs at once; others are seen within ``poll``."""
+        if self._loop_thread is None:
+            self._loop_thread = BackgroundLoop()
+        self._loop_thread.submit(self.serve_async(poll=poll, stop=stop)).result()
+
+    async def serve_async(self, *, poll: float = 1.0, stop: Callable[[], bool] | None = None) -> None:
+        """``serve`` for async callers (on this app's background loop, when events come from threads)."""
+        self._wakeup = asyncio.Event()
+        try:
+            while stop is None or not stop():
+                self._wakeup.clear()
+                await self.wake_due_async()
+                if stop is not None and stop():
+                    break
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), poll)
+        finally:
+            self._wakeup = None
