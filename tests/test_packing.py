@@ -51,6 +51,7 @@ RESPONSE = json.dumps(
         RESPONSE,
         json.dumps({"text": "ünïcödé ✓ 漢字 " * 40}, ensure_ascii=False),
         json.dumps(list(range(500))),
+        json.dumps({"document": [f"line {i}: the order ships tomorrow" for i in range(10_000)]}),  # ~400 KB
         "",
     ],
 )

@@ -6,7 +6,8 @@ Above the store a ``StepRecord`` holds JSON text and hex digests. In the table:
   fragments agentflow's records repeat (the skeleton of a chat completion, its usage, a tool call, a
   request's keys) replaced by one control character each, behind a first byte ``0x02``: JSON text never
   holds a raw control character (it escapes them), so the substitution is exact both ways. JSON of 1 KiB
-  or more is deflated instead, against a dictionary of the same fragments, behind ``0x01``. A value that
+  or more is deflated instead (raw deflate, 32 KiB window, level 1: ~100 MB/s, so a 1 MB output adds
+  ~10 ms to its step), against a dictionary of the same fragments, behind ``0x01``. A value that
   neither shortens is stored as its UTF-8. JSON never starts with byte 1 or 2, so rows written before this
   layout (text on SQLite, ``convert_to`` bytes on Postgres) read as they are. A recorded LLM response of
   ~300 bytes takes ~50; a message's content is left to the content-addressed ``blobs``, which stay plain.
@@ -14,8 +15,9 @@ Above the store a ``StepRecord`` holds JSON text and hex digests. In the table:
   that is not a lowercase 64-digit hex digest (one imported from elsewhere) is kept as ``0x00`` + UTF-8.
 
 Why fragments below 1 KiB rather than deflate: the substitution costs ~3.5 us for a response and ~1 us for
-a request, deflate ~2.7 us each in a tight loop but ~20 us each inside a run, where litellm's work between
-two calls leaves deflate's 10 KiB of state cold (``benchmarks/llm_overhead.py`` shows a call's own time).
+a request, deflate (a small window, set up for small values) ~2.7 us each in a tight loop but ~20 us each
+inside a run, where litellm's work between two calls leaves deflate's state cold (measured with timers in
+``benchmarks/llm_overhead.py``'s breakdown run).
 
 ``FRAGMENTS_V1`` and ``DICTIONARY_V1`` are part of the file format and must never change; a test pins
 them. Better ones get new first bytes and this module keeps reading ``0x01`` and ``0x02``.
@@ -36,7 +38,7 @@ _DEFLATED_V1 = b"\x01"
 _TOKENS_V1 = b"\x02"
 _MIN_PACK = 48  # shorter JSON is stored as it is: there is little to gain
 _MIN_DEFLATE = 1024  # from here on deflate pays for itself; below, token substitution costs far less
-_WBITS = -11  # raw deflate, 2 KiB window: the dictionary and a record fit; small state, fast to set up
+_WBITS = -15  # raw deflate (no zlib header: the first byte says what follows), 32 KiB window
 _TEXT_DIGEST = b"\x00"
 _CONTROL = re.compile("[\x00-\x1f]")
 
@@ -124,7 +126,9 @@ def pack_json(text: str | None) -> bytes | None:
         return text.encode()
     if len(text) >= _MIN_DEFLATE:
         data = text.encode()
-        deflate = zlib.compressobj(6, zlib.DEFLATED, _WBITS, 2, zdict=DICTIONARY_V1)
+        # The fastest level with a full window: faster than smaller windows or higher levels at every size
+        # from 1 KiB (9 us for 1 KiB, ~100 MB/s on large values), and it shrinks them more.
+        deflate = zlib.compressobj(1, zlib.DEFLATED, _WBITS, 8, zdict=DICTIONARY_V1)
         packed = deflate.compress(data) + deflate.flush()
         return _DEFLATED_V1 + packed if len(packed) < len(data) else data
     short = text
