@@ -167,7 +167,8 @@ class MessageChain:
         """The hash of the node standing for ``messages``; the chain's nodes not yet stored go to
         ``new_blobs``."""
         known = len(self._messages)
-        if len(messages) >= known and self._messages == list(messages[:known]):
+        head = messages[:known]
+        if len(messages) >= known and self._messages == (head if type(head) is list else list(head)):
             shared = known  # the usual case, a conversation that grew: one list comparison, in C
         else:
             shared = 0

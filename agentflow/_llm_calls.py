@@ -52,6 +52,8 @@ class LLMCall:
 
 
 def _plain_messages(messages: Sequence[Any]) -> list[dict[str, Any]]:
+    if set(map(type, messages)) <= {dict}:  # the usual case, checked in C: every message a plain dict
+        return list(messages)  # the dicts are not copied: the message chain keeps copies of what it records
     out: list[dict[str, Any]] = []
     for m in messages:
         if type(m) is dict:
