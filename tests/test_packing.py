@@ -79,6 +79,8 @@ def test_json_of_a_kilobyte_or_more_is_deflated() -> None:
 def test_text_holding_raw_control_characters_is_stored_as_it_is() -> None:
     odd = "not JSON \x01\x02 " + "x" * 100  # agentflow writes JSON, which escapes them; stay exact anyway
     assert pack_json(odd) == odd.encode() and unpack_json(pack_json(odd)) == odd
+    long_odd = odd * 20  # deflated: exact whatever it holds
+    assert unpack_json(pack_json(long_odd)) == long_odd
 
 
 def test_text_written_before_the_packed_layout_reads_as_it_is() -> None:

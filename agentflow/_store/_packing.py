@@ -122,7 +122,7 @@ def pack_json(text: str | None) -> bytes | None:
     """A JSON column's bytes at rest."""
     if text is None:
         return None
-    if len(text) < _MIN_PACK or _CONTROL.search(text):  # short, or not JSON as agentflow writes it
+    if len(text) < _MIN_PACK:
         return text.encode()
     if len(text) >= _MIN_DEFLATE:
         data = text.encode()
@@ -131,6 +131,8 @@ def pack_json(text: str | None) -> bytes | None:
         deflate = zlib.compressobj(1, zlib.DEFLATED, _WBITS, 8, zdict=DICTIONARY_V1)
         packed = deflate.compress(data) + deflate.flush()
         return _DEFLATED_V1 + packed if len(packed) < len(data) else data
+    if _CONTROL.search(text):  # not JSON as agentflow writes it: tokens could not be told from the text
+        return text.encode()
     short = text
     for guard, pairs in _SUBSTITUTE:  # a guard is never part of an earlier group's fragments
         if guard in text:
