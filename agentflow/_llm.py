@@ -195,7 +195,36 @@ class MessageChain:
         self._unwritten[node] = text.encode()
         self._ends.append(len(self._messages) + len(added))
         self._nodes.append(node)
-        self._messages.extend(json.loads(text)[1])  # copies: the caller may change its list later
+        # Copies, since the caller may change its messages in place later. Their dicts and lists are new,
+        # so any change shows; their strings and numbers are the caller's own (immutable), so comparing
+        # the next call's prefix finds them identical without reading them (~20 us less for 50 messages
+        # inside a run, where they are cold). Anything else: a copy through JSON.
+        try:
+            self._messages.extend(_copy_plain(m) for m in added)
+        except _NotPlain:
+            del self._messages[self._ends[-1] - len(added) :]
+            self._messages.extend(json.loads(text)[1])
+
+
+class _NotPlain(Exception):
+    """A value holds something other than dicts, lists, tuples, strings, numbers, booleans and None."""
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _copy_plain(value: Any) -> Any:
+    """A copy of JSON-like ``value`` with new containers and the same (immutable) leaves."""
+    kind = type(value)
+    if kind is dict:
+        return {key: _copy_plain(item) for key, item in value.items()}
+    if kind is list:
+        return [_copy_plain(item) for item in value]
+    if kind is tuple:
+        return tuple(_copy_plain(item) for item in value)
+    if kind in _SCALARS:
+        return value
+    raise _NotPlain
 
 
 @dataclass

@@ -295,6 +295,34 @@ def test_a_conversation_stores_each_message_once(app: AgentFlow) -> None:
     assert last == fake.calls[-1]["messages"]
 
 
+def test_messages_changed_in_place_between_calls_are_recorded_as_sent(app: AgentFlow) -> None:
+    # The chain compares each call's messages with copies of the last call's: a change made in place, at
+    # any depth, must show, so that the record holds what was sent.
+    @app.workflow()
+    async def edit(ctx: Context) -> int:
+        parts: list[dict[str, Any]] = [{"type": "text", "text": "first draft"}]
+        messages: list[dict[str, Any]] = [{"role": "user", "content": parts}, user("and then?")]
+        await ctx.llm(model=MODEL, messages=messages, api_key=KEY)
+        parts[0]["text"] = "second draft"  # nested, in place
+        await ctx.llm(model=MODEL, messages=messages, api_key=KEY)
+        messages[1]["content"] = "and after that?"  # a value replaced in place
+        await ctx.llm(model=MODEL, messages=messages, api_key=KEY)
+        messages.append({"role": "user", "content": ("a", "tuple")})  # not JSON's own list: still exact
+        await ctx.llm(model=MODEL, messages=messages, api_key=KEY)
+        return len(messages)
+
+    with FakeProvider() as fake:
+        fake.default = reply("ok")
+        run = app.run(edit)
+
+    assert run.status == RunStatus.COMPLETED
+    requests = [json.loads(r.request or "{}") for r in app._store.load_steps(run.id)]
+    for request, sent in zip(requests, fake.calls, strict=True):
+        assert read_messages(request["messages"], app._store.get_blobs) == sent["messages"]
+    assert fake.calls[1]["messages"][0]["content"][0]["text"] == "second draft"
+    assert fake.calls[2]["messages"][1]["content"] == "and after that?"
+
+
 def test_sync_workflows_call_models_and_tools(app: AgentFlow) -> None:
     @app.workflow()
     def ask(ctx: SyncContext) -> str:
