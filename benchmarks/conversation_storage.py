@@ -51,6 +51,7 @@ WORDS = ["order", "refund", "parcel", "invoice", "address", "courier", "delay", 
 RATIO_TARGET = 2.0
 GROWTH_TARGET = 1.2
 WINDOW = 100  # turns compared at the start and at the end
+RUN_ID = "conversation"
 
 
 def compact(value: Any) -> str:
@@ -127,7 +128,7 @@ def checkpointed_size(db: Path) -> int:
 def converse(db: Path, turns: int, message_bytes: int, reply_bytes: int) -> dict[str, Any]:
     """Run the conversation; return its messages, the bytes each turn added, and where the time went."""
     app = AgentFlow(str(db))
-    run_id = "conversation"
+    run_id = RUN_ID
     stored = Stored(db, run_id)
     per_turn: list[int] = []
     final: list[dict[str, Any]] = []
@@ -258,7 +259,7 @@ def print_floor(content: int, turns: int, parts: dict[str, int]) -> None:
     """
     per_turn = content / turns
     digests = 5 * 32
-    identity = len("conversation") + len(f"llm#{turns // 2}") + 2 * 8
+    identity = len(RUN_ID) + len(f"llm#{turns // 2}") + 2 * 8
     response = parts["output"] / turns
     floor = per_turn + digests + identity + response
     print(f"\nfloor for a call's record, as the design lays records out (bytes a turn; content {per_turn:.0f}):")

@@ -153,20 +153,18 @@ class _Guard:
         host = parsed.host
         literal = _ip(host)
         if literal is not None:
-            if not _public(literal):
+            found = [(literal, f"{host} is")]
+        elif self._resolve:
+            port = parsed.port or (443 if parsed.scheme == "https" else 80)
+            found = [(address, f"{host!r} resolves to {address}, which is") for address in await _addresses(host, port)]
+        else:  # a caller's transport decides where a name leads
+            found = []
+        for address, what in found:
+            if not _public(address):
                 raise HttpGetRefused(
-                    f"{host} is not a public address ({_kind(literal)}); http_get does not reach internal "
-                    "addresses unless the tool is made with allow_private=True or the host is in allowed_hosts"
+                    f"{what} not a public address ({_kind(address)}); http_get does not reach internal addresses "
+                    "unless the tool is made with allow_private=True or the host is in allowed_hosts"
                 )
-            return parsed
-        if self._resolve:
-            for address in await _addresses(host, parsed.port or (443 if parsed.scheme == "https" else 80)):
-                if not _public(address):
-                    raise HttpGetRefused(
-                        f"{host!r} resolves to {address}, which is not a public address ({_kind(address)}); "
-                        "http_get does not reach internal addresses unless the tool is made with "
-                        "allow_private=True or the host is in allowed_hosts"
-                    )
         return parsed
 
 
