@@ -7,9 +7,13 @@ the model's reply (short, ``"ok"``, unless ``--reply-bytes`` says otherwise).
 
 The content is the bytes of the conversation's messages (2 per turn, each counted once), each measured as
 its compact JSON. What agentflow stored is read back from the database: the blobs table (hash + data), the
-run's rows of ``steps`` (every column: text and blob lengths, 8 bytes a number) and its row of ``runs``.
-Step records are stored packed (``agentflow._store._packing``: digests as 32 bytes, JSON deflated against a
-preset dictionary when shorter); the sizes counted are the packed ones, as they sit in the database.
+run's rows of ``steps`` and its row of ``runs``, each row counted as the record SQLite stores (its header,
+a varint a value, and the values: text and blobs their length, integers 0 to 8 bytes by size, floats 8;
+what SQLite's ``dbstat`` calls payload, and the script prints dbstat's totals beside). Blobs and step
+records are stored packed (``agentflow._store._packing`` and ``_blob_packing``: digests as 32 bytes, the
+JSON every message and response repeats as one byte each, long JSON deflated); the sizes counted are the
+packed ones, as they sit in the database. The page slack and the primary keys' indexes are not counted as
+stored content; the file's growth, which has them, is printed after.
 The baseline, measured in the same run, is what a checkpointer that snapshots the message list stores:
 the compact JSON of the whole list at every turn. (LangGraph's SqliteSaver, not measured here, is reported
 to take about 111 MB for 1,000 steps of a growing list.)
@@ -37,12 +41,13 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 from agentflow import AgentFlow, Context
+from agentflow._store._blob_packing import unpack_blob
 from agentflow._store._packing import unpack_json
 from agentflow.testing import FakeProvider, reply
 
@@ -90,11 +95,11 @@ class Stored:
         self.seq = -1
 
     def added(self) -> int:
-        """Bytes written since the last call: new blobs (hash + data) and new step rows of the run."""
+        """Bytes written since the last call: the records of new blobs and of the run's new steps."""
         total = 0
-        blobs = self.conn.execute("SELECT rowid, hash, data FROM blobs WHERE rowid > ?", (self.blob_rowid,))
-        for rowid, hash_, data in blobs.fetchall():
-            total += len(hash_) + len(data)
+        blobs = self.conn.execute("SELECT rowid, * FROM blobs WHERE rowid > ?", (self.blob_rowid,))
+        for rowid, *row in blobs.fetchall():
+            total += row_bytes(row)
             self.blob_rowid = max(self.blob_rowid, rowid)
         steps = self.conn.execute("SELECT * FROM steps WHERE run_id = ? AND seq > ?", (self.run_id, self.seq))
         for row in steps.fetchall():
@@ -103,18 +108,43 @@ class Stored:
         return total
 
 
-def value_bytes(value: Any) -> int:
+def varint_bytes(n: int) -> int:
+    """Bytes of SQLite's variable-length integer for ``n`` (7 bits a byte)."""
+    return max(1, (n.bit_length() + 6) // 7) if n < 1 << 56 else 9
+
+
+def serial(value: Any) -> tuple[int, int]:
+    """``(serial type, body bytes)`` of a value in SQLite's record format (sqlite.org/fileformat.html)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1 << 63:
+        value = int(value)  # a REAL column stores a whole number as an integer
     if value is None:
-        return 0
-    if isinstance(value, str):
-        return len(value.encode())
-    if isinstance(value, bytes):
-        return len(value)
-    return 8  # an integer or a float
+        return 0, 0
+    if isinstance(value, bool | int):
+        if value in (0, 1):
+            return 8 + int(value), 0
+        for kind, width in ((1, 1), (2, 2), (3, 3), (4, 4), (5, 6), (6, 8)):
+            if -(1 << (8 * width - 1)) <= value < 1 << (8 * width - 1):
+                return kind, width
+    if isinstance(value, float):
+        return 7, 8
+    data = value.encode() if isinstance(value, str) else bytes(value)
+    return 2 * len(data) + (13 if isinstance(value, str) else 12), len(data)
 
 
-def row_bytes(row: tuple[Any, ...]) -> int:
-    return sum(value_bytes(v) for v in row)
+def value_bytes(value: Any) -> int:
+    """A value's bytes in a row's body."""
+    return serial(value)[1]
+
+
+def header_bytes(row: Sequence[Any]) -> int:
+    """A row's record header: its own length, then each value's serial type (varints)."""
+    types = sum(varint_bytes(serial(v)[0]) for v in row)
+    return varint_bytes(types + 1) + types
+
+
+def row_bytes(row: Sequence[Any]) -> int:
+    """A row's record as SQLite stores it (what dbstat calls its payload): header and body."""
+    return header_bytes(row) + sum(value_bytes(v) for v in row)
 
 
 def checkpointed_size(db: Path) -> int:
@@ -205,27 +235,28 @@ def components(db: Path) -> tuple[dict[str, int], int]:
     """Bytes stored, by what they hold; and the bytes of the replies' messages inside the outputs."""
     conn = sqlite3.connect(db)
     parts = dict.fromkeys(
-        ["message JSON", "node framing", "blob hash", "request", "output", "fingerprint+chain", "other", "runs"], 0
-    )
+        ["nodes", "node JSON", "message JSON", "blob hash", "request", "output", "fingerprint", "chain", "other",
+         "headers", "runs"],
+        0,
+    )  # fmt: skip
     for hash_, data in conn.execute("SELECT hash, data FROM blobs"):
-        _previous, added = json.loads(data)  # a node: [previous node hash, [the messages a call added]]
-        message = sum(
-            len(json.dumps(m, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()) for m in added
-        )
-        parts["message JSON"] += message
-        parts["node framing"] += len(data) - message
+        parts["headers"] += header_bytes((hash_, data))
+        node = unpack_blob(data)
+        _previous, added = json.loads(node)  # a node: [previous node hash, [the messages a call added]]
+        parts["message JSON"] += sum(size(m) for m in added)
+        parts["node JSON"] += len(node)
+        parts["nodes"] += len(data)
         parts["blob hash"] += len(hash_)
     columns = [row[1] for row in conn.execute("PRAGMA table_info(steps)")]
     replies = 0
     for row in conn.execute("SELECT * FROM steps"):
+        parts["headers"] += header_bytes(row)
         for name, value in zip(columns, row, strict=True):
             if name == "output" and value:
                 message = json.loads(unpack_json(value) or "")["response"]["choices"][0]["message"]
                 replies += size({"role": message["role"], "content": message["content"]})
-            if name in ("request", "output"):
+            if name in ("request", "output", "fingerprint", "chain"):
                 parts[name] += value_bytes(value)
-            elif name in ("fingerprint", "chain"):
-                parts["fingerprint+chain"] += value_bytes(value)
             else:
                 parts["other"] += value_bytes(value)
     for row in conn.execute("SELECT * FROM runs"):
@@ -246,29 +277,6 @@ def dbstat(db: Path) -> list[tuple[str, int, int]] | None:
     finally:
         conn.close()
     return [(str(name), int(pages), int(payload)) for name, pages, payload in rows]
-
-
-def print_floor(content: int, turns: int, parts: dict[str, int]) -> None:
-    """What a call's record cannot do without, as DESIGN.md lays records out, against the 2x budget.
-
-    Content addressing and the audit chain need five sha256 values a call, each 32 bytes even stored raw:
-    the new chain node's key, its link to the node before it, the request's reference to the chain head,
-    the fingerprint, and the hash chain link. The step also needs its run id, its key and two times. The
-    response is what was actually stored for it (packed). Framing, status, attempt, usage and cost are
-    left out: the floor is lower than anything that could be built.
-    """
-    per_turn = content / turns
-    digests = 5 * 32
-    identity = len(RUN_ID) + len(f"llm#{turns // 2}") + 2 * 8
-    response = parts["output"] / turns
-    floor = per_turn + digests + identity + response
-    print(f"\nfloor for a call's record, as the design lays records out (bytes a turn; content {per_turn:.0f}):")
-    print(f"  5 sha256 values stored raw (node key, node link, chain head, fingerprint, chain) {digests:6.0f}")
-    print(f"  run id, key, started and finished times                                          {identity:6.0f}")
-    print(f"  the response as stored (packed)                                                  {response:6.0f}")
-    print(f"  with the content: {floor:.0f} a turn = {floor / per_turn:.2f}x content, before any framing, status,")
-    print("  attempt, usage or cost: 2x in all needs turns of about", end=" ")
-    print(f"{(digests + identity + response) / (2 - 1):.0f}+ bytes, or records without these fields")
 
 
 def main() -> int:
@@ -301,8 +309,8 @@ def main() -> int:
     content = sum(size(m) for m in messages)
     # What a snapshotting checkpointer stores: the whole list as the model got it, at every turn.
     naive = sum(len(compact(messages[: 2 * t + 1]).encode()) for t in range(turns))
-    messages_stored = parts["message JSON"] + parts["node framing"] + parts["blob hash"] + parts["request"]
-    everything = sum(parts.values())
+    messages_stored = parts["nodes"] + parts["blob hash"] + parts["request"]
+    everything = sum(parts[name] for name in parts if name not in ("node JSON", "message JSON"))
     ours_per_turn = sum(per_turn)  # what the turns added, read while the run went on (no runs row)
 
     elapsed, in_litellm, in_chain = result["elapsed"], result["litellm"], result["chain"]
@@ -317,16 +325,19 @@ def main() -> int:
     def line(label: str, value: int, note: str = "") -> None:
         print(f"  {label:42} {value:12,} {value / turns:9.1f} {value / content:9.2f}x  {note}".rstrip())
 
-    line("blobs: the messages' JSON", parts["message JSON"])
-    line("blobs: node framing ([prev hash, [...]])", parts["node framing"])
-    line("blobs: hash column", parts["blob hash"])
+    line("blobs: the chain's nodes, packed", parts["nodes"])
+    line("  their JSON, [prev hash, [messages...]]", parts["node JSON"], "(what the hashes are taken over)")
+    line("  the messages' JSON in them", parts["message JSON"], "(each message once: the content)")
+    line("blobs: hash column (32 bytes)", parts["blob hash"])
     line("steps.request (chain head, model, params)", parts["request"])
     ok_messages = messages_stored <= RATIO_TARGET * content
     line("= message storage", messages_stored, f"(target <= {RATIO_TARGET:g}x) {'PASS' if ok_messages else 'FAIL'}")
     line("steps.output (the recorded responses)", parts["output"])
     line("  the replies' messages, unpacked", replies, "(packed inside the outputs; also in the next chain node)")
-    line("steps.fingerprint + steps.chain", parts["fingerprint+chain"])
+    line("steps.fingerprint", parts["fingerprint"], "(empty: the sha256 of the request, derived when read)")
+    line("steps.chain (the audit hash chain)", parts["chain"])
     line("steps: other columns (ids, key, times...)", parts["other"])
+    line("record headers (blobs and steps)", parts["headers"], "(a varint a value: its type and length)")
     line("runs: the run's row", parts["runs"])
     ok_all = everything <= RATIO_TARGET * content
     line("= everything", everything, f"(target <= {RATIO_TARGET:g}x) {'PASS' if ok_all else 'FAIL'}")
@@ -354,8 +365,6 @@ def main() -> int:
         for name, pages, payload in stats:
             if pages > 4096:
                 print(f"  {name:34} {pages:12,} {payload:12,}")
-
-    print_floor(content, turns, parts)
 
     ok = ok_messages and ok_all and ok_growth
     print(f"\n{'PASS' if ok else 'FAIL'}")

@@ -252,7 +252,7 @@ def sqlite_floor(floor_db: Path, db: Path, calls: int) -> float:
     src = sqlite3.connect(db)
     schema = [row[0] for row in src.execute("SELECT sql FROM sqlite_master WHERE name IN ('steps', 'blobs')")]
     step = src.execute("SELECT * FROM steps ORDER BY seq DESC LIMIT 1").fetchone()
-    blob = src.execute("SELECT hash, data, size FROM blobs ORDER BY rowid DESC LIMIT 1").fetchone()
+    blob = src.execute("SELECT hash, data FROM blobs ORDER BY rowid DESC LIMIT 1").fetchone()
     src.close()
     conn = sqlite3.connect(floor_db, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -260,11 +260,11 @@ def sqlite_floor(floor_db: Path, db: Path, calls: int) -> float:
     for sql in schema:
         conn.execute(sql)
     step_sql = f"INSERT INTO steps VALUES ({', '.join('?' * len(step))})"
-    blob_sql = "INSERT INTO blobs VALUES (?, ?, ?) ON CONFLICT (hash) DO NOTHING"
+    blob_sql = "INSERT INTO blobs VALUES (?, ?) ON CONFLICT (hash) DO NOTHING"
     start = time.perf_counter()
     for i in range(calls):
         conn.execute("BEGIN")
-        conn.execute(blob_sql, (f"{i:064x}", blob[1], blob[2]))
+        conn.execute(blob_sql, (i.to_bytes(32, "big"), blob[1]))
         conn.execute(step_sql, (step[0], f"llm#{i}", *step[2:]))
         conn.execute("COMMIT")
     elapsed = time.perf_counter() - start

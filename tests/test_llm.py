@@ -281,6 +281,7 @@ def test_a_conversation_stores_each_message_once(app: AgentFlow) -> None:
     heads = [r["messages"] for r in requests]
     assert [r["n_messages"] for r in requests] == [1, 3, 5, 7, 9, 11]
     # 11 distinct messages were sent (the last answer was never sent back): stored once each, not 36 times.
+    from agentflow._store._blob_packing import unpack_blob, unpack_blob_hash
     from agentflow._store._sql import SQLStore
 
     assert isinstance(app._store, SQLStore)
@@ -288,7 +289,7 @@ def test_a_conversation_stores_each_message_once(app: AgentFlow) -> None:
         from sqlalchemy import text
 
         for h, data in conn.execute(text("SELECT hash, data FROM blobs")):
-            blobs[h] = bytes(data)
+            blobs[unpack_blob_hash(h)] = unpack_blob(data)
     stored = [message for data in blobs.values() for message in json.loads(data)[1]]
     assert len(stored) == 11 and len(blobs) == 6  # each message once, in one node a call
     last = read_messages(heads[-1], lambda hashes: {h: blobs[h] for h in hashes})

@@ -9,7 +9,7 @@ import secrets
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,8 @@ import pytest
 from dbtools import execute
 
 from agentflow import AgentFlow, Budget, Context, RunStatus, StepFailed
-from agentflow._store._packing import unpack_json
+from agentflow._store._blob_packing import unpack_blob
+from agentflow._store._packing import unpack_json, unpack_request
 from agentflow.testing import FakeProvider, error, reply
 
 MODEL = "gpt-4o-mini"
@@ -76,9 +77,14 @@ _PG_COLUMNS = (
 )
 
 
-# The steps columns that hold JSON packed at rest (agentflow._store._packing); digests are packed too, but
-# as raw sha256 bytes, which hold nothing to look for.
-PACKED_COLUMNS = (".request", ".output", ".error")
+# The columns packed at rest (agentflow._store._packing and _blob_packing), and how to unpack them; digests
+# are packed too, but as raw sha256 bytes, which hold nothing to look for.
+UNPACK: dict[str, Callable[[Any], Any]] = {
+    ".request": unpack_request,
+    ".output": unpack_json,
+    ".error": unpack_json,
+    ".data": unpack_blob,
+}
 
 
 def _scan(url: str, secret: str) -> dict[str, list[str]]:
@@ -86,17 +92,18 @@ def _scan(url: str, secret: str) -> dict[str, list[str]]:
 
     SQLite: the bytes of the file and its -wal and -shm files (so deleted and not yet checkpointed data
     count), and every column of every row, read through sqlite3. Postgres: every column of every table of
-    the schema, as psycopg gives it (bytea as bytes) and cast to text (each row as ``row::text``). A steps
-    column packed at rest (``agentflow._store._packing``) is looked at unpacked too; the file scan cannot
-    see into packed bytes of rows already deleted.
+    the schema, as psycopg gives it (bytea as bytes) and cast to text (each row as ``row::text``). A column
+    packed at rest (``agentflow._store._packing``, ``_blob_packing``) is looked at unpacked too; the file
+    scan cannot see into packed bytes of rows already deleted.
     """
     found: dict[str, list[str]] = {}
 
     def look(place: str, value: Any) -> None:
         if value is not None and (forms := _traces(_as_bytes(value), secret)):
             found[place] = forms
-        if place.startswith("steps[") and place.endswith(PACKED_COLUMNS) and isinstance(value, bytes | memoryview):
-            look(f"{place} (unpacked)", unpack_json(value))
+        column = place[place.rfind(".") :]
+        if place.startswith(("steps[", "blobs[")) and column in UNPACK and isinstance(value, bytes | memoryview):
+            look(f"{place} (unpacked)", UNPACK[column](value))
 
     if "://" not in url:
         path = Path(url)

@@ -1,23 +1,38 @@
-"""The layout of step records at rest (``agentflow._store._packing``): what goes in comes back exactly."""
+"""The layout of step records and blobs at rest (``agentflow._store._packing``, ``_blob_packing``): what goes in
+comes back exactly, and what every record repeats is stored once."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+from dataclasses import replace
+from typing import Any
 
 import pytest
 
+from agentflow._codec import fingerprint
+from agentflow._llm import blob_hash
+from agentflow._store._blob_packing import (
+    MESSAGE_FRAGMENTS_V1,
+    pack_blob,
+    pack_blob_hash,
+    unpack_blob,
+    unpack_blob_hash,
+)
 from agentflow._store._packing import (
     DICTIONARY_V1,
     FRAGMENTS_V1,
     pack_digest,
     pack_json,
+    pack_request,
     packed_step,
     unpack_digest,
     unpack_json,
+    unpack_request,
     unpacked_step,
 )
-from agentflow._store._records import StepRecord
+from agentflow._store._records import STEP_COLUMNS, StepRecord
 
 RESPONSE = json.dumps(
     {
@@ -120,11 +135,116 @@ def test_a_step_record_survives_the_round_trip_through_its_row() -> None:
     assert unpacked_step(packed_step(step)) == step
 
 
+def test_the_fingerprint_of_a_request_is_derived_not_stored_and_any_other_is_kept() -> None:
+    request = '{"args":[1],"kwargs":{}}'
+    step = StepRecord("r", "fetch#0", 0, "step", "fetch", fingerprint(request), request, "completed", 1,
+                      "42", None, 1.0, 2.0, 0, 0, 0.0, hashlib.sha256(b"c").hexdigest())  # fmt: skip
+    row = packed_step(step)
+    assert row[STEP_COLUMNS.index("fingerprint")] == b""
+    assert unpacked_step(row) == step
+    # A fingerprint that is not the request's (an import, a future scheme) is stored as it is.
+    other = replace(step, fingerprint=hashlib.sha256(b"another").hexdigest())
+    assert len(packed_step(other)[STEP_COLUMNS.index("fingerprint")]) == 32
+    assert unpacked_step(packed_step(other)) == other
+    no_request = replace(step, request=None)
+    assert unpacked_step(packed_step(no_request)) == no_request
+
+
+HEAD = blob_hash(b"node")
+
+
+@pytest.mark.parametrize(
+    "request_json",
+    [
+        f'{{"messages":"{HEAD}","model":"gpt-4o-mini","n_messages":9}}',
+        f'{{"messages":"{HEAD}"}}',
+        f'{{"messages":"{HEAD}","model":"m","params":{{"stop":["{"x" * 2000}"]}}}}',  # the rest deflated
+        '{"messages":"' + HEAD[:-1] + 'B","model":"m"}',  # not a hash base64 gives back (low bits set)
+        '{"messages":"short","model":"gpt-4o-mini","n_messages":1}',
+        '{"messages":null,"model":"gpt-4o-mini"}',
+        '{"tool":"add","arguments":{"a":1}}',
+    ],
+)
+def test_a_request_comes_back_exactly(request_json: str) -> None:
+    packed = pack_request(request_json)
+    assert unpack_request(packed) == request_json
+    assert unpack_request(request_json) == request_json  # an old row's text
+
+
+def test_a_model_calls_message_head_is_stored_as_32_bytes() -> None:
+    text = f'{{"messages":"{HEAD}","model":"gpt-4o-mini","n_messages":9}}'
+    packed = pack_request(text)
+    assert packed is not None and packed[:1] == b"\x03" and packed[1:33] == base64.urlsafe_b64decode(HEAD + "=")
+    assert len(packed) < len(text) - 20
+
+
+def _node(previous: str | None, messages: list[dict[str, Any]]) -> bytes:
+    return json.dumps([previous, messages], sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+USER = {"role": "user", "content": "Where is my order A-1002? It was due on Monday."}
+CALL = {
+    "role": "assistant",
+    "content": None,
+    "tool_calls": [
+        {"id": "call_9xK2", "type": "function", "function": {"name": "lookup", "arguments": '{"id": "A-1002"}'}},
+        {"id": "call_7Qw1", "type": "function", "function": {"name": "track", "arguments": '{"id": "A-1002"}'}},
+    ],
+}
+RESULT = {"role": "tool", "tool_call_id": "call_9xK2", "content": '{"status": "shipped"}'}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _node(None, [{"role": "system", "content": "Be brief."}, USER]),
+        _node(HEAD, [{"role": "assistant", "content": "ok"}, USER]),
+        _node(HEAD, [CALL, RESULT]),
+        _node(HEAD, [{"role": "user", "content": [{"type": "text", "text": "Look: ünïcödé ✓ 漢字"}]}]),
+        _node(HEAD, [{"role": "user", "content": "the order ships tomorrow " * 100}]),  # deflated
+        _node(HEAD, []),
+        _node(HEAD[:-1] + "B", [USER]),  # a link base64 would not give back
+        b'[null,[{"content":"\x01"}]]',  # a raw control character: not JSON agentflow writes
+        b'["' + HEAD.encode() + b'",[\xff]]',  # not UTF-8
+        json.dumps({"type": "function", "function": {"name": "lookup", "parameters": {}}}).encode(),
+        b"\x04 starts like a packed node",
+        b"\x00\x01\x02 binary",
+        b"\xff\xfe not UTF-8",
+        b"",
+    ],
+)
+def test_a_blob_comes_back_exactly(data: bytes) -> None:
+    packed = pack_blob(data)
+    assert unpack_blob(packed) == data
+    assert unpack_blob(memoryview(packed)) == data
+
+
+def test_a_conversation_node_keeps_its_text_and_drops_what_every_message_repeats() -> None:
+    turn = [{"role": "assistant", "content": "ok"}, USER]
+    data = _node(HEAD, turn)
+    packed = pack_blob(data)
+    assert packed[:1] == b"\x04" and packed[1:33] == base64.urlsafe_b64decode(HEAD + "=")
+    text_bytes = len(USER["content"].encode()) + len(b"ok")
+    assert len(packed) <= 1 + 32 + 1 + text_bytes + 5  # the link, the layout byte, the texts, 5 bytes of JSON
+    assert USER["content"].encode() in packed  # the text itself stays as written
+    assert len(pack_blob(_node(HEAD, [CALL, RESULT]))) < len(_node(HEAD, [CALL, RESULT])) - 150
+
+
+def test_blob_hashes_are_stored_as_32_bytes_and_other_keys_are_refused() -> None:
+    assert pack_blob_hash(HEAD) == base64.urlsafe_b64decode(HEAD + "=")
+    assert unpack_blob_hash(pack_blob_hash(HEAD)) == HEAD
+    for odd in (hashlib.sha256(b"x").hexdigest(), HEAD[:-1] + "B", "short", HEAD + "A"):
+        with pytest.raises(ValueError, match="not a blob hash"):
+            pack_blob_hash(odd)
+
+
 def test_the_fragments_and_the_dictionary_are_frozen() -> None:
     # Part of the file format: records packed with them must unpack forever. New ones get a new marker.
     assert hashlib.sha256(DICTIONARY_V1).hexdigest() == FROZEN_DICTIONARY_SHA256
     assert hashlib.sha256(json.dumps(FRAGMENTS_V1).encode()).hexdigest() == FROZEN_FRAGMENTS_SHA256
+    assert hashlib.sha256(json.dumps(MESSAGE_FRAGMENTS_V1).encode()).hexdigest() == FROZEN_MESSAGE_FRAGMENTS_SHA256
 
 
 FROZEN_DICTIONARY_SHA256 = "ac4439b6878e31be335b5de4e28380054b08da2b73091fd03e77379c10fdad4e"
 FROZEN_FRAGMENTS_SHA256 = "38d75683e60ad07369d12d940ddea37bd789d9319d00cc613d1695cef6681e2d"
+FROZEN_MESSAGE_FRAGMENTS_SHA256 = "1d3fd5c8a8b5c3c6d600202f20a062ce3d504276e4f1a9c3d6d4c88d792540e0"

@@ -18,6 +18,7 @@ from dbtools import execute, table_names
 from sqlalchemy import Engine, text
 
 from agentflow import AgentFlow, Context
+from agentflow._llm import blob_hash
 from agentflow._store._schema import HEAD, VERSION_TABLE
 from agentflow._store._sql import SQLStore, normalize_url, open_store
 from agentflow.errors import (
@@ -383,7 +384,7 @@ def test_memory_database_works(clock: Any) -> None:
 
 
 def _blob(data: bytes) -> tuple[str, bytes]:
-    return hashlib.sha256(data).hexdigest(), data
+    return blob_hash(data), data
 
 
 def test_blobs_round_trip(app: AgentFlow) -> None:
@@ -398,12 +399,20 @@ def test_putting_the_same_blob_twice_keeps_one_row(app: AgentFlow) -> None:
     app._store.put_blobs({digest: data})
 
     assert app._store.get_blobs([digest]) == {digest: data}
-    assert _engine_rows(app, "SELECT count(*) FROM blobs WHERE hash = :h", h=digest) == [(1,)]
+    assert _engine_rows(app, "SELECT count(*) FROM blobs") == [(1,)]
+
+
+def test_a_blob_key_that_is_not_a_blob_hash_is_refused_and_nothing_is_written(app: AgentFlow) -> None:
+    digest, data = _blob(b"kept")
+    hex_key = hashlib.sha256(b"other").hexdigest()
+    with pytest.raises(ValueError, match="is not a blob hash"):
+        app._store.put_blobs({digest: data, hex_key: b"other"})
+    assert app._store.get_blobs([digest, hex_key]) == {}
 
 
 def test_get_blobs_leaves_out_unknown_hashes(app: AgentFlow) -> None:
     digest, data = _blob(b"known")
-    unknown = hashlib.sha256(b"never stored").hexdigest()
+    unknown = blob_hash(b"never stored")
     app._store.put_blobs({digest: data})
 
     assert app._store.get_blobs([unknown, digest, digest]) == {digest: data}

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -27,9 +28,10 @@ from agentflow import AgentFlow, Context, RunStatus
 from agentflow._codec import fingerprint
 from agentflow._journal import chain_hash, genesis
 from agentflow._store._records import STEP_COLUMNS, StepRecord
-from agentflow._store._schema import HEAD, REVISIONS, VERSION_TABLE
+from agentflow._store._schema import HEAD, REVISIONS, VERSION_TABLE, migration_transaction
 from agentflow._store._sql import normalize_url, open_store
 from agentflow._store._tables import metadata
+from agentflow.testing import FakeProvider, reply
 
 MIGRATIONS = Path(migrations_package.__file__).parent
 
@@ -126,7 +128,7 @@ def _migrate_to(db_url: str, revision: str, *, down: bool = False) -> None:
 
     engine = create_engine(normalize_url(db_url), poolclass=NullPool)
     try:
-        with engine.begin() as conn:
+        with migration_transaction(engine) as conn:
             config = Config()
             config.set_main_option("script_location", str(MIGRATIONS))
             config.attributes["connection"] = conn
@@ -219,7 +221,7 @@ def test_steps_written_before_0007_read_the_same_and_their_chain_verifies_after_
         store.close()
 
 
-def test_downgrading_0007_turns_packed_steps_back_into_text(db_url: str) -> None:
+def test_downgrading_to_0006_turns_packed_steps_back_into_text(db_url: str) -> None:
     with AgentFlow(db_url) as app:
 
         @app.workflow(name="long")
@@ -233,12 +235,65 @@ def test_downgrading_0007_turns_packed_steps_back_into_text(db_url: str) -> None
         recorded = store.load_steps("new")
     finally:
         store.close()
-    raw = execute(db_url, "SELECT output, fingerprint FROM steps WHERE run_id = 'new' ORDER BY seq")
-    # Packed at head: fragments as tokens (under 1 KiB), deflated (over), digests as 32 bytes.
-    assert [bytes(output)[:1] for output, _ in raw] == [b"\x02", b"\x01"]
-    assert all(len(bytes(digest)) == 32 for _, digest in raw)
+    raw = execute(db_url, "SELECT output, fingerprint, chain FROM steps WHERE run_id = 'new' ORDER BY seq")
+    # Packed at head: fragments as tokens (under 1 KiB), deflated (over); the fingerprint left to be derived
+    # from the request, the chain as 32 bytes.
+    assert [bytes(output)[:1] for output, _, _ in raw] == [b"\x02", b"\x01"]
+    assert [(len(bytes(fp)), len(bytes(chain))) for _, fp, chain in raw] == [(0, 32), (0, 32)]
 
     _migrate_to(db_url, "0006_evals", down=True)
     columns = ", ".join(STEP_COLUMNS)
     rows = execute(db_url, f"SELECT {columns} FROM steps WHERE run_id = 'new' ORDER BY seq")
     assert [StepRecord(*row) for row in rows] == recorded
+
+
+def _chat(app: AgentFlow) -> Any:
+    @app.workflow(name="chat")
+    async def chat(ctx: Context) -> str:
+        messages: list[dict[str, Any]] = [{"role": "system", "content": "Answer in one word."}]
+        for question in ("Where is order A-1002?", "And A-1003?", "Thanks!"):
+            messages.append({"role": "user", "content": question})
+            answer = await ctx.llm(model="gpt-4o-mini", messages=messages, api_key="sk-fake")
+            messages.append(answer.message())
+        return str(answer.text)
+
+    return chat
+
+
+def test_message_blobs_survive_a_downgrade_to_0007_and_the_upgrade_back(db_url: str) -> None:
+    with FakeProvider() as fake, AgentFlow(db_url) as app:
+        fake.default = reply("Shipped.")
+        assert app.run(_chat(app), run_id="chat").status == RunStatus.COMPLETED
+        recorded = app._store.load_steps("chat")
+        heads = [json.loads(step.request or "{}")["messages"] for step in recorded]
+        blobs = app._store.get_blobs(heads)
+        assert len(blobs) == 3 and all(head in blobs for head in heads)
+    packed = execute(db_url, "SELECT hash, data FROM blobs")
+    assert {(len(bytes(h)), bytes(data)[:1]) for h, data in packed} <= {(32, b"\x04"), (32, b"\x05")}
+
+    _migrate_to(db_url, "0007_packed_steps", down=True)
+    # As 0007 keeps them: text keys, the nodes' JSON, every fingerprint stored, no message head in bytes.
+    plain = dict(execute(db_url, "SELECT hash, data FROM blobs"))
+    assert {h: bytes(data) for h, data in plain.items() if h in blobs} == blobs and len(plain) == 3
+    rows = execute(db_url, "SELECT fingerprint, request FROM steps WHERE run_id = 'chat' ORDER BY seq")
+    assert [(len(bytes(fp)), bytes(request)[:1]) for fp, request in rows] == [(32, b"\x02")] * 3
+
+    with AgentFlow(db_url) as app:  # migrated to head again at open
+        assert execute(db_url, f"SELECT version_num FROM {VERSION_TABLE}") == [(HEAD,)]
+        assert app._store.load_steps("chat") == recorded
+        assert app._store.get_blobs(heads) == blobs
+        assert app.verify("chat") is None
+        _chat(app)
+        replay = app.replay("chat")
+        assert replay.matched and replay.served == 3
+
+
+def test_a_blob_key_that_is_not_a_blob_hash_stops_the_upgrade_and_changes_nothing(db_url: str) -> None:
+    _migrate_to(db_url, "0007_packed_steps")
+    odd = hashlib.sha256(b"x").hexdigest()
+    execute(db_url, "INSERT INTO blobs (hash, data, size) VALUES (:h, :d, 1)", h=odd, d=b"x")
+
+    with pytest.raises(Exception, match="is not a blob hash"):
+        _migrate_to(db_url, HEAD)
+    assert execute(db_url, f"SELECT version_num FROM {VERSION_TABLE}") == [("0007_packed_steps",)]
+    assert [(h, bytes(d)) for h, d in execute(db_url, "SELECT hash, data FROM blobs")] == [(odd, b"x")]

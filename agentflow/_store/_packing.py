@@ -10,9 +10,17 @@ Above the store a ``StepRecord`` holds JSON text and hex digests. In the table:
   ~10 ms to its step), against a dictionary of the same fragments, behind ``0x01``. A value that
   neither shortens is stored as its UTF-8. JSON never starts with byte 1 or 2, so rows written before this
   layout (text on SQLite, ``convert_to`` bytes on Postgres) read as they are. A recorded LLM response of
-  ~300 bytes takes ~50; a message's content is left to the content-addressed ``blobs``, which stay plain.
+  ~300 bytes takes ~50. Messages are not here but in the content-addressed ``blobs``
+  (``_blob_packing``, which uses this module's ``pack_json`` for blobs other than message nodes).
+- A model call's ``request`` names its messages by the hash of their chain's head node (43 base64url
+  characters, ``{"messages":"<head>",...``): that hash is kept as its 32 bytes, behind ``0x03``, and the
+  rest of the request (without it) packed as above.
 - ``fingerprint`` and ``chain`` are sha256 digests: 32 raw bytes rather than 64 hex characters. A value
   that is not a lowercase 64-digit hex digest (one imported from elsewhere) is kept as ``0x00`` + UTF-8.
+  The fingerprint is the sha256 of the request's JSON (``agentflow._codec.fingerprint``) for every step
+  agentflow records, so it is not stored a second time: an empty value means "the sha256 of ``request``",
+  computed again when the row is read (~0.3 us). The hash chain covers the fingerprint, so a request
+  changed at rest now breaks the chain (a stored fingerprint would have hidden it).
 
 Why fragments below 1 KiB rather than deflate: the substitution costs ~3.5 us for a response and ~1 us for
 a request, deflate (a small window, set up for small values) ~2.7 us each in a tight loop but ~20 us each
@@ -20,11 +28,14 @@ inside a run, where litellm's work between two calls leaves deflate's state cold
 ``benchmarks/llm_overhead.py``'s breakdown run).
 
 ``FRAGMENTS_V1`` and ``DICTIONARY_V1`` are part of the file format and must never change; a test pins
-them. Better ones get new first bytes and this module keeps reading ``0x01`` and ``0x02``.
+them. Better ones get new first bytes and this module keeps reading ``0x01``, ``0x02`` and ``0x03``.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
+import hashlib
 import re
 import zlib
 from collections.abc import Sequence
@@ -32,10 +43,25 @@ from typing import Any
 
 from ._records import STEP_COLUMNS, StepRecord
 
-__all__ = ["pack_digest", "pack_json", "packed_step", "unpack_digest", "unpack_json", "unpacked_step"]
+__all__ = [
+    "pack_digest",
+    "pack_json",
+    "pack_request",
+    "packed_step",
+    "raw_hash",
+    "substitute",
+    "text_hash",
+    "unpack_digest",
+    "unpack_json",
+    "unpack_request",
+    "unpacked_step",
+]
 
 _DEFLATED_V1 = b"\x01"
 _TOKENS_V1 = b"\x02"
+_RAW_HEAD = b"\x03"
+_HEAD_AT = len('{"messages":"')  # where a model call's request spells its messages' head hash
+_HEAD_CHARS = 43  # a blob hash: sha256, base64url without padding
 _MIN_PACK = 48  # shorter JSON is stored as it is: there is little to gain
 _MIN_DEFLATE = 1024  # from here on deflate pays for itself; below, token substitution costs far less
 _WBITS = -15  # raw deflate (no zlib header: the first byte says what follows), 32 KiB window
@@ -136,8 +162,7 @@ def pack_json(text: str | None) -> bytes | None:
     short = text
     for guard, pairs in _SUBSTITUTE:  # a guard is never part of an earlier group's fragments
         if guard in text:
-            for fragment, token in pairs:
-                short = short.replace(fragment, token)
+            short = substitute(short, pairs)
     return _TOKENS_V1 + short.encode() if len(short) < len(text) else text.encode()
 
 
@@ -157,6 +182,52 @@ def unpack_json(value: bytes | memoryview | str | None) -> str | None:
         inflate = zlib.decompressobj(_WBITS, zdict=DICTIONARY_V1)
         return (inflate.decompress(data[1:]) + inflate.flush()).decode()
     return data.decode()
+
+
+def substitute(text: str, pairs: Sequence[tuple[str, str]]) -> str:
+    """``text`` with each fragment replaced by its token, in order."""
+    for fragment, token in pairs:
+        text = text.replace(fragment, token)
+    return text
+
+
+def pack_request(text: str | None) -> bytes | None:
+    """A request column's bytes at rest: ``pack_json``, with a message chain's head hash as 32 bytes."""
+    if text is None:
+        return None
+    end = _HEAD_AT + _HEAD_CHARS
+    if text.startswith('{"messages":"') and text[end : end + 1] == '"':
+        raw = raw_hash(text[_HEAD_AT:end])
+        if raw is not None:
+            rest = pack_json(text[:_HEAD_AT] + text[end:])
+            assert rest is not None
+            return _RAW_HEAD + raw + rest
+    return pack_json(text)
+
+
+def unpack_request(value: bytes | memoryview | str | None) -> str | None:
+    """The JSON text of a request column as stored by ``pack_request``."""
+    if isinstance(value, (bytes, memoryview)) and value[:1] == _RAW_HEAD:
+        data = bytes(value)
+        rest = unpack_json(data[33:])
+        assert rest is not None
+        return rest[:_HEAD_AT] + text_hash(data[1:33]) + rest[_HEAD_AT:]
+    return unpack_json(value)
+
+
+@functools.lru_cache(maxsize=64)  # a call's hashes come round again: its node's link, its request's head
+def raw_hash(text: str) -> bytes | None:
+    """A blob hash (43 base64url characters) as its 32 bytes; None for text that would not read back the same."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=")  # drops characters outside the alphabet: checked below
+    except ValueError:
+        return None
+    return raw if len(raw) == 32 and text_hash(raw) == text else None
+
+
+def text_hash(raw: bytes) -> str:
+    """The 43 base64url characters of a blob hash's 32 bytes."""
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 def pack_digest(digest: str) -> bytes:
@@ -184,16 +255,21 @@ def unpack_digest(value: bytes | memoryview | str) -> str:
     return data.decode()  # converted from text by the migration of a value that was not a digest
 
 
+def _request_digest(request: str) -> str:
+    return hashlib.sha256(request.encode()).hexdigest()
+
+
 def packed_step(step: StepRecord) -> tuple[Any, ...]:
     """The values of a step's row, in ``STEP_COLUMNS`` order, as the table holds them."""
+    derived = step.request is not None and _request_digest(step.request) == step.fingerprint
     return (
         step.run_id,
         step.key,
         step.seq,
         step.kind,
         step.name,
-        pack_digest(step.fingerprint),
-        pack_json(step.request),
+        b"" if derived else pack_digest(step.fingerprint),
+        pack_request(step.request),
         step.status,
         step.attempt,
         pack_json(step.output),
@@ -211,8 +287,11 @@ def unpacked_step(row: Sequence[Any]) -> StepRecord:
     """A ``StepRecord`` from a row of the table read in ``STEP_COLUMNS`` order."""
     (run_id, key, seq, kind, name, fingerprint, request, status, attempt, output, error, started_at, finished_at,
      prompt_tokens, completion_tokens, cost, chain) = row  # fmt: skip
+    text = unpack_request(request)
+    # An empty fingerprint is the request's (there is always a request then).
+    fingerprint = unpack_digest(fingerprint) if fingerprint or text is None else _request_digest(text)
     return StepRecord(
-        run_id, key, seq, kind, name, unpack_digest(fingerprint), unpack_json(request), status, attempt,
+        run_id, key, seq, kind, name, fingerprint, text, status, attempt,
         unpack_json(output), unpack_json(error), started_at, finished_at, prompt_tokens, completion_tokens, cost,
         unpack_digest(chain),
     )  # fmt: skip

@@ -8,6 +8,8 @@ and is refused, unchanged.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,7 +18,7 @@ from ..errors import NotAnAgentFlowDatabase, SchemaVersionError, StoreError
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
 
-__all__ = ["HEAD", "REVISIONS", "VERSION_TABLE", "ensure_schema"]
+__all__ = ["HEAD", "REVISIONS", "VERSION_TABLE", "ensure_schema", "migration_transaction"]
 
 VERSION_TABLE = "agentflow_schema_version"
 REVISIONS: tuple[str, ...] = (
@@ -27,6 +29,7 @@ REVISIONS: tuple[str, ...] = (
     "0005_queues",
     "0006_evals",
     "0007_packed_steps",
+    "0008_packed_blobs",
 )
 HEAD = REVISIONS[-1]
 OUR_TABLES = frozenset({"runs", "steps", "blobs", "facts", "events", "leases", "rate_buckets", "evals", "eval_cases"})
@@ -79,15 +82,31 @@ def list_tables(conn: Connection) -> set[str]:
     return set(inspect(conn).get_table_names())
 
 
-def migrate(engine: Engine, where: str) -> None:
-    """Bring the database to ``HEAD`` inside one transaction (Postgres: under an advisory lock)."""
-    from alembic import command
-    from alembic.config import Config
+@contextlib.contextmanager
+def migration_transaction(engine: Engine) -> Iterator[Connection]:
+    """A connection in one transaction that holds the schema changes too, and keeps other migrators out.
+
+    Postgres: DDL is transactional; an advisory lock makes a second process wait. SQLite: Python's sqlite3
+    begins a transaction only before a data change, so ``CREATE``, ``ALTER`` and ``DROP`` issued first
+    would each commit at once and a migration failing half-way would leave half a schema. ``BEGIN
+    IMMEDIATE`` opens the transaction first (and takes the write lock, so a second process waits).
+    """
     from sqlalchemy import text
 
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+        elif engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        yield conn
+
+
+def migrate(engine: Engine, where: str) -> None:
+    """Bring the database to ``HEAD`` inside one transaction (``migration_transaction``)."""
+    from alembic import command
+    from alembic.config import Config
+
+    with migration_transaction(engine) as conn:
         tables = list_tables(conn)
         if not check_revision(where, current_revision(conn, tables), tables):
             return  # another process migrated it while we waited for the lock

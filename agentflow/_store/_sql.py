@@ -24,8 +24,9 @@ from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.pool import PoolProxiedConnection, StaticPool
 
 from ..errors import ConfigurationError, LeaseLost, NotAnAgentFlowDatabase, RunConflict, StoreError
+from ._blob_packing import packed_blob_rows, unpack_blob, unpack_blob_hash
 from ._eval_sql import EvalSQL
-from ._packing import packed_step, unpacked_step
+from ._packing import packed_step, raw_hash, unpacked_step
 from ._records import STEP_COLUMNS, RunRecord, StepRecord
 from ._schema import VERSION_TABLE, check_revision, ensure_schema
 from ._tables import BlobRow, EventRow, FactRow, RunRow, StepRow
@@ -107,8 +108,7 @@ class SQLStore(EvalSQL):
         self._writer: PoolProxiedConnection | None = None
         self._writer_lock = threading.Lock()
         self._insert_blob_sql = (
-            f"INSERT INTO blobs (hash, data, size) VALUES ({placeholder}, {placeholder}, {placeholder}) "
-            "ON CONFLICT (hash) DO NOTHING"
+            f"INSERT INTO blobs (hash, data) VALUES ({placeholder}, {placeholder}) ON CONFLICT (hash) DO NOTHING"
         )
         self._insert_step_sql = (
             f"INSERT INTO {StepRow.__tablename__} ({', '.join(STEP_COLUMNS)}) "
@@ -204,6 +204,7 @@ class SQLStore(EvalSQL):
         self, step: StepRecord, blobs: Mapping[str, bytes] | None = None, lease_token: int | None = None
     ) -> None:
         values = packed_step(step)
+        packed_blobs = packed_blob_rows(blobs or {})
         sql = self._insert_step_sql
         if lease_token is not None:
             sql = self._insert_fenced_step_sql
@@ -214,8 +215,8 @@ class SQLStore(EvalSQL):
             dbapi: Any = self._writer.driver_connection
             try:
                 cur = dbapi.cursor()
-                for h, data in (blobs or {}).items():  # usually one: a call's new message node
-                    cur.execute(self._insert_blob_sql, (h, data, len(data)))
+                for row in packed_blobs:  # usually one: a call's new message node
+                    cur.execute(self._insert_blob_sql, row)
                 cur.execute(sql, values)
                 fenced_off = lease_token is not None and cur.rowcount == 0
                 cur.close()
@@ -249,7 +250,7 @@ class SQLStore(EvalSQL):
         if not blobs:
             return
         table = BlobRow.__table__  # type: ignore[attr-defined]
-        rows = [{"hash": h, "data": data, "size": len(data)} for h, data in blobs.items()]
+        rows = [{"hash": h, "data": data} for h, data in packed_blob_rows(blobs)]
         with self._connect(begin=True) as conn:
             conn.execute(self._dialect_insert(table).on_conflict_do_nothing(index_elements=["hash"]), rows)
 
@@ -330,13 +331,13 @@ class SQLStore(EvalSQL):
         return int(result.rowcount or 0)
 
     def get_blobs(self, hashes: Iterable[str]) -> dict[str, bytes]:
-        wanted = list(dict.fromkeys(hashes))
+        wanted = [raw for raw in map(raw_hash, dict.fromkeys(hashes)) if raw is not None]  # others: never stored
         if not wanted:
             return {}
         table = BlobRow.__table__  # type: ignore[attr-defined]
         with self._connect() as conn:
             rows = conn.execute(select(table.c.hash, table.c.data).where(table.c.hash.in_(wanted))).all()
-        return {h: bytes(data) for h, data in rows}
+        return {unpack_blob_hash(h): unpack_blob(data) for h, data in rows}
 
     # -- facts (long-term memory) ----------------------------------------------------------------------
 
@@ -417,7 +418,7 @@ class SQLStore(EvalSQL):
                         conn.execute(insert(step_table), packed)
                     inserted.append(run.id)
                 if inserted and blobs:
-                    rows = [{"hash": h, "data": data, "size": len(data)} for h, data in blobs.items()]
+                    rows = [{"hash": h, "data": data} for h, data in packed_blob_rows(blobs)]
                     conn.execute(self._dialect_insert(blob_table).on_conflict_do_nothing(index_elements=["hash"]), rows)
         except IntegrityError as exc:
             raise StoreError(

@@ -105,11 +105,13 @@ class StepRow(_AgentFlowTable, table=True):
 
 
 class BlobRow(_AgentFlowTable, table=True):
+    """A content-addressed payload (a message chain's node, a call's tools): the sha256 of the data as 32
+    bytes, and the data packed (``agentflow._store._blob_packing``)."""
+
     __tablename__ = "blobs"
 
-    hash: str = Field(sa_column=Column(String, primary_key=True))
+    hash: bytes = Field(sa_column=Column(LargeBinary, primary_key=True))
     data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
-    size: int = Field(sa_column=Column(Integer, nullable=False))
 
 
 class FactRow(_AgentFlowTable, table=True):
