@@ -16,6 +16,7 @@ rows out in full, as 0007 reads them, and turns the blobs back into text keys an
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,6 +29,8 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 BATCH = 500
+PROGRESS_EVERY = 20_000
+log = logging.getLogger("agentflow.migrations")
 
 
 def upgrade() -> None:
@@ -96,8 +99,13 @@ def _rebuild(columns: list[sa.Column[Any]], convert: Callable[[Sequence[Any]], d
     new = op.create_table("blobs", *columns, sa.PrimaryKeyConstraint("hash"))
     page = sa.text(f"SELECT hash, data FROM blobs_old WHERE hash > :last ORDER BY hash LIMIT {BATCH}")
     first = sa.text(f"SELECT hash, data FROM blobs_old ORDER BY hash LIMIT {BATCH}")
+    total = bind.execute(sa.text("SELECT count(*) FROM blobs_old")).scalar_one()
+    done = 0
     rows = bind.execute(first).all()
     while rows:
         bind.execute(sa.insert(new), [convert(row) for row in rows])
+        done += len(rows)
+        if done % PROGRESS_EVERY < BATCH or done == total:  # a large database takes a while: say how far
+            log.info("migrating the blobs table: %d of %d rows", done, total)
         rows = bind.execute(page, {"last": rows[-1][0]}).all()
     op.drop_table("blobs_old")
