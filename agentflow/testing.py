@@ -24,6 +24,9 @@ that takes the parsed request body and returns the answer (``fake.script(lambda 
 500 saying so and is recorded in ``fake.unexpected``. A request whose body has ``"stream": true`` is
 answered with Server-Sent Events, chunked as OpenAI does.
 
+``record_bundles`` records runs of your workflows with such a fake model and exports them as bundles
+(regression cases for the pytest plugin's ``agentflow_bundles``, traces for evals): see ``BundleCase``.
+
 While the fake is active every request made through httpx goes to its router: requests to other hosts or
 paths raise respx's ``AllMockedAssertionError`` instead of reaching the network (add routes of your own
 through ``fake.router``). Pass ``max_retries=0`` to litellm: the OpenAI SDK otherwise retries 429 and 5xx
@@ -46,7 +49,10 @@ from typing import Any, TypeAlias
 import httpx
 import respx
 
+from ._recording import BundleCase, record_bundles
+
 __all__ = [
+    "BundleCase",
     "ErrorResponse",
     "FakeProvider",
     "Malformed",
@@ -57,6 +63,7 @@ __all__ = [
     "ToolCall",
     "error",
     "malformed",
+    "record_bundles",
     "reply",
     "stream",
     "tool_call",

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,46 +34,28 @@ QUESTIONS: dict[str, str] = {
 }
 
 
-def _runs() -> list[tuple[str, str, Any, str, Callable[[dict[str, Any]], Any]]]:
+def cases(out: Path = TRACES) -> list[Any]:
+    """Every case of both suites, as ``agentflow.testing.BundleCase`` objects writing under ``out``."""
     from agentflow.examples import research_agent, support_agent
+    from agentflow.testing import BundleCase
 
-    runs = [("support", case, support_agent.agent, text, support_agent.fake_support_model)
-            for case, text in TICKETS.items()]  # fmt: skip
-    runs += [("research", case, research_agent.planner, text, research_agent.fake_research_model)
-             for case, text in QUESTIONS.items()]  # fmt: skip
-    return runs
+    approved = {"approval": {"approved": True, "by": "supervisor"}}  # a supervisor approves large refunds
+    support = support_agent.agent, support_agent.fake_support_model, TICKETS, approved
+    research = research_agent.planner, research_agent.fake_research_model, QUESTIONS, {}
+    return [
+        BundleCase(case, agent, out / suite / f"{case}.json", model, args=(text,), events=events)
+        for suite, (agent, model, texts, events) in (("support", support), ("research", research))
+        for case, text in texts.items()
+    ]
 
 
 def record(out: Path = TRACES) -> list[Path]:
     """Run every case once in a fresh database, check that it replays, and export it under ``out``."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     os.environ.setdefault("OPENAI_API_KEY", "sk-offline")  # the fake answers; litellm only wants a key to send
-    from agentflow import AgentFlow, FakeClock
-    from agentflow.testing import FakeProvider
+    from agentflow.testing import record_bundles
 
-    written = []
-    with tempfile.TemporaryDirectory(prefix="agentflow-traces-") as scratch:
-        cwd = os.getcwd()
-        os.chdir(scratch)  # the support agent's refund ledger goes to .agentflow/ here, not into the repository
-        try:
-            with AgentFlow(str(Path(scratch) / "record.db"), clock=FakeClock()) as app:
-                for suite, run_id, agent, text, model in _runs():
-                    with FakeProvider() as fake:
-                        fake.default = model
-                        run = app.run(agent, text, run_id=run_id)
-                        if run.status == "waiting" and run.waiting_for == "approval":  # a supervisor approves
-                            app.send_event(run_id, "approval", {"approved": True, "by": "supervisor"})
-                            run = app.resume(run_id)
-                    if run.status != "completed":
-                        raise SystemExit(f"run {run_id} did not complete: {run.status} {run.error}")
-                    app.replay(run_id)  # strict: the trace is good before it is written
-                    path = out / suite / f"{run_id}.json"
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    app.export_run(run_id, path)
-                    written.append(path)
-        finally:
-            os.chdir(cwd)
-    return written
+    return record_bundles(cases(out))
 
 
 def main() -> int:

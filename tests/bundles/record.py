@@ -12,73 +12,36 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("OPENAI_API_KEY", "sk-offline")  # the fake answers; litellm only wants a key to send
 
-from agentflow import AgentFlow, FakeClock
 from agentflow.examples import research_agent, support_agent
-from agentflow.testing import FakeProvider
+from agentflow.testing import BundleCase, record_bundles
 
 HERE = Path(__file__).resolve().parent
-
-# run id -> (the agent, imported from the installed package so that the run records an importable ref,
-# its input, the fake model that answers it)
-RUNS: dict[str, tuple[Any, str, Callable[[dict[str, Any]], Any]]] = {
-    "support-refund": (
-        support_agent.agent,
-        "Order A-1002 arrived broken, I want my money back",
-        support_agent.fake_support_model,
-    ),
-    "support-refund-approved": (  # above the approval limit: waits for an "approval" event, then refunds
-        support_agent.agent,
-        "My kettle from order A-1001 arrived broken. Can I get a refund?",
-        support_agent.fake_support_model,
-    ),
-    "support-status": (support_agent.agent, "Where is my order A-1003?", support_agent.fake_support_model),
-    "research-solar-wind": (
-        research_agent.planner,
-        "Solar or wind for a small farm?",
-        research_agent.fake_research_model,
-    ),
-}
+APPROVED = {"approval": {"approved": True, "by": "supervisor"}}  # a supervisor approves refunds above the limit
 
 
-def record(out: Path = HERE) -> list[Path]:
-    """Run each agent once in a fresh database, check that it replays, and export it to ``out``."""
-    written = []
-    with tempfile.TemporaryDirectory(prefix="agentflow-record-") as scratch:
-        cwd = os.getcwd()
-        os.chdir(scratch)  # the support agent's refund ledger goes to .agentflow/ here, not into the repository
-        try:
-            with AgentFlow(str(Path(scratch) / "record.db"), clock=FakeClock()) as app:
-                for run_id, (agent, prompt, model) in RUNS.items():
-                    with FakeProvider() as fake:
-                        fake.default = model
-                        run = app.run(agent, prompt, run_id=run_id)
-                        if run.status == "waiting" and run.waiting_for == "approval":
-                            app.send_event(run_id, "approval", {"approved": True, "by": "supervisor"})
-                            run = app.resume(run_id)
-                    if run.error is not None:
-                        raise SystemExit(f"run {run_id} failed: {run.error}")
-                    if run.workflow_ref is None or not run.workflow_ref.startswith("agentflow.examples."):
-                        raise SystemExit(f"run {run_id} recorded no importable ref ({run.workflow_ref})")
-                    app.replay(run_id)  # strict: the bundle is good before it is written
-                    path = out / f"{run_id}.json"
-                    app.export_run(run_id, path)
-                    written.append(path)
-        finally:
-            os.chdir(cwd)
-    return written
+def cases(out: Path = HERE) -> list[BundleCase]:
+    """The runs to record: agents imported from the installed package, so each run records an importable ref."""
+    support = support_agent.agent, support_agent.fake_support_model
+    research = research_agent.planner, research_agent.fake_research_model
+    runs = [
+        ("support-refund", support, "Order A-1002 arrived broken, I want my money back"),
+        ("support-refund-approved", support, "My kettle from order A-1001 arrived broken. Can I get a refund?"),
+        ("support-status", support, "Where is my order A-1003?"),
+        ("research-solar-wind", research, "Solar or wind for a small farm?"),
+    ]
+    return [
+        BundleCase(run_id, agent, out / f"{run_id}.json", model, args=(prompt,), events=APPROVED)
+        for run_id, (agent, model), prompt in runs
+    ]
 
 
 def main() -> int:
-    for path in record():
-        print(f"wrote {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
+    record_bundles(cases(), progress=lambda case, path: print(f"wrote {path}"))
     return 0
 
 
