@@ -24,10 +24,9 @@ of the file format: never change it (a test pins it); a better one gets new firs
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Mapping
 
-from ._packing import pack_json, raw_hash, substitute, text_hash, unpack_json
+from ._packing import deflate, inflate, pack_json, raw_hash, restore, substitute, text_hash, unpack_json
 
 __all__ = [
     "MESSAGE_FRAGMENTS_V1",
@@ -45,7 +44,6 @@ _FIRST_NODE = b"\x05"
 _TOKENS = b"\x06"
 _DEFLATED = b"\x07"
 _MIN_DEFLATE = 1024
-_WBITS = -15
 _CONTROL = bytes(range(0x20))
 
 # What chat messages repeat, as canonical JSON writes them (keys sorted, no spaces), most specific first:
@@ -76,6 +74,7 @@ _GROUPS = (
     ("", _PAIRS[11:]),
 )
 assert tuple(pair for _, group in _GROUPS for pair in group) == _PAIRS
+_RESTORE = tuple((token, fragment) for fragment, token in reversed(_PAIRS))
 _DICTIONARY = "".join(reversed(MESSAGE_FRAGMENTS_V1)).encode()
 
 
@@ -99,7 +98,6 @@ def unpack_blob_hash(value: bytes | memoryview) -> str:
 def pack_blob(data: bytes) -> bytes:
     """A blob's bytes at rest."""
     if data[-2:] == b"]]":
-        body = None
         if data[:2] == b'["' and data[45:48] == b'",[':
             link = raw_hash(data[2:45].decode("ascii", "replace"))
             body = None if link is None else _pack_messages(data[48:-2])
@@ -147,8 +145,7 @@ def _pack_messages(body: bytes) -> bytes | None:
     except UnicodeDecodeError:
         return None
     if len(body) >= _MIN_DEFLATE:
-        deflate = zlib.compressobj(1, zlib.DEFLATED, _WBITS, 8, zdict=_DICTIONARY)
-        packed = deflate.compress(body) + deflate.flush()
+        packed = deflate(body, _DICTIONARY)
         if len(packed) < len(body):
             return _DEFLATED + packed
     short = text
@@ -161,12 +158,7 @@ def _pack_messages(body: bytes) -> bytes | None:
 def _unpack_messages(data: bytes) -> bytes:
     first = data[:1]
     if first == _TOKENS:
-        text = data[1:].decode()
-        for fragment, token in reversed(_PAIRS):
-            if token in text:
-                text = text.replace(token, fragment)
-        return text.encode()
+        return restore(data[1:].decode(), _RESTORE).encode()
     if first == _DEFLATED:
-        inflate = zlib.decompressobj(_WBITS, zdict=_DICTIONARY)
-        return inflate.decompress(data[1:]) + inflate.flush()
+        return inflate(data[1:], _DICTIONARY)
     return data

@@ -44,11 +44,14 @@ from typing import Any
 from ._records import STEP_COLUMNS, StepRecord
 
 __all__ = [
+    "deflate",
+    "inflate",
     "pack_digest",
     "pack_json",
     "pack_request",
     "packed_step",
     "raw_hash",
+    "restore",
     "substitute",
     "text_hash",
     "unpack_digest",
@@ -152,10 +155,7 @@ def pack_json(text: str | None) -> bytes | None:
         return text.encode()
     if len(text) >= _MIN_DEFLATE:
         data = text.encode()
-        # The fastest level with a full window: faster than smaller windows or higher levels at every size
-        # from 1 KiB (9 us for 1 KiB, ~100 MB/s on large values), and it shrinks them more.
-        deflate = zlib.compressobj(1, zlib.DEFLATED, _WBITS, 8, zdict=DICTIONARY_V1)
-        packed = deflate.compress(data) + deflate.flush()
+        packed = deflate(data, DICTIONARY_V1)
         return _DEFLATED_V1 + packed if len(packed) < len(data) else data
     if _CONTROL.search(text):  # not JSON as agentflow writes it: tokens could not be told from the text
         return text.encode()
@@ -173,22 +173,39 @@ def unpack_json(value: bytes | memoryview | str | None) -> str | None:
     data = bytes(value)
     first = data[:1]
     if first == _TOKENS_V1:
-        text = data[1:].decode()
-        for token, fragment in _RESTORE:
-            if token in text:
-                text = text.replace(token, fragment)
-        return text
+        return restore(data[1:].decode(), _RESTORE)
     if first == _DEFLATED_V1:
-        inflate = zlib.decompressobj(_WBITS, zdict=DICTIONARY_V1)
-        return (inflate.decompress(data[1:]) + inflate.flush()).decode()
+        return inflate(data[1:], DICTIONARY_V1).decode()
     return data.decode()
 
 
 def substitute(text: str, pairs: Sequence[tuple[str, str]]) -> str:
-    """``text`` with each fragment replaced by its token, in order."""
+    """``text`` with each ``(fragment, token)``'s fragment replaced by its token, in order."""
     for fragment, token in pairs:
         text = text.replace(fragment, token)
     return text
+
+
+def restore(text: str, pairs: Sequence[tuple[str, str]]) -> str:
+    """``text`` with each ``(token, fragment)``'s token replaced by its fragment, in order (the reverse of
+    the order ``substitute`` went in)."""
+    for token, fragment in pairs:
+        if token in text:
+            text = text.replace(token, fragment)
+    return text
+
+
+def deflate(data: bytes, zdict: bytes) -> bytes:
+    """Raw deflate against ``zdict`` at the fastest level with a full window: faster than smaller windows
+    or higher levels at every size from 1 KiB (9 us for 1 KiB, ~100 MB/s on large values), and smaller."""
+    compressor = zlib.compressobj(1, zlib.DEFLATED, _WBITS, 8, zdict=zdict)
+    return compressor.compress(data) + compressor.flush()
+
+
+def inflate(data: bytes, zdict: bytes) -> bytes:
+    """What ``deflate`` was given."""
+    decompressor = zlib.decompressobj(_WBITS, zdict=zdict)
+    return decompressor.decompress(data) + decompressor.flush()
 
 
 def pack_request(text: str | None) -> bytes | None:
