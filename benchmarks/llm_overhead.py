@@ -10,7 +10,12 @@ synchronous=NORMAL):
 - replay: the same run resumed against its record (no provider call at all): time per served call;
 - recording alone: ``ctx.llm`` calls while litellm answers at once with a response made beforehand: the
   same recording work without litellm's ~3 ms between two calls, which leaves the CPU caches cold (the
-  overhead above is several times this; a loop allocating ~3 MB between calls does the same).
+  overhead above is several times this; a loop allocating ~3 MB between calls does the same);
+- recording alone, spaced: the same, with the calls as far apart as the baseline's calls and the CPU
+  spinning in between (a loop reading the clock, touching next to no memory): what the passing of time
+  alone does to the recording on this machine. On a shared virtual machine the cache lines of the
+  recording path are lost to other tenants over milliseconds even when the process does nothing, so
+  this is far above the unspaced figure, and how far varies from hour to hour.
 
 Baseline and durable calls alternate inside one workflow (raw then durable, durable then raw, ...), each
 timed on its own, so the drift of a machine and the state of the heap and the event loop touch both
@@ -82,12 +87,15 @@ class Bench:
         self.raw_s: list[float] = []
         self.recorded_s: list[float] = []
         self.replayed = 0
+        self.gap = 0.0  # seconds of spinning before each durable call, outside its timing
 
         @self.app.workflow(name="llm_bench")
         async def llm_bench(ctx: Context, n: int) -> int:
             for i, messages in enumerate(self.lists[:n]):
                 if self.baseline and i % 2 == 0:
                     self.raw_s.append(await self._raw(messages))
+                if self.gap:
+                    spin(self.gap)
                 start = time.perf_counter()
                 response = await ctx.llm(model=MODEL, messages=messages, **PARAMS)
                 self.recorded_s.append(time.perf_counter() - start)
@@ -133,6 +141,13 @@ class Bench:
         return self.recorded_s, whole
 
 
+def spin(seconds: float) -> None:
+    """Busy-wait ``seconds``: time passes, the CPU stays busy, next to no memory is touched."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
 def settle_heap() -> None:
     """Move what is alive after the warm-up (litellm's modules, mostly) out of the collector's sight.
 
@@ -168,6 +183,7 @@ def measure(folder: Path, length: int, calls: int, rounds: int, fake: FakeProvid
             resumes.append(whole / calls)
             per_round.append((sum(durable_s) - sum(raw_s)) / calls * 1e6)
         alone = recording_alone(bench, length, calls)
+        spaced = recording_alone(bench, length, calls, gap=statistics.fmean(raw))
     finally:
         gc.unfreeze()
         bench.app.close()
@@ -182,12 +198,14 @@ def measure(folder: Path, length: int, calls: int, rounds: int, fake: FakeProvid
         "served_median": statistics.median(served) * us,
         "resume": statistics.median(resumes) * us,
         "alone": statistics.fmean(alone) * us,
+        "spaced": statistics.fmean(spaced) * us,
     }
 
 
-def recording_alone(bench: Bench, length: int, calls: int) -> list[float]:
+def recording_alone(bench: Bench, length: int, calls: int, *, gap: float = 0.0) -> list[float]:
     """Seconds of each ``ctx.llm`` call when litellm answers at once with a response made beforehand: the
-    same recording work, without litellm's ~3 ms between two calls (which leaves caches cold)."""
+    same recording work, without litellm's ~3 ms between two calls (which leaves caches cold). With
+    ``gap``, the calls are that many seconds apart, spent spinning."""
     import litellm
 
     made = asyncio.run(litellm.acompletion(model=MODEL, messages=bench.lists[0], max_retries=0, **PARAMS))
@@ -196,7 +214,11 @@ def recording_alone(bench: Bench, length: int, calls: int) -> list[float]:
         return copy.copy(made)
 
     with mock.patch.object(litellm, "acompletion", at_once):
-        _, durable_s = bench.live(calls, f"alone-{length}", baseline=False)
+        bench.gap = gap
+        try:
+            _, durable_s = bench.live(calls, f"alone-{length}-{gap:.4f}", baseline=False)
+        finally:
+            bench.gap = 0.0
     return durable_s
 
 
@@ -286,7 +308,7 @@ def breakdown(folder: Path, length: int, calls: int, raw_us: float) -> list[str]
         timers.wrap("agentflow._context.call_llm", "call")
         timers.wrap("litellm.acompletion", "litellm")
         timers.wrap("agentflow._llm_calls._cost", "cost")
-        timers.wrap("agentflow._llm_calls.canonical_json", "output_json")
+        timers.wrap("agentflow._llm_calls._json", "output_json")
         timers.wrap("agentflow._engine.RunEngine.record", "record")
         timers.wrap("agentflow._store._sql.SQLStore.write_step", "sql")
         _, durable_s = bench.live(calls, "timed", baseline=False)
@@ -306,7 +328,7 @@ def breakdown(folder: Path, length: int, calls: int, raw_us: float) -> list[str]
         ("  the rest of prepare", us["prepare"] - us["chain"] - us["begin"], "plain messages, secrets, kwargs"),
         ("litellm.completion_cost", us["cost"], "_cost(response); litellm priced it already (_hidden_params)"),
         ("model_dump, from_raw, the rest", after, "response.model_dump(mode='json'), LLMResponse.from_raw"),
-        ("canonical JSON of the output", us["output_json"], "canonical_json({'response': raw})"),
+        ("JSON of the output", us["output_json"], "pydantic_core.to_json({'response': raw})"),
         ("RunEngine.record", us["record"], ""),
         ("  SQLStore.write_step", us["sql"], f"INSERT blobs + step, COMMIT (bare sqlite3 floor: {floor:.1f})"),
         ("  the rest of record", us["record"] - us["sql"], "chain hash, StepRecord"),
@@ -350,6 +372,10 @@ def main() -> int:
             print(f"  whole resume / calls                {m['resume']:8.1f} us   (loading the record included)")
             print(
                 f"  recording alone                     {m['alone']:8.1f} us   (litellm answers at once: warm caches)"
+            )
+            print(
+                f"  recording alone, spaced             {m['spaced']:8.1f} us   (calls {m['raw'] / 1000:.1f} ms apart, "
+                "spinning in between: time alone)"
             )
             print(f"  {'PASS' if passed else 'FAIL'}\n")
         if args.breakdown or not ok:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import random
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -418,6 +419,25 @@ def test_get_blobs_leaves_out_unknown_hashes(app: AgentFlow) -> None:
     assert app._store.get_blobs([unknown, digest, digest]) == {digest: data}
     assert app._store.get_blobs([unknown]) == {}
     assert app._store.get_blobs([]) == {}
+
+
+# -- step writes ------------------------------------------------------------------------------------------
+
+
+def test_a_refused_step_write_leaves_nothing_and_the_next_write_commits(app: AgentFlow) -> None:
+    """A step written twice is refused as a whole (its blob goes too); the writer is then out of its
+    transaction, so the next write commits and other connections see it."""
+    _record_run(app, "r1")
+    (first,) = (rec for rec in app._store.load_steps("r1") if rec.seq == 0)
+    digest, data = _blob(b'{"role":"user","content":"written with the refused step"}')
+    with pytest.raises(StoreError, match="recorded already"):
+        app._store.write_step(first, {digest: data})
+    assert app._store.get_blobs([digest]) == {}
+
+    later = replace(first, key="d#0", seq=3)
+    app._store.write_step(later, {digest: data})
+    assert app._store.get_blobs([digest]) == {digest: data}
+    assert _step_keys(app, "r1") == ["a#0", "b#0", "c#0", "d#0"]
 
 
 # -- the hash chain over step records ---------------------------------------------------------------------

@@ -107,6 +107,7 @@ class SQLStore(EvalSQL):
         # calls that never overlap on one event loop, so a connection per run would only exhaust the pool.
         self._writer: PoolProxiedConnection | None = None
         self._writer_lock = threading.Lock()
+        self._sqlite = engine.dialect.name == "sqlite"
         self._insert_blob_sql = (
             f"INSERT INTO blobs (hash, data) VALUES ({placeholder}, {placeholder}) ON CONFLICT (hash) DO NOTHING"
         )
@@ -215,15 +216,22 @@ class SQLStore(EvalSQL):
             dbapi: Any = self._writer.driver_connection
             try:
                 cur = dbapi.cursor()
+                # On SQLite, BEGIN and COMMIT as statements: sqlite3's statement cache keeps them prepared,
+                # where its implicit BEGIN and commit() parse them again for every step.
+                explicit = self._sqlite and not dbapi.in_transaction
+                if explicit:
+                    cur.execute("BEGIN IMMEDIATE")
                 for row in packed_blobs:  # usually one: a call's new message node
                     cur.execute(self._insert_blob_sql, row)
                 cur.execute(sql, values)
                 fenced_off = lease_token is not None and cur.rowcount == 0
-                cur.close()
                 if fenced_off:
                     dbapi.rollback()
+                elif explicit:
+                    cur.execute("COMMIT")
                 else:
                     dbapi.commit()
+                cur.close()
             except Exception as exc:
                 with contextlib.suppress(Exception):
                     dbapi.rollback()
