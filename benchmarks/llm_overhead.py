@@ -29,6 +29,9 @@ Target: recording overhead at most 200 us per call, for both lengths. On FAIL (o
 more run with timing wrappers around agentflow's pieces says where a durable call's time goes.
 
     python benchmarks/llm_overhead.py [--calls 500] [--rounds 3] [--lengths 3,50] [--breakdown]
+                                      [--spacings 0,1,4,8]
+
+``--spacings`` (milliseconds) also times the recording alone at each spacing, for the first length.
 """
 
 from __future__ import annotations
@@ -222,6 +225,18 @@ def recording_alone(bench: Bench, length: int, calls: int, *, gap: float = 0.0) 
     return durable_s
 
 
+def spaced_alone(folder: Path, length: int, calls: int, gap: float) -> list[float]:
+    """``recording_alone`` with ``gap`` seconds between calls, in a database of its own."""
+    bench = Bench(folder / f"spaced{length}-{gap:.4f}.db", conversation(length, calls))
+    try:
+        bench.live(WARMUP, "warmup", baseline=False)
+        settle_heap()
+        return recording_alone(bench, length, calls, gap=gap)
+    finally:
+        gc.unfreeze()
+        bench.app.close()
+
+
 # -- where the time goes ------------------------------------------------------------------------------------
 
 
@@ -349,6 +364,7 @@ def main() -> int:
     parser.add_argument(
         "--breakdown", action="store_true", help="say where a durable call's time goes (always done on FAIL)"
     )
+    parser.add_argument("--spacings", default="", help="ms between calls of the recording alone, e.g. 0,1,4,8")
     args = parser.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
     print(f"{args.calls} calls x {args.rounds} rounds a length; FakeProvider replies {REPLY!r}")
@@ -378,6 +394,12 @@ def main() -> int:
                 "spinning in between: time alone)"
             )
             print(f"  {'PASS' if passed else 'FAIL'}\n")
+        if args.spacings:
+            print(f"recording alone by spacing, conversation of {lengths[0]} messages (spinning between calls):")
+            for ms in (float(x) for x in args.spacings.split(",")):
+                us_per_call = statistics.fmean(spaced_alone(Path(tmp), lengths[0], args.calls, ms / 1000)) * 1e6
+                print(f"  {ms:5.1f} ms apart                      {us_per_call:8.1f} us")
+            print()
         if args.breakdown or not ok:
             for length, raw_us in baselines.items():
                 print("\n".join(breakdown(Path(tmp), length, args.calls, raw_us)), end="\n\n")
