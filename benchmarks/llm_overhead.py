@@ -9,8 +9,7 @@ synchronous=NORMAL):
 - durable: ``ctx.llm(...)`` calls with the same messages, parameters and reply, recorded;
 - replay: the same run resumed against its record (no provider call at all): time per served call;
 - recording alone: ``ctx.llm`` calls while litellm answers at once with a response made beforehand: the
-  same recording work without litellm's ~3 ms between two calls, which leaves the CPU caches cold (the
-  overhead above is several times this; a loop allocating ~3 MB between calls does the same);
+  same recording work, back to back, with warm caches;
 - recording alone, spaced: the same, with the calls as far apart as the baseline's calls and the CPU
   spinning in between (a loop reading the clock, touching next to no memory): what the passing of time
   alone does to the recording on this machine. On a shared virtual machine the cache lines of the
@@ -207,8 +206,8 @@ def measure(folder: Path, length: int, calls: int, rounds: int, fake: FakeProvid
 
 def recording_alone(bench: Bench, length: int, calls: int, *, gap: float = 0.0) -> list[float]:
     """Seconds of each ``ctx.llm`` call when litellm answers at once with a response made beforehand: the
-    same recording work, without litellm's ~3 ms between two calls (which leaves caches cold). With
-    ``gap``, the calls are that many seconds apart, spent spinning."""
+    same recording work, back to back. With ``gap``, the calls are that many seconds apart, spent
+    spinning."""
     import litellm
 
     made = asyncio.run(litellm.acompletion(model=MODEL, messages=bench.lists[0], max_retries=0, **PARAMS))
@@ -387,7 +386,7 @@ def main() -> int:
             print(f"  replayed ctx.llm (served)           {m['served']:8.1f} us   (median {m['served_median']:.1f})")
             print(f"  whole resume / calls                {m['resume']:8.1f} us   (loading the record included)")
             print(
-                f"  recording alone                     {m['alone']:8.1f} us   (litellm answers at once: warm caches)"
+                f"  recording alone                     {m['alone']:8.1f} us   (litellm answers at once, back to back)"
             )
             print(
                 f"  recording alone, spaced             {m['spaced']:8.1f} us   (calls {m['raw'] / 1000:.1f} ms apart, "
