@@ -449,9 +449,9 @@ class AppCore:
             request = self._requests.get(run_id)
             if request is None and time.monotonic() - last_read[0] >= 0.2:
                 last_read[0] = time.monotonic()
-                stored = self._store.get_run(run_id)
-                if stored is not None and stored.control:
-                    request = self._requests[run_id] = stored.control
+                stored = self._store.run_control(run_id)
+                if stored:
+                    request = self._requests[run_id] = stored
             if request == "pause":
                 raise Suspend(wake_at=None, waiting_for=None, why=f"run {run_id} was paused", paused=True)
             if request == "cancel":

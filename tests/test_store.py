@@ -440,6 +440,22 @@ def test_a_refused_step_write_leaves_nothing_and_the_next_write_commits(app: Age
     assert _step_keys(app, "r1") == ["a#0", "b#0", "c#0", "d#0"]
 
 
+def test_run_control_reads_what_another_connection_asked_for_the_run(app: AgentFlow, db_url: str) -> None:
+    """A running run reads its ``control`` before live steps; a pause asked by another process (another
+    store on the same database) shows, also after the reader has written steps on its connection."""
+    _record_run(app, "r1")
+    assert app._store.run_control("r1") is None
+    assert app._store.run_control("no-such-run") is None
+    other = AgentFlow(db_url)
+    try:
+        other._store.update_run("r1", {"control": "pause"})
+        assert app._store.run_control("r1") == "pause"
+        other._store.update_run("r1", {"control": "cancel"})
+    finally:
+        other.close()
+    assert app._store.run_control("r1") == "cancel"
+
+
 # -- the hash chain over step records ---------------------------------------------------------------------
 
 

@@ -90,6 +90,11 @@ class Store(EvalStore, Protocol):
 
     def get_run(self, run_id: str) -> RunRecord | None: ...
 
+    def run_control(self, run_id: str) -> str | None:
+        """The run's ``control`` column (a pause or cancel asked for it), or None; also None for no such run.
+        A running run reads it before its live steps, so it is one small read."""
+        ...
+
     def list_runs(
         self,
         *,
