@@ -8,8 +8,11 @@ hash chain over step records. Tests taking ``db_url`` or ``app`` run on SQLite a
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
+import shutil
 import sqlite3
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from sqlalchemy import Engine, text
 
 from agentflow import AgentFlow, Context
 from agentflow._llm import blob_hash
+from agentflow._store._checkpointer import WalCheckpointer
 from agentflow._store._schema import HEAD, VERSION_TABLE
 from agentflow._store._sql import SQLStore, normalize_url, open_store
 from agentflow.errors import (
@@ -312,6 +316,58 @@ def test_sqlite_full_durability_syncs_every_commit(tmp_path: Path) -> None:
         engine = _engine(app)
         assert _pragma(engine, "journal_mode") == "wal"
         assert _pragma(engine, "synchronous") == 2  # FULL
+
+
+def _checkpoint_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "agentflow-checkpoint"]
+
+
+def test_step_commits_leave_the_wal_checkpoint_to_the_store_thread(tmp_path: Path) -> None:
+    """The step writer never checkpoints; the store's thread copies the WAL into the database file after
+    every ``every`` step commits, and stops when the store closes (leaving no WAL behind)."""
+    path = tmp_path / "agentflow.db"
+    with AgentFlow(str(path)) as app:
+        store = app._store
+        assert isinstance(store, SQLStore) and store.checkpointer is not None
+        store.checkpointer.every = 3
+        _record_run(app, "r1")  # three step commits: one checkpoint asked for
+        store.checkpointer.wait()
+        assert store.checkpointer.checkpoints == 1 and store.checkpointer.last_error is None
+        assert store._writer_dbapi().execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        # The database file alone (without its -wal) holds the steps now.
+        alone = tmp_path / "alone.db"
+        shutil.copyfile(path, alone)
+        conn = sqlite3.connect(alone)
+        try:
+            assert conn.execute("SELECT count(*) FROM steps WHERE run_id = 'r1'").fetchone() == (3,)
+        finally:
+            conn.close()
+        assert len(_checkpoint_threads()) == 1
+    assert _checkpoint_threads() == [] and _sidecars(path) == []
+
+
+def test_a_failing_checkpoint_is_logged_and_kept_and_the_next_one_is_tried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    checkpointer = WalCheckpointer(str(tmp_path / "no-such-folder" / "agentflow.db"), every=1)
+    try:
+        with caplog.at_level(logging.WARNING, logger="agentflow.store"):
+            checkpointer.committed()
+            checkpointer.wait()
+        assert isinstance(checkpointer.last_error, sqlite3.Error) and checkpointer.checkpoints == 0
+        assert "checkpoint of" in caplog.text and "no-such-folder" in caplog.text
+        (tmp_path / "no-such-folder").mkdir()
+        checkpointer.request()
+        checkpointer.wait()
+        assert checkpointer.checkpoints == 1
+    finally:
+        checkpointer.close()
+    assert _checkpoint_threads() == []
+
+
+def test_a_memory_database_has_no_checkpoint_thread(clock: Any) -> None:
+    with AgentFlow(":memory:", clock=clock) as app:
+        assert isinstance(app._store, SQLStore) and app._store.checkpointer is None
 
 
 def test_unknown_durability_is_a_configuration_error_before_anything_is_created(tmp_path: Path) -> None:

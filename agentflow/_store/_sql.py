@@ -25,6 +25,7 @@ from sqlalchemy.pool import PoolProxiedConnection, StaticPool
 
 from ..errors import ConfigurationError, LeaseLost, NotAnAgentFlowDatabase, RunConflict, StoreError
 from ._blob_packing import packed_blob_rows, unpack_blob, unpack_blob_hash
+from ._checkpointer import WalCheckpointer
 from ._eval_sql import EvalSQL
 from ._packing import packed_step, raw_hash, unpacked_step
 from ._records import STEP_COLUMNS, RunRecord, StepRecord
@@ -99,9 +100,11 @@ def _is_integrity_error(exc: BaseException) -> bool:
 class SQLStore(EvalSQL):
     """``Store`` on one SQLAlchemy engine."""
 
-    def __init__(self, engine: Engine, url: str) -> None:
+    def __init__(self, engine: Engine, url: str, checkpointer: WalCheckpointer | None = None) -> None:
         self._engine = engine
         self._url = url
+        # A SQLite file: its WAL is checkpointed by a thread of its own, not by a step's commit.
+        self.checkpointer = checkpointer
         placeholder = "?" if engine.dialect.paramstyle == "qmark" else "%s"
         # One connection for step records, shared by every run of this store: writes are synchronous
         # calls that never overlap on one event loop, so a connection per run would only exhaust the pool.
@@ -183,6 +186,9 @@ class SQLStore(EvalSQL):
         """The driver connection that writes step records (opened on first use); hold ``_writer_lock``."""
         if self._writer is None:
             self._writer = self._engine.raw_connection()
+            if self.checkpointer is not None:
+                dbapi: Any = self._writer.driver_connection
+                dbapi.execute("PRAGMA wal_autocheckpoint=0")
         return self._writer.driver_connection
 
     def _drop_writer(self) -> None:
@@ -258,6 +264,8 @@ class SQLStore(EvalSQL):
                 else:
                     dbapi.commit()
                 cur.close()
+                if self.checkpointer is not None and not fenced_off:
+                    self.checkpointer.committed()
             except Exception as exc:
                 with contextlib.suppress(Exception):
                     dbapi.rollback()
@@ -461,6 +469,8 @@ class SQLStore(EvalSQL):
         return inserted
 
     def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.close()
         with self._writer_lock:
             if self._writer is not None:
                 self._writer.close()
@@ -530,7 +540,7 @@ def open_store(url: str, *, durability: Durability = "normal", create: bool = Tr
     except BaseException:
         engine.dispose()
         raise
-    return SQLStore(engine, full_url)
+    return SQLStore(engine, full_url, WalCheckpointer(parsed.database or "") if file_backed else None)
 
 
 def default_sqlite_path() -> str:
