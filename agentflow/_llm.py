@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._codec import compact_json_encoder
 from .errors import AgentFlowError
 
 __all__ = [
@@ -256,8 +257,7 @@ class MessageChains:
             self._unwritten.pop(h, None)
 
 
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+_canonical = compact_json_encoder(default=str)
 
 
 def read_messages(head: str | None, get_blobs: Any) -> list[dict[str, Any]]:
