@@ -31,9 +31,10 @@ def _fallback(value: Any) -> str:
 def compact_json_encoder(default: Callable[[Any], Any] | None = None) -> Callable[[Any], str]:
     """``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=default)``,
     with the encoder made once: ``json.dumps`` builds a ``JSONEncoder`` and its C encoder at every call,
-    three Python frames that cost ~10 us a model call inside a run (two calls each), where the caches
-    are cold. Without circular-reference checks: a circular value raises ``ValueError`` all the same,
-    from the checked ``json.dumps`` it is handed to when encoding fails.
+    three Python frames per call, two calls a model call: ~20 us a model call inside a run, where the
+    caches are cold (A/B in ``benchmarks/llm_overhead.py``'s conditions, medians of 8 rounds).
+    Without circular-reference checks: a circular value raises ``ValueError`` all the same, from the
+    checked ``json.dumps`` it is handed to when encoding fails.
     """
 
     def checked(value: Any) -> str:
