@@ -10,11 +10,11 @@ earlier uses of ``name`` in that scope. The hash chain links each record to the 
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Mapping
 from dataclasses import replace
 
+from ._codec import sha256
 from ._store import StepRecord, Store
 
 __all__ = ["Journal", "chain_hash", "first_broken_link", "genesis"]
@@ -24,14 +24,14 @@ _SEP = "\x1f"
 
 def genesis(run_id: str) -> str:
     """The chain value before a run's first step."""
-    return hashlib.sha256(f"agentflow-run{_SEP}{run_id}".encode()).hexdigest()
+    return sha256(f"agentflow-run{_SEP}{run_id}".encode()).hexdigest()  # type: ignore[no-any-return]
 
 
 def chain_hash(
     previous: str, key: str, kind: str, fingerprint: str, status: str, output: str | None, error: str | None
 ) -> str:
     parts = (previous, key, kind, fingerprint, status, output or "", error or "")
-    return hashlib.sha256(_SEP.join(parts).encode()).hexdigest()
+    return sha256(_SEP.join(parts).encode()).hexdigest()  # type: ignore[no-any-return]
 
 
 def first_broken_link(run_id: str, records: list[StepRecord]) -> str | None:

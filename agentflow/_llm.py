@@ -15,10 +15,8 @@ reproducible. Prompt tokens are counted before a call with tiktoken, from the en
 
 from __future__ import annotations
 
-import base64
 import bisect
 import functools
-import hashlib
 import importlib.util
 import json
 import os
@@ -28,7 +26,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._codec import compact_json_encoder
+from ._codec import compact_json_encoder, sha256
+from ._store._packing import text_hash
 from .errors import AgentFlowError
 
 __all__ = [
@@ -73,7 +72,12 @@ def import_litellm() -> Any:
 
 
 def is_secret_name(name: str, marked: Sequence[str] = ()) -> bool:
-    return name in marked or bool(_SECRET_NAME.search(name.replace("-", "_")))
+    return name in marked or _secret_by_name(name)
+
+
+@functools.lru_cache(maxsize=512)  # the same few parameter and header names, call after call
+def _secret_by_name(name: str) -> bool:
+    return bool(_SECRET_NAME.search(name.replace("-", "_")))
 
 
 def strip_secrets(params: Mapping[str, Any], marked: Sequence[str] = ()) -> dict[str, Any]:
@@ -136,7 +140,7 @@ def count_prompt_tokens(model: str, messages: Sequence[Mapping[str, Any]], tools
 
 def blob_hash(data: bytes) -> str:
     """The sha256 of ``data``, base64url without padding: 43 characters where hex takes 64."""
-    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return text_hash(sha256(data).digest())
 
 
 @dataclass

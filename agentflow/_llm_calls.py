@@ -215,7 +215,7 @@ def _dump(model: Any) -> dict[str, Any]:
 
 
 def _json(value: Any) -> str:
-    from pydantic_core import to_json
+    from pydantic_core import to_json  # not at import: ``import agentflow`` does not import pydantic
 
     return to_json(value).decode()
 

@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import random
 from typing import Any
 
 import pytest
 
-from agentflow._codec import canonical_json, compact_json_encoder
+from agentflow._codec import canonical_json, compact_json_encoder, fingerprint, sha256
 
 
 def _dumps(value: Any, default: Any = None) -> str:
@@ -60,3 +61,12 @@ def test_a_circular_value_is_a_value_error_not_a_crash() -> None:
         compact_json_encoder()(loop)
     with pytest.raises(ValueError, match="Circular"):
         canonical_json({"x": loop})
+
+
+def test_sha256_gives_hashlibs_digest_on_both_sides_of_its_size_switch() -> None:
+    rng = random.Random(11)
+    for size in (0, 1, 63, 64, 500, 4095, 4096, 4097, 70_000):
+        data = rng.randbytes(size)
+        assert sha256(data).hexdigest() == hashlib.sha256(data).hexdigest()
+        assert sha256(data).digest() == hashlib.sha256(data).digest()
+    assert fingerprint('{"a":1}') == hashlib.sha256(b'{"a":1}').hexdigest()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import random
 from dataclasses import replace
 from typing import Any
 
@@ -27,6 +28,8 @@ from agentflow._store._packing import (
     pack_json,
     pack_request,
     packed_step,
+    raw_hash,
+    text_hash,
     unpack_digest,
     unpack_json,
     unpack_request,
@@ -248,3 +251,14 @@ def test_the_fragments_and_the_dictionary_are_frozen() -> None:
 FROZEN_DICTIONARY_SHA256 = "ac4439b6878e31be335b5de4e28380054b08da2b73091fd03e77379c10fdad4e"
 FROZEN_FRAGMENTS_SHA256 = "38d75683e60ad07369d12d940ddea37bd789d9319d00cc613d1695cef6681e2d"
 FROZEN_MESSAGE_FRAGMENTS_SHA256 = "1d3fd5c8a8b5c3c6d600202f20a062ce3d504276e4f1a9c3d6d4c88d792540e0"
+
+
+def test_blob_hash_text_reads_as_base64_would() -> None:
+    rng = random.Random(5)
+    for _ in range(300):
+        raw = rng.randbytes(32)
+        text = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+        assert text_hash(raw) == text
+        assert raw_hash(text) == raw
+    for odd in ("é" * 43, HEAD[:-1] + "=", HEAD.replace(HEAD[5], "*", 1), "", HEAD[:42]):
+        assert raw_hash(odd) is None
