@@ -16,6 +16,7 @@ from dataclasses import replace
 
 from ._codec import sha256
 from ._store import StepRecord, Store
+from ._store._records import build_frozen
 
 __all__ = ["Journal", "chain_hash", "first_broken_link", "genesis"]
 
@@ -98,25 +99,26 @@ class Journal:
         """Record a step (and the blobs it refers to) in one commit; it counts once the commit succeeded."""
         with self._lock:
             chain = chain_hash(self._chain, key, kind, fingerprint, status, output, error)
-            record = StepRecord(
-                run_id=self.run_id,
-                key=key,
-                seq=self._next_seq,
-                kind=kind,
-                name=name,
-                fingerprint=fingerprint,
-                request=request,
-                status=status,
-                attempt=attempt,
-                output=output,
-                error=error,
-                started_at=started_at,
-                finished_at=finished_at,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                cost=cost,
-                chain=chain,
-            )
+            values = {
+                "run_id": self.run_id,
+                "key": key,
+                "seq": self._next_seq,
+                "kind": kind,
+                "name": name,
+                "fingerprint": fingerprint,
+                "request": request,
+                "status": status,
+                "attempt": attempt,
+                "output": output,
+                "error": error,
+                "started_at": started_at,
+                "finished_at": finished_at,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "cost": cost,
+                "chain": chain,
+            }
+            record = build_frozen(StepRecord, values)
             if self.lease_token is None:
                 self._store.write_step(record, blobs)
             else:  # a worker's run: written only while the worker still holds its lease

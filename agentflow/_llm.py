@@ -28,6 +28,7 @@ from typing import Any
 
 from ._codec import compact_json_encoder, sha256
 from ._store._packing import text_hash
+from ._store._records import build_frozen
 from .errors import AgentFlowError
 
 __all__ = [
@@ -346,18 +347,20 @@ class LLMResponse:
             for c in message.get("tool_calls") or []
         ]
         usage = raw.get("usage") or {}
-        return cls(
-            model=raw.get("model") or "",
-            text=message.get("content"),
-            tool_calls=calls,
-            finish_reason=choice.get("finish_reason"),
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            cost=cost,
-            raw=raw,
-            reasoning=message.get("reasoning_content"),
-            replayed=replayed,
-        )
+        values = {
+            "model": raw.get("model") or "",
+            "text": message.get("content"),
+            "tool_calls": calls,
+            "finish_reason": choice.get("finish_reason"),
+            "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+            "completion_tokens": int(usage.get("completion_tokens") or 0),
+            "cost": cost,
+            "raw": raw,
+            "reasoning": message.get("reasoning_content"),
+            "parsed": None,
+            "replayed": replayed,
+        }
+        return build_frozen(cls, values)
 
 
 @dataclass(frozen=True)

@@ -184,8 +184,12 @@ def _cost_estimate(model: str, prompt_tokens: int, completion_tokens: int) -> fl
 
 
 def _cost(response: Any) -> float:
-    # litellm prices every response it returns; pricing it again costs ~190 us a call.
-    priced = (getattr(response, "_hidden_params", None) or {}).get("response_cost")
+    # litellm prices every response it returns; pricing it again costs ~190 us a call. Its price is in a
+    # pydantic private attribute: read from pydantic's dict of them where there is one (getattr goes
+    # through BaseModel.__getattr__ in Python).
+    private = getattr(response, "__pydantic_private__", None)
+    hidden = private.get("_hidden_params") if type(private) is dict else getattr(response, "_hidden_params", None)
+    priced = (hidden or {}).get("response_cost")
     if priced is not None:
         return float(priced)
     litellm = import_litellm()
@@ -209,9 +213,17 @@ def _parse(call: LLMCall, response: LLMResponse) -> LLMResponse:
 
 
 def _dump(model: Any) -> dict[str, Any]:
-    """A litellm response or chunk as JSON data, without the many null fields it carries."""
-    dumped: dict[str, Any] = model.model_dump(mode="json", exclude_none=True)
-    return dumped
+    """A litellm response or chunk as JSON data, without the many null fields it carries.
+
+    Through the model's pydantic serializer itself: what ``model_dump`` does after litellm's and
+    pydantic's Python wrappers around it (tested to give the same data).
+    """
+    serializer = getattr(type(model), "__pydantic_serializer__", None)
+    if serializer is None:
+        dumped: dict[str, Any] = model.model_dump(mode="json", exclude_none=True)
+        return dumped
+    data: dict[str, Any] = serializer.to_python(model, mode="json", exclude_none=True)
+    return data
 
 
 def _json(value: Any) -> str:

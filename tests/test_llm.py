@@ -535,3 +535,40 @@ def test_reasoning_and_usage_survive_a_streamed_round_trip_and_its_replay(app: A
     assert "".join(live[0]) == "First, consider the question."
     assert live[1] == "First, consider the question." and live[2] == 9
     assert replayed == live
+
+
+def test_responses_are_read_as_model_dump_and_the_constructors_would() -> None:
+    # The hot path dumps a response through its pydantic serializer, reads litellm's price from pydantic's
+    # private attributes and builds LLMResponse without its __init__: each the same as the plain way.
+    import dataclasses
+
+    import litellm
+
+    from agentflow._llm import ToolCall
+    from agentflow._llm_calls import _cost, _dump
+
+    litellm.disable_aiohttp_transport = True
+    call = {"model": MODEL, "messages": [user("hi")], "api_key": KEY, "max_retries": 0}
+    with FakeProvider() as fake:
+        fake.script(tool_call("lookup_order", {"order_id": "A-1"}, usage=(9, 4)), stream(["Hel", "lo"]))
+        answer = asyncio.run(litellm.acompletion(**call))
+
+        async def chunks() -> list[Any]:
+            return [chunk async for chunk in await litellm.acompletion(**call, stream=True)]
+
+        streamed = asyncio.run(chunks())
+    for model in (answer, *streamed):
+        assert _dump(model) == model.model_dump(mode="json", exclude_none=True)
+    assert _cost(answer) == answer._hidden_params["response_cost"] > 0
+
+    raw = _dump(answer)
+    fast = LLMResponse.from_raw(raw, 0.5, replayed=True)
+    calls = [ToolCall(fast.tool_calls[0].id, "lookup_order", '{"order_id": "A-1"}')]
+    plain = LLMResponse(
+        model=raw["model"], text=None, tool_calls=calls, finish_reason="tool_calls", prompt_tokens=9,
+        completion_tokens=4, cost=0.5, raw=raw, replayed=True,
+    )  # fmt: skip
+    assert fast == plain and vars(fast) == vars(plain)
+    assert dataclasses.replace(fast, cost=1.0).cost == 1.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.cost = 2.0  # type: ignore[misc]

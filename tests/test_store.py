@@ -587,3 +587,23 @@ def test_damage_found_only_when_reading_runs_is_a_store_error(tmp_path: Path) ->
 
     with AgentFlow(str(path)) as app, pytest.raises(StoreError, match="failed"):  # opens: the damage is elsewhere
         app.get_run("r1")
+
+
+def test_the_journal_builds_step_records_as_their_constructor_would(db_url: str) -> None:
+    from agentflow._journal import Journal
+    from agentflow._store import RunRecord, StepRecord
+
+    store = open_store(db_url)
+    try:
+        store.insert_run(RunRecord(id="r", workflow="w", status="running", input="{}", created_at=1.0, updated_at=1.0))
+        journal = Journal("r", store, [])
+        made = journal.append(
+            key="s#0", kind="step", name="s", fingerprint="f" * 64, request='{"x":1}', status="completed",
+            attempt=1, output="2", error=None, started_at=1.0, finished_at=2.0, prompt_tokens=3,
+            completion_tokens=4, cost=0.5,
+        )  # fmt: skip
+        assert list(vars(made)) == list(StepRecord.__dataclass_fields__)
+        assert made == StepRecord(**vars(made)) and hash(made) == hash(StepRecord(**vars(made)))
+        assert store.load_steps("r") == [made]
+    finally:
+        store.close()
