@@ -98,20 +98,23 @@ def prepare_llm_call(
 ) -> LLMCall:
     """Allocate the key (in call order) and build the recorded request; finds a recorded answer."""
     plain = _plain_messages(messages)
-    chains: MessageChains = engine.extras.setdefault("message_chain", MessageChains())
+    chains: MessageChains | None = engine.extras.get("message_chain")
+    if chains is None:  # not setdefault: that would build a MessageChains at every call
+        chains = engine.extras["message_chain"] = MessageChains()
     blobs: dict[str, bytes] = {}
     head = chains.head(scope, plain, blobs)  # adds the chain's nodes not stored yet
     tool_schemas = [t.schema() if isinstance(t, Tool) else dict(t) for t in tools] if tools else None
     recorded_params = strip_secrets(params, secret_params)
     request: dict[str, Any] = {"model": model, "messages": head, "n_messages": len(plain)}
     # Only what is there: a record holds no empty fields (a conversation records one request a turn).
-    optional = {
-        "tools": _blob_ref(engine, tool_schemas, blobs),
-        "response_format": _blob_ref(engine, _response_format_schema(response_format), blobs),
-        "params": recorded_params,
-        "stream": stream,
-    }
-    request.update({name: value for name, value in optional.items() if value})
+    if tool_schemas:
+        request["tools"] = _blob_ref(engine, tool_schemas, blobs)
+    if response_format is not None:
+        request["response_format"] = _blob_ref(engine, _response_format_schema(response_format), blobs)
+    if recorded_params:
+        request["params"] = recorded_params
+    if stream:
+        request["stream"] = True
     key, request_json, fp, rec = engine.begin(scope, "llm", request)
     call_kwargs: dict[str, Any] = {"model": model, "messages": plain, "max_retries": 0, **params}
     if tool_schemas:
