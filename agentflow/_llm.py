@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._codec import compact_json_encoder, sha256
-from ._store._packing import text_hash
+from ._store._packing import hash_text
 from ._store._records import build_frozen
 from .errors import AgentFlowError
 
@@ -141,7 +141,7 @@ def count_prompt_tokens(model: str, messages: Sequence[Mapping[str, Any]], tools
 
 def blob_hash(data: bytes) -> str:
     """The sha256 of ``data``, base64url without padding: 43 characters where hex takes 64."""
-    return text_hash(sha256(data).digest())
+    return hash_text(sha256(data).digest())
 
 
 @dataclass

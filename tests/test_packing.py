@@ -24,6 +24,7 @@ from agentflow._store._blob_packing import (
 from agentflow._store._packing import (
     DICTIONARY_V1,
     FRAGMENTS_V1,
+    hash_text,
     pack_digest,
     pack_json,
     pack_request,
@@ -262,3 +263,16 @@ def test_blob_hash_text_reads_as_base64_would() -> None:
         assert raw_hash(text) == raw
     for odd in ("é" * 43, HEAD[:-1] + "=", HEAD.replace(HEAD[5], "*", 1), "", HEAD[:42]):
         assert raw_hash(odd) is None
+
+
+def test_hashes_made_here_are_read_back_without_decoding_and_the_memory_of_them_is_bounded() -> None:
+    from agentflow._store import _packing
+
+    rng = random.Random(6)
+    for _ in range(600):
+        raw = rng.randbytes(32)
+        text = hash_text(raw)
+        assert text == text_hash(raw) and raw_hash(text) == raw
+        assert len(_packing._RECENT_HASHES) <= 256
+    assert raw_hash(HEAD[:-1] + "B") is None  # a text that decodes but does not read back the same
+    assert HEAD[:-1] + "B" not in _packing._RECENT_HASHES
