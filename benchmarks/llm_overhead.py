@@ -341,7 +341,7 @@ def breakdown(folder: Path, length: int, calls: int, raw_us: float) -> list[str]
         ("  RunEngine.begin", us["begin"], "canonical JSON of the request, sha256, journal lookup"),
         ("  the rest of prepare", us["prepare"] - us["chain"] - us["begin"], "plain messages, secrets, kwargs"),
         ("litellm.completion_cost", us["cost"], "_cost(response); litellm priced it already (_hidden_params)"),
-        ("model_dump, from_raw, the rest", after, "response.model_dump(mode='json'), LLMResponse.from_raw"),
+        ("the response to data, from_raw", after, "the response's pydantic serializer, LLMResponse.from_raw"),
         ("JSON of the output", us["output_json"], "pydantic_core.to_json({'response': raw})"),
         ("RunEngine.record", us["record"], ""),
         ("  SQLStore.write_step", us["sql"], f"INSERT blobs + step, COMMIT (bare sqlite3 floor: {floor:.1f})"),
