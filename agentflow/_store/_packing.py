@@ -261,7 +261,8 @@ def text_hash(raw: bytes) -> str:
 
 def hash_text(digest: bytes) -> str:
     """``text_hash`` of a digest just made, remembered for ``raw_hash``: a new message node's hash is
-    read back into bytes twice when its call is recorded (~3 us inside a run)."""
+    read back into bytes twice when its call is recorded (~8 us a model call inside a run, by an A/B in
+    ``benchmarks/llm_overhead.py``'s conditions)."""
     text = text_hash(digest)
     _remember(text, digest)
     return text
