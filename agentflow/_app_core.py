@@ -36,6 +36,7 @@ from ._workflow import Workflow
 from .errors import (
     ConfigurationError,
     DeadlineExceeded,
+    LeaseLost,
     ReplayDivergence,
     RunCancelled,
     RunConflict,
@@ -279,9 +280,16 @@ class AppCore:
             return await asyncio.shield(running)  # the same run is executing here already
         task = asyncio.ensure_future(self._execute_once(wf, record, fresh, setup))
         self._inflight[record.id] = task
-        task.add_done_callback(lambda _: self._inflight.pop(record.id, None))
+        task.add_done_callback(lambda done: self._ended(record.id, done))
         # Shielded: a caller that is cancelled stops waiting; the run itself goes on to its end.
         return await asyncio.shield(task)
+
+    def _ended(self, run_id: str, task: asyncio.Future[Run]) -> None:
+        self._inflight.pop(run_id, None)
+        # A child run goes on after its parent's worker stopped waiting for it (the worker found its lease
+        # taken over); its next write then ends it with LeaseLost, which nobody awaits any more: expected.
+        if not task.cancelled() and isinstance(task.exception(), LeaseLost):
+            log.debug("run %s stopped at a write: %s", run_id, task.exception())
 
     async def _execute_once(
         self, wf: Workflow, record: RunRecord, fresh: bool, setup: Callable[[RunEngine], None] | None = None
@@ -297,12 +305,16 @@ class AppCore:
         engine.control = self._control_for(run_id, record.deadline_at)
         engine.children = self
         engine.extras["parent_id"] = record.parent_id
-        # A worker's claim has set the run running already, in the same write that gave it the lease.
-        if journal.lease_token is None and (not fresh or record.status != RunStatus.RUNNING.value):
+        # A worker's claim has set the run running already, in the same write that gave it the lease (a
+        # child run under its root's lease is not claimed: it is set running here, fenced by that lease).
+        claimed = journal.lease_token is not None and journal.lease_of is None
+        if not claimed and (not fresh or record.status != RunStatus.RUNNING.value):
             self._store.update_run(
                 run_id,
                 {"status": RunStatus.RUNNING.value, "updated_at": self._clock.time(), "wake_at": None,
                  "waiting_for": None},
+                lease_token=journal.lease_token,
+                lease_of=journal.lease_of,
             )  # fmt: skip
         try:
             output_json = await self._invoke(wf, engine, record)
@@ -371,6 +383,7 @@ class AppCore:
                 "rollback": rollback,
             },
             lease_token=engine.journal.lease_token,
+            lease_of=engine.journal.lease_of,
         )
         parent = engine.extras.get("parent_id")
         if parent:  # a child run: wake its parent if it waits for this child
@@ -389,6 +402,7 @@ class AppCore:
             updated_at=self._clock.time(),
             usage=(engine.prompt_tokens, engine.completion_tokens, engine.cost),
             lease_token=engine.journal.lease_token,
+            lease_of=engine.journal.lease_of,
         )
 
     def _pending_record(
@@ -467,20 +481,36 @@ class AppCore:
         return self._lookup(workflow).name
 
     async def run_child(
-        self, workflow: Any, child_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], parent_id: str
+        self,
+        workflow: Any,
+        child_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        parent_id: str,
+        lease: tuple[str, int] | None = None,
     ) -> tuple[str, str | None, str | None]:
-        """Run, resume or look up the child run ``child_id``; its ``(status, output JSON, error)``."""
+        """Run, resume or look up the child run ``child_id``; its ``(status, output JSON, error)``.
+
+        Under a worker's ``lease`` on the parent (its root run), every write of the child is fenced by that
+        lease: a worker that lost it stops at the child's next write too, as it does in the parent.
+        """
         wf = self._lookup(workflow)
+
+        def fenced(engine: RunEngine) -> None:
+            assert lease is not None
+            engine.journal.lease_of, engine.journal.lease_token = lease
+
+        setup = fenced if lease is not None else None
         record = self._store.get_run(child_id)
         if record is None:
             input_json = wf.encode_input(args, kwargs)
             record = self._new_record(wf, child_id, RunStatus.RUNNING, input_json, parent_id=parent_id)
             if self._store.insert_run(record):
-                await self._execute(wf, record, fresh=True)
+                await self._execute(wf, record, fresh=True, setup=setup)
         else:
             due = record.wake_at is not None and record.wake_at <= self._clock.time()
             if record.status in RESUMABLE or (record.status == RunStatus.WAITING.value and due):
-                await self._execute(wf, record, fresh=False)
+                await self._execute(wf, record, fresh=False, setup=setup)
         final = self._require(child_id)
         return final.status, final.output, final.error
 

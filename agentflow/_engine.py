@@ -80,9 +80,16 @@ class ChildRunner(Protocol):
     def name_of(self, workflow: Any) -> str: ...
 
     async def run_child(
-        self, workflow: Any, child_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], parent_id: str
+        self,
+        workflow: Any,
+        child_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        parent_id: str,
+        lease: tuple[str, int] | None = None,
     ) -> tuple[str, str | None, str | None]:
-        """Run (or resume, or look up) the child; its ``(status, output JSON, error text)``."""
+        """Run (or resume, or look up) the child; its ``(status, output JSON, error text)``. With ``lease``
+        (the parent's, ``(run id, token)``: a worker holds it) every write of the child is fenced by it."""
         ...
 
 
@@ -424,7 +431,9 @@ class RunEngine:
             return self.codec.decode(rec.output)
         child_id = f"{self.run_id}/{key}"
         started = self.clock.time()
-        status, output, error = await self.children.run_child(workflow, child_id, args, kwargs, self.run_id)
+        status, output, error = await self.children.run_child(
+            workflow, child_id, args, kwargs, self.run_id, self.journal.lease
+        )
         if status == "completed":
             self.record(key=key, kind="child", name="child", fp=fp, request=request, started=started, attempts=1,
                         output=output)  # fmt: skip

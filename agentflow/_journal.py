@@ -55,8 +55,17 @@ class Journal:
         self._chain = records[-1].chain if records else genesis(run_id)
         self._counters: dict[str, int] = {}
         self._lock = threading.Lock()  # a sync workflow's thread and the event loop may both append
-        # Set when a worker holds the run under a lease: every write is fenced by this token.
+        # Set when a worker holds the run under a lease: every write is fenced by this token, the token of
+        # the run ``lease_of`` when that is another run (a child run is executed under its root's lease).
         self.lease_token: int | None = None
+        self.lease_of: str | None = None
+
+    @property
+    def lease(self) -> tuple[str, int] | None:
+        """The lease this run's writes are fenced by, ``(run id, token)``; None outside a worker."""
+        if self.lease_token is None:
+            return None
+        return (self.lease_of or self.run_id, self.lease_token)
 
     @property
     def store(self) -> Store:
@@ -122,7 +131,7 @@ class Journal:
             if self.lease_token is None:
                 self._store.write_step(record, blobs)
             else:  # a worker's run: written only while the worker still holds its lease
-                self._store.write_step(record, blobs, lease_token=self.lease_token)
+                self._store.write_step(record, blobs, lease_token=self.lease_token, lease_of=self.lease_of)
             self._next_seq += 1
             self._chain = chain
             self._recorded[key] = record

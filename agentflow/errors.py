@@ -302,13 +302,16 @@ class SchemaVersionError(StoreError):
 class LeaseLost(StoreError):
     """A worker tried to write to a run whose lease it no longer holds: the lease expired (the worker
     stalled or lost its database connection) and another worker claimed the run, with a newer fencing
-    token. Nothing was written; the execution in this worker stops and leaves the run to its new holder."""
+    token. Nothing was written; the execution in this worker stops and leaves the run to its new holder.
+
+    ``run_id`` is the run whose lease was lost: the run written to, or for a child run the root run the
+    worker held (a child run is executed under its root's lease). ``what`` says which write it was."""
 
     def __init__(self, run_id: str, token: int, what: str) -> None:
         self.run_id = run_id
         self.token = token
         super().__init__(
-            f"{what} of run {run_id!r} was refused: this worker's lease (token {token}) was taken over by "
+            f"{what} was refused: this worker's lease on run {run_id!r} (token {token}) was taken over by "
             "another worker after it expired. Nothing was written; the run goes on there"
         )
 

@@ -288,18 +288,27 @@ def test_a_paused_queued_run_is_resumed_by_handing_it_back_to_the_queue(app: Age
 # -- leases and fencing ----------------------------------------------------------------------------------
 
 
+class Stall:
+    """A step function ``slow`` whose first call stalls (a GC pause, a lost network...) until ``resume`` is
+    set; ``entered`` is set when it stalls. ``calls`` counts the calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.entered, self.resume = asyncio.Event(), asyncio.Event()
+
+    async def slow(self, n: int) -> int:
+        self.calls.append("slow")
+        if len(self.calls) == 1:
+            self.entered.set()
+            await self.resume.wait()
+        return n
+
+
 def test_a_stalled_worker_s_late_step_write_is_rejected_and_the_record_is_unchanged(db_url: str) -> None:
     clock = FakeClock()
     stalled, other = AgentFlow(db_url, clock=clock), AgentFlow(db_url, clock=clock)
-    calls: list[str] = []
-    entered, resume = asyncio.Event(), asyncio.Event()
-
-    async def slow(n: int) -> int:
-        calls.append("slow")
-        if len(calls) == 1:  # the first worker stalls here (a GC pause, a lost network...)
-            entered.set()
-            await resume.wait()
-        return n
+    stall = Stall()
+    entered, resume, slow = stall.entered, stall.resume, stall.slow
 
     async def stalls(ctx: Context, n: int) -> int:
         return await ctx.step("slow", slow, n) + await ctx.step("after", echo, n)
@@ -332,6 +341,86 @@ def test_a_stalled_worker_s_late_step_write_is_rejected_and_the_record_is_unchan
     assert other.verify(run_id) is None
     stalled.close()
     other.close()
+
+
+def test_a_child_run_is_fenced_by_its_root_s_lease_a_stalled_worker_writes_nothing_to_it(db_url: str) -> None:
+    clock = FakeClock()
+    stalled, other = AgentFlow(db_url, clock=clock), AgentFlow(db_url, clock=clock)
+    stall = Stall()  # the first worker stalls inside the child run
+    calls, entered, resume, slow = stall.calls, stall.entered, stall.resume, stall.slow
+
+    async def child(ctx: Context, n: int) -> int:
+        return await ctx.step("slow", slow, n) + 1
+
+    async def parent(ctx: Context, n: int) -> int:
+        return await ctx.child(child, n) * 2
+
+    for app in (stalled, other):
+        app.register(child, name="child")
+        app.register(parent, name="parent")
+    run_id = stalled.enqueue("parent", 5, queue="q").run_id
+
+    async def scenario() -> None:
+        first = asyncio.create_task(
+            stalled.work_async("q", lease=30, poll=0.01, handle_signals=False, stop=lambda: resume.is_set())
+        )
+        await entered.wait()
+        clock.advance(31)  # the lease on the parent runs out; another worker claims the parent
+        queues = QueueStore(other._store)  # type: ignore[arg-type]
+        [claim] = queues.claim("q", worker="b", limit=1, workflows=["parent"], now=clock.time(), lease=30)
+        assert claim.lease_token == 2
+        [kid] = [r for r in other.list_runs() if r.parent_id == run_id]
+        before = other.get_run(kid.id)
+        assert (before.status, before.steps) == (RunStatus.RUNNING, [])
+        resume.set()  # the stalled worker's step in the child ends: its record is refused by the root's token
+        report = await first
+        assert (report.lost, report.finished, report.errors) == (1, 0, 0)
+        assert other.get_run(kid.id) == before  # no step, no status: the child is the new holder's to run
+        clock.advance(31)  # b never ran it: its lease runs out too, and a worker finishes the run
+        done = await other.work_async("q", poll=0.01, drain=True, handle_signals=False)
+        assert (done.claimed, done.finished) == (1, 1)
+
+    asyncio.run(scenario())
+    run = other.get_run(run_id)
+    assert (run.status, run.output, run.lease_token) == (RunStatus.COMPLETED, 12, 3)
+    [kid] = [r for r in other.list_runs() if r.parent_id == run_id]
+    assert [(s.key, s.output) for s in other.get_run(kid.id).steps] == [("slow#0", 5)]
+    assert calls == ["slow", "slow"]  # the stalled attempt, then the holder's: each lease holder's once
+    assert other.verify(run_id) is None and other.verify(kid.id) is None
+    stalled.close()
+    other.close()
+
+
+def test_writes_fenced_by_another_run_s_lease_go_in_only_while_it_is_held(app: AgentFlow, clock: FakeClock) -> None:
+    register_job(app)
+    root = app.enqueue("job", 1, queue="q").run_id
+    kid = app.enqueue("job", 2, queue="other").run_id  # stands for a child run: written under root's lease
+    queues = QueueStore(app._store)  # type: ignore[arg-type]
+    [mine] = queues.claim("q", worker="a", limit=1, workflows=["job"], now=clock.now, lease=30)
+    [theirs] = queues.claim("q", worker="b", limit=1, workflows=["job"], now=clock.now + 31, lease=30)
+    before = app.get_run(kid)
+
+    journal = Journal(kid, app._store, [])
+    journal.lease_of, journal.lease_token = root, mine.lease_token
+    assert journal.lease == (root, 1)
+    with pytest.raises(LeaseLost, match=f"step 'echo#0' of run '{kid}' was refused: .* lease on run '{root}'"):
+        journal.append(key="echo#0", kind="step", name="echo", fingerprint="f", request=None, status="completed",
+                       attempt=1, output="1", error=None, started_at=clock.now, finished_at=clock.now)  # fmt: skip
+    with pytest.raises(LeaseLost, match=f"an update of run '{kid}'"):
+        app._store.update_run(kid, {"status": "completed"}, lease_token=mine.lease_token, lease_of=root)
+    with pytest.raises(LeaseLost, match=f"suspending run '{kid}'"):
+        app._store.suspend_run(kid, status="waiting", wake_at=None, waiting_for=None, updated_at=clock.now,
+                               usage=(0, 0, 0.0), lease_token=mine.lease_token, lease_of=root)  # fmt: skip
+    assert app.get_run(kid) == before and before.steps == []
+
+    journal.lease_token = theirs.lease_token  # the holder's writes go in, whatever the child's own token
+    journal.append(key="echo#0", kind="step", name="echo", fingerprint="f", request=None, status="completed",
+                   attempt=1, output="1", error=None, started_at=clock.now, finished_at=clock.now)  # fmt: skip
+    app._store.suspend_run(kid, status="waiting", wake_at=None, waiting_for="e", updated_at=clock.now,
+                           usage=(0, 0, 0.0), lease_token=theirs.lease_token, lease_of=root)  # fmt: skip
+    app._store.update_run(kid, {"output": "2"}, lease_token=theirs.lease_token, lease_of=root)
+    after = app.get_run(kid)
+    assert ([s.key for s in after.steps], after.status, after.output) == (["echo#0"], RunStatus.WAITING, 2)
 
 
 def test_every_write_of_a_worker_whose_lease_was_taken_over_raises_lease_lost(app: AgentFlow, clock: FakeClock) -> None:

@@ -120,9 +120,17 @@ class Store(EvalStore, Protocol):
         """Runs, newest first, filtered by status and workflow name."""
         ...
 
-    def update_run(self, run_id: str, fields: Mapping[str, object], *, lease_token: int | None = None) -> None:
-        """Set ``fields`` (column name to value) on one run; with ``lease_token``, only while the run's lease
-        token is that one (else ``LeaseLost``, nothing written)."""
+    def update_run(
+        self,
+        run_id: str,
+        fields: Mapping[str, object],
+        *,
+        lease_token: int | None = None,
+        lease_of: str | None = None,
+    ) -> None:
+        """Set ``fields`` (column name to value) on one run; with ``lease_token``, only while the lease token
+        of the run ``lease_of`` (the run itself by default; a child run's root) is that one (else
+        ``LeaseLost``, nothing written)."""
         ...
 
     def load_steps(self, run_id: str) -> list[StepRecord]:
@@ -130,12 +138,17 @@ class Store(EvalStore, Protocol):
         ...
 
     def write_step(
-        self, step: StepRecord, blobs: Mapping[str, bytes] | None = None, lease_token: int | None = None
+        self,
+        step: StepRecord,
+        blobs: Mapping[str, bytes] | None = None,
+        lease_token: int | None = None,
+        lease_of: str | None = None,
     ) -> None:
         """Append one step record, and the blobs it refers to, in one commit: the hot path.
 
         Blobs already stored are left as they are. Safe from several threads. With ``lease_token`` (a run
-        held by a worker) the record is written only while the run's lease token is still that one; else
+        held by a worker) the record is written only while the lease token of the run ``lease_of`` (the
+        step's own run by default; for a child run, the root run the worker holds) is still that one; else
         ``LeaseLost`` is raised and nothing is written.
         """
         ...
@@ -159,10 +172,12 @@ class Store(EvalStore, Protocol):
         updated_at: float,
         usage: tuple[int, int, float],
         lease_token: int | None = None,
+        lease_of: str | None = None,
     ) -> None:
         """Mark a run waiting (or paused). If an event it waits for is in its inbox already (sent while it
         was getting there), it is due at once: no event is missed between the wait and the status. With
-        ``lease_token``, only while the run's lease token is that one (else ``LeaseLost``)."""
+        ``lease_token``, only while the lease token of ``lease_of`` (the run itself by default) is that one
+        (else ``LeaseLost``)."""
         ...
 
     def due_runs(self, now: float, limit: int | None = None) -> list[RunRecord]:

@@ -220,18 +220,38 @@ class SQLStore(EvalSQL):
         with self._connect() as conn:
             return [RunRecord(**row) for row in conn.execute(query).mappings()]
 
-    def update_run(self, run_id: str, fields: Mapping[str, object], *, lease_token: int | None = None) -> None:
+    def update_run(
+        self,
+        run_id: str,
+        fields: Mapping[str, object],
+        *,
+        lease_token: int | None = None,
+        lease_of: str | None = None,
+    ) -> None:
         unknown = set(fields) - set(RUN_COLUMNS)
         if unknown:
             raise ConfigurationError(f"runs has no column(s) {sorted(unknown)}")
         table = RunRow.__table__  # type: ignore[attr-defined]
         query = update(table).where(table.c.id == run_id)
         if lease_token is not None:
-            query = query.where(table.c.lease_token == lease_token)
+            query = query.where(self._fence(run_id, lease_token, lease_of))
         with self._connect(begin=True) as conn:
             result = conn.execute(query.values(dict(fields)))
             if lease_token is not None and result.rowcount == 0:
-                raise LeaseLost(run_id, lease_token, "an update")
+                raise LeaseLost(lease_of or run_id, lease_token, f"an update of run {run_id!r}")
+
+    def _fence(self, run_id: str, lease_token: int, lease_of: str | None) -> Any:
+        """The condition of a fenced write to the row of ``run_id``: the lease token of ``lease_of`` (the
+        run itself by default) is still ``lease_token``. Another run's row is read FOR SHARE on Postgres, as
+        the step insert does: a claim of it waits for this commit."""
+        runs = RunRow.__table__  # type: ignore[attr-defined]
+        if lease_of is None or lease_of == run_id:
+            return runs.c.lease_token == lease_token
+        holder = runs.alias("holder")
+        held = select(holder.c.id).where(holder.c.id == lease_of, holder.c.lease_token == lease_token)
+        if self._engine.dialect.name == "postgresql":
+            held = held.with_for_update(read=True)
+        return held.exists()
 
     def load_steps(self, run_id: str) -> list[StepRecord]:
         table = StepRow.__table__  # type: ignore[attr-defined]
@@ -241,14 +261,18 @@ class SQLStore(EvalSQL):
         return [unpacked_step(row) for row in rows]
 
     def write_step(
-        self, step: StepRecord, blobs: Mapping[str, bytes] | None = None, lease_token: int | None = None
+        self,
+        step: StepRecord,
+        blobs: Mapping[str, bytes] | None = None,
+        lease_token: int | None = None,
+        lease_of: str | None = None,
     ) -> None:
         values = packed_step(step)
         packed_blobs = packed_blob_rows(blobs or {})
         sql = self._insert_step_sql
         if lease_token is not None:
             sql = self._insert_fenced_step_sql
-            values = (*values, step.run_id, lease_token)
+            values = (*values, lease_of or step.run_id, lease_token)
         with self._writer_lock:
             dbapi = self._writer_dbapi()
             cur = self._writer_cur
@@ -281,7 +305,7 @@ class SQLStore(EvalSQL):
                 self._drop_writer()
                 raise StoreError(f"could not record step {step.key!r} of run {step.run_id!r}: {exc}") from exc
         if fenced_off:
-            raise LeaseLost(step.run_id, lease_token or 0, f"step {step.key!r}")
+            raise LeaseLost(lease_of or step.run_id, lease_token or 0, f"step {step.key!r} of run {step.run_id!r}")
 
     def _dialect_insert(self, table: Any) -> Any:
         """An ``INSERT`` with ``ON CONFLICT`` support: both dialects spell it the same way."""
@@ -339,12 +363,13 @@ class SQLStore(EvalSQL):
         updated_at: float,
         usage: tuple[int, int, float],
         lease_token: int | None = None,
+        lease_of: str | None = None,
     ) -> None:
         runs, events = RunRow.__table__, EventRow.__table__  # type: ignore[attr-defined]
         prompt, completion, cost = usage
         mine = runs.c.id == run_id
         if lease_token is not None:
-            mine = mine & (runs.c.lease_token == lease_token)
+            mine = mine & self._fence(run_id, lease_token, lease_of)
         with self._connect(begin=True) as conn:
             result = conn.execute(
                 update(runs)
@@ -353,7 +378,7 @@ class SQLStore(EvalSQL):
                         prompt_tokens=prompt, completion_tokens=completion, cost=cost)
             )  # fmt: skip
             if lease_token is not None and result.rowcount == 0:
-                raise LeaseLost(run_id, lease_token, "suspending")
+                raise LeaseLost(lease_of or run_id, lease_token, f"suspending run {run_id!r}")
             if waiting_for is not None:
                 waiting = select(events.c.id).where(
                     events.c.run_id == run_id, events.c.type == waiting_for, events.c.delivered_key.is_(None)
