@@ -299,12 +299,12 @@ class AppCore:
         engine = RunEngine(run_id, journal, self._codec, self._clock, self._default_retry)
         if setup is not None:  # a fork's source record, a counterfactual's world
             setup(engine)
-        engine.extras.update(llm_retry=self._llm_retry, budget=wf.budget)
+        engine.extras.llm_retry, engine.extras.budget = self._llm_retry, wf.budget
         if self._step_listeners:
             engine.listeners.append(lambda rec: self._tell_listeners(run_id, rec))
         engine.control = self._control_for(run_id, record.deadline_at)
         engine.children = self
-        engine.extras["parent_id"] = record.parent_id
+        engine.extras.parent_id = record.parent_id
         # A worker's claim has set the run running already, in the same write that gave it the lease (a
         # child run under its root's lease is not claimed: it is set running here, fenced by that lease).
         claimed = journal.lease_token is not None and journal.lease_of is None
@@ -385,7 +385,7 @@ class AppCore:
             lease_token=engine.journal.lease_token,
             lease_of=engine.journal.lease_of,
         )
-        parent = engine.extras.get("parent_id")
+        parent = engine.extras.parent_id
         if parent:  # a child run: wake its parent if it waits for this child
             self._store.send_event(parent, f"child:{engine.run_id}", "null", now)
 

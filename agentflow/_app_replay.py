@@ -61,7 +61,7 @@ class ReplayPart(AppCore):
         engine = RunEngine(
             run_id, Journal(run_id, self._store, steps), self._codec, self._clock, self._default_retry, mode=mode
         )
-        engine.extras.update(llm_retry=self._llm_retry, budget=wf.budget)
+        engine.extras.llm_retry, engine.extras.budget = self._llm_retry, wf.budget
         engine.source = {r.key: r for r in steps}
         engine.code_versions = (record.code_version, wf.current_version())
         diverged: list[ReplayDivergence] = []

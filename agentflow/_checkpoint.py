@@ -53,7 +53,7 @@ def record_checkpoint(engine: RunEngine, scope: str, name: str, state: Mapping[s
     key, request, fp, rec = engine.begin(scope, name, {"checkpoint": name})
     text = canonical_json(state)
     copy = json.loads(text)  # a private copy: the caller goes on changing its state
-    chains: dict[str, _Last] = engine.extras.setdefault("checkpoints", {})
+    chains = engine.extras.checkpoints
     chain = chain_of(key)
     last = chains.get(chain)
     if rec is not None:

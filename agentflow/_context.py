@@ -30,7 +30,7 @@ ToolSpec = Tool | Mapping[str, Any]
 def _as_tool(engine: RunEngine, fn: Tool | Callable[..., Any]) -> Tool:
     if isinstance(fn, Tool):
         return fn
-    cache: dict[Callable[..., Any], Tool] = engine.extras.setdefault("tools", {})
+    cache = engine.extras.tools
     made = cache.get(fn)
     if made is None:
         made = cache[fn] = tool(fn)

@@ -15,12 +15,12 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ._clock import Clock
 from ._codec import Codec, canonical_json, fingerprint
 from ._journal import Journal
-from ._llm import strip_secrets
+from ._llm import Budget, MessageChains, strip_secrets
 from ._models import ErrorInfo
 from ._retry import RetryPolicy
 from ._store import StepRecord
@@ -35,6 +35,10 @@ from .errors import (
     StepTimeout,
     StoreError,
 )
+
+if TYPE_CHECKING:
+    from ._checkpoint import _Last
+    from ._rate import RunLimiter
 
 __all__ = ["CancelRequested", "Compensation", "RunEngine", "Suspend", "current_scope"]
 
@@ -121,6 +125,22 @@ class Attempts:
 
 
 @dataclass
+class RunExtras:
+    """Per-run state that the modules around the engine keep on it, one field each; all empty by default."""
+
+    # The LLM gateway (_llm_calls): the run's message chains, its retry policy and budget for model calls
+    # (from the app and the workflow), and the rate limiter of a queue whose worker executes the run.
+    message_chain: MessageChains | None = None
+    llm_retry: RetryPolicy | None = None
+    budget: Budget | None = None
+    rate_limiter: RunLimiter | None = None
+    parent_id: str | None = None  # a child run's parent, woken when the child ends
+    tools: dict[Callable[..., Any], Tool] = field(default_factory=dict)  # functions made tools by ctx.tool
+    checkpoints: dict[str, _Last] = field(default_factory=dict)  # the last checkpoint of each chain
+    running_graphs: set[tuple[str, str]] = field(default_factory=set)  # (scope, name) of graphs running
+
+
+@dataclass
 class RunEngine:
     """Everything one executing run needs: its journal, the clock, the codec, the default policies."""
 
@@ -137,7 +157,7 @@ class RunEngine:
     cost: float = 0.0
     # Blobs this run has written (content-addressed), so each is sent to the store once.
     written_blobs: set[str] = field(default_factory=set)
-    extras: dict[str, Any] = field(default_factory=dict)  # per-run state of other layers (the LLM gateway)
+    extras: RunExtras = field(default_factory=lambda: RunExtras())  # per-run state of the modules above
     # Told of every step once it is recorded (a live display, say); a failing listener is logged, not raised.
     listeners: list[Callable[[StepRecord], None]] = field(default_factory=list)
     # "resume" serves what is recorded and runs the rest; "strict" and "relaxed" replays serve only (with
@@ -238,7 +258,7 @@ class RunEngine:
             return request
         from ._llm import read_messages
 
-        chain = self.extras.get("message_chain")
+        chain = self.extras.message_chain
         pending: Mapping[str, bytes] = getattr(chain, "_unwritten", {}) if chain is not None else {}
 
         def get_blobs(hashes: list[str]) -> dict[str, bytes]:

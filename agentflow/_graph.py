@@ -252,7 +252,7 @@ class _GraphBase:
         self._engine.raise_if_halted()
         # Two graphs of one name running at once in one scope would take their keys in whatever order
         # their nodes happen to start, and a resumed run could pair a key with the other graph's node.
-        running_graphs: set[tuple[str, str]] = self._engine.extras.setdefault("running_graphs", set())
+        running_graphs = self._engine.extras.running_graphs
         if (scope, self.name) in running_graphs:
             raise ConfigurationError(
                 f"graph {self.name!r} is running already in this scope; graphs that run at the same time "

@@ -98,9 +98,9 @@ def prepare_llm_call(
 ) -> LLMCall:
     """Allocate the key (in call order) and build the recorded request; finds a recorded answer."""
     plain = _plain_messages(messages)
-    chains: MessageChains | None = engine.extras.get("message_chain")
-    if chains is None:  # not setdefault: that would build a MessageChains at every call
-        chains = engine.extras["message_chain"] = MessageChains()
+    chains = engine.extras.message_chain
+    if chains is None:
+        chains = engine.extras.message_chain = MessageChains()
     blobs: dict[str, bytes] = {}
     head = chains.head(scope, plain, blobs)  # adds the chain's nodes not stored yet
     tool_schemas = [t.schema() if isinstance(t, Tool) else dict(t) for t in tools] if tools else None
@@ -124,13 +124,13 @@ def prepare_llm_call(
     if stream:
         call_kwargs["stream"] = True
         call_kwargs.setdefault("stream_options", {"include_usage": True})
-    policy = retry or engine.extras.get("llm_retry") or engine.default_retry
+    policy = retry or engine.extras.llm_retry or engine.default_retry
     return LLMCall(key, request_json, fp, rec, blobs, model, plain, call_kwargs, response_format, policy)
 
 
 def check_budget(engine: RunEngine, call: LLMCall) -> None:
     """Raise ``BudgetExceeded`` when this call could take the run past its budget."""
-    budget: Budget | None = engine.extras.get("budget")
+    budget = engine.extras.budget
     if budget is None or (budget.max_tokens is None and budget.max_cost is None):
         return
     problem = over_budget(
@@ -239,9 +239,10 @@ def _record(engine: RunEngine, call: LLMCall, started: float, attempts: int, **f
     """Record the call (with the blobs it refers to) and tell the message chain they are stored."""
     engine.record(key=call.key, kind="llm", name="llm", fp=call.fp, request=call.request, started=started,
                   attempts=attempts, blobs=call.blobs, **fields)  # fmt: skip
-    chains: MessageChains = engine.extras["message_chain"]
+    chains = engine.extras.message_chain
+    assert chains is not None, "a call is recorded after prepare_llm_call made the run's message chains"
     chains.written(call.blobs)
-    limiter = engine.extras.get("rate_limiter")
+    limiter = engine.extras.rate_limiter
     if limiter is not None:
         limiter.after_call(call.key, attempts, fields.get("prompt_tokens", 0) + fields.get("completion_tokens", 0))
 
@@ -268,7 +269,7 @@ async def _ask_provider(engine: RunEngine, call: LLMCall) -> tuple[Any, float, i
     ``StepFailed``. For a stream this covers opening it: once chunks are handed out, a failure is final.
     """
     check_budget(engine, call)
-    limiter = engine.extras.get("rate_limiter")  # a run of a rate-limited queue, executed by a worker
+    limiter = engine.extras.rate_limiter  # a run of a rate-limited queue, executed by a worker
     if limiter is not None:
         await limiter.before_call(engine, call.key, call.model, call.messages, call.call_kwargs)
     litellm = import_litellm()

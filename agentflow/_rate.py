@@ -2,7 +2,7 @@
 and its estimated tokens from the queue's shared bucket before each model call, and is charged what the
 call really used after it.
 
-The engine's model-call path (``_llm_calls``) finds the limiter in ``engine.extras["rate_limiter"]``; runs
+The engine's model-call path (``_llm_calls``) finds the limiter in ``engine.extras.rate_limiter``; runs
 without one (every run outside a rate-limited queue) pay nothing.
 """
 

@@ -285,7 +285,7 @@ class Worker:
         def setup(engine: RunEngine) -> None:
             engine.journal.lease_token = token
             if limiter is not None:
-                engine.extras["rate_limiter"] = limiter
+                engine.extras.rate_limiter = limiter
 
         try:
             try:
