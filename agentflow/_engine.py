@@ -130,7 +130,7 @@ class RunExtras:
 
     # The LLM gateway (_llm_calls): the run's message chains, its retry policy and budget for model calls
     # (from the app and the workflow), and the rate limiter of a queue whose worker executes the run.
-    message_chain: MessageChains | None = None
+    message_chain: MessageChains = field(default_factory=MessageChains)
     llm_retry: RetryPolicy | None = None
     budget: Budget | None = None
     rate_limiter: RunLimiter | None = None
@@ -157,7 +157,7 @@ class RunEngine:
     cost: float = 0.0
     # Blobs this run has written (content-addressed), so each is sent to the store once.
     written_blobs: set[str] = field(default_factory=set)
-    extras: RunExtras = field(default_factory=lambda: RunExtras())  # per-run state of the modules above
+    extras: RunExtras = field(default_factory=RunExtras)  # per-run state of the modules above
     # Told of every step once it is recorded (a live display, say); a failing listener is logged, not raised.
     listeners: list[Callable[[StepRecord], None]] = field(default_factory=list)
     # "resume" serves what is recorded and runs the rest; "strict" and "relaxed" replays serve only (with
@@ -258,8 +258,7 @@ class RunEngine:
             return request
         from ._llm import read_messages
 
-        chain = self.extras.message_chain
-        pending: Mapping[str, bytes] = getattr(chain, "_unwritten", {}) if chain is not None else {}
+        pending: Mapping[str, bytes] = self.extras.message_chain._unwritten
 
         def get_blobs(hashes: list[str]) -> dict[str, bytes]:
             found = {h: pending[h] for h in hashes if h in pending}

@@ -18,7 +18,6 @@ from ._engine import RunEngine
 from ._llm import (
     Budget,
     LLMResponse,
-    MessageChains,
     StreamChunk,
     blob_hash,
     count_prompt_tokens,
@@ -98,11 +97,8 @@ def prepare_llm_call(
 ) -> LLMCall:
     """Allocate the key (in call order) and build the recorded request; finds a recorded answer."""
     plain = _plain_messages(messages)
-    chains = engine.extras.message_chain
-    if chains is None:
-        chains = engine.extras.message_chain = MessageChains()
     blobs: dict[str, bytes] = {}
-    head = chains.head(scope, plain, blobs)  # adds the chain's nodes not stored yet
+    head = engine.extras.message_chain.head(scope, plain, blobs)  # adds the chain's nodes not stored yet
     tool_schemas = [t.schema() if isinstance(t, Tool) else dict(t) for t in tools] if tools else None
     recorded_params = strip_secrets(params, secret_params)
     request: dict[str, Any] = {"model": model, "messages": head, "n_messages": len(plain)}
@@ -239,9 +235,7 @@ def _record(engine: RunEngine, call: LLMCall, started: float, attempts: int, **f
     """Record the call (with the blobs it refers to) and tell the message chain they are stored."""
     engine.record(key=call.key, kind="llm", name="llm", fp=call.fp, request=call.request, started=started,
                   attempts=attempts, blobs=call.blobs, **fields)  # fmt: skip
-    chains = engine.extras.message_chain
-    assert chains is not None, "a call is recorded after prepare_llm_call made the run's message chains"
-    chains.written(call.blobs)
+    engine.extras.message_chain.written(call.blobs)
     limiter = engine.extras.rate_limiter
     if limiter is not None:
         limiter.after_call(call.key, attempts, fields.get("prompt_tokens", 0) + fields.get("completion_tokens", 0))
