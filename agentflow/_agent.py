@@ -17,15 +17,17 @@ import inspect
 import json
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ._context import Context
 from ._llm import Budget, LLMResponse, ToolCall
 from ._llm_calls import over_budget
 from ._tool import Tool, tool
 from .errors import BudgetExceeded, ConfigurationError, MaxTurnsExceeded
+
+T = TypeVar("T")
 
 __all__ = ["Agent", "AgentResult", "ConversationFit"]
 
@@ -182,13 +184,14 @@ class Agent:
             result.cost += response.cost
             messages.append(response.message())
             if response.tool_calls:
-                outcomes = await asyncio.gather(
-                    *(self._call_tool(ctx, call) for call in response.tool_calls), return_exceptions=True
+                # Every approval of the turn is settled before any of its tools is called: a call's key
+                # (tool#n) is then taken in the order of the model's calls, whichever approvals a resume
+                # finds already given, so a resumed turn asks for the same steps as the first pass.
+                verdicts = await _settled(self._verdict(ctx, call) for call in response.tool_calls)
+                contents = await _settled(
+                    self._call_tool(ctx, call, verdict)
+                    for call, verdict in zip(response.tool_calls, verdicts, strict=True)
                 )
-                for outcome in outcomes:  # after all calls settled: a wait (Suspend) or a failure goes on up
-                    if isinstance(outcome, BaseException):
-                        raise outcome
-                contents = [str(outcome) for outcome in outcomes]
                 result.tool_calls += len(response.tool_calls)
                 for call, content in zip(response.tool_calls, contents, strict=True):
                     messages.append({"role": "tool", "tool_call_id": call.id, "content": content})
@@ -221,8 +224,9 @@ class Agent:
                 f"agent {self.name!r} in run {ctx.run_id!r} {problem}; turn {result.turns + 1} was not taken"
             )
 
-    async def _call_tool(self, ctx: Context, call: ToolCall) -> str:
-        """The tool message content for one call: the result, or an error the model can act on."""
+    async def _verdict(self, ctx: Context, call: ToolCall) -> tuple[Tool, dict[str, Any]] | str:
+        """``(tool, arguments)`` when the call may be made; else the error the model reads instead. A tool
+        that ``needs_approval`` for these arguments waits (durably) for a person's "approval" event."""
         found = self._by_name.get(call.name)
         if found is None:
             known = ", ".join(sorted(self._by_name)) or "none"
@@ -237,7 +241,14 @@ class Agent:
             if not (isinstance(decision, dict) and decision.get("approved")):
                 why = decision.get("note") if isinstance(decision, dict) else None
                 return f"error: a person declined this {found.name} call" + (f": {why}" if why else "")
-        result = await ctx.tool(found, **arguments)
+        return found, arguments
+
+    async def _call_tool(self, ctx: Context, call: ToolCall, verdict: tuple[Tool, dict[str, Any]] | str) -> str:
+        """The tool message content for one call: the result, or an error the model can act on."""
+        if isinstance(verdict, str):
+            return verdict
+        found, arguments = verdict
+        result = await ctx.tool(found, arguments)  # a mapping: an argument may be named like ``retry``
         return result.content
 
 
@@ -253,6 +264,16 @@ def tool_fingerprint(t: Tool) -> dict[str, Any]:
 def code_version_of(description: Mapping[str, Any]) -> str:
     text = json.dumps(description, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+async def _settled(calls: Iterable[Awaitable[T]]) -> list[T]:
+    """The results of ``calls``, run concurrently, each started in order (so each takes its keys in
+    order); once all have settled, the first wait (``Suspend``) or failure goes on up."""
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return outcomes  # type: ignore[return-value]
 
 
 def _asked_for(response: LLMResponse) -> list[str]:

@@ -37,6 +37,30 @@ def _as_tool(engine: RunEngine, fn: Tool | Callable[..., Any]) -> Tool:
     return made
 
 
+def _tool_arguments(
+    tool: Tool, arguments: Mapping[str, Any] | None, keywords: dict[str, Any], retry: Any
+) -> dict[str, Any]:
+    """The arguments of a ``ctx.tool`` call: the mapping given, or the keywords, not both."""
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise AgentFlowError(
+            f"ctx.tool(..., retry=...) is the call's RetryPolicy, not an argument of tool {tool.name!r} "
+            f"(got {retry!r}); pass the tool's arguments as a mapping: ctx.tool(fn, {{'retry': ...}})"
+        )
+    if arguments is None:
+        return keywords
+    if keywords:
+        raise AgentFlowError(
+            f"ctx.tool({tool.name!r}, ...) takes the tool's arguments as one mapping or as keywords, not both "
+            f"(mapping: {sorted(arguments)}, keywords: {sorted(keywords)})"
+        )
+    if not isinstance(arguments, Mapping):
+        raise AgentFlowError(
+            f"ctx.tool({tool.name!r}, arguments): arguments must be a mapping of names to values, "
+            f"not {type(arguments).__name__}"
+        )
+    return dict(arguments)
+
+
 class _Common:
     """What both contexts offer the same way: the recorded clock, uuid and random values."""
 
@@ -196,15 +220,24 @@ class Context(_Common):
         return Graph(self._engine, name, concurrency=concurrency)
 
     async def tool(
-        self, fn: Tool | Callable[..., Any], /, *, retry: RetryPolicy | None = None, **arguments: Any
+        self,
+        fn: Tool | Callable[..., Any],
+        arguments: Mapping[str, Any] | None = None,
+        /,
+        *,
+        retry: RetryPolicy | None = None,
+        **keywords: Any,
     ) -> ToolResult:
-        """Call a tool (a ``@tool`` or any typed function) with keyword ``arguments``, as a recorded step.
+        """Call a tool (a ``@tool`` or any typed function) as a recorded step, with its arguments as
+        keywords (``ctx.tool(fn, city="Paris")``) or as one mapping (``ctx.tool(fn, call.args())``: the
+        form for arguments a model chose, whatever their names; ``retry`` is this call's retry policy).
 
         Arguments are validated against the tool's schema first. Invalid arguments, and a tool that
         fails after its retries, give ``ToolResult(ok=False, error=...)``: a message the model can read,
         not an exception. The key is ``scope/<tool name>#n``.
         """
-        return await self._engine.tool(current_scope(), _as_tool(self._engine, fn), arguments, retry)
+        t = _as_tool(self._engine, fn)
+        return await self._engine.tool(current_scope(), t, _tool_arguments(t, arguments, keywords, retry), retry)
 
     async def llm(
         self,
@@ -330,12 +363,18 @@ class SyncContext(_Common):
         return SyncGraph(self._engine, name, self._wait, concurrency=concurrency)
 
     def tool(
-        self, fn: Tool | Callable[..., Any], /, *, retry: RetryPolicy | None = None, **arguments: Any
+        self,
+        fn: Tool | Callable[..., Any],
+        arguments: Mapping[str, Any] | None = None,
+        /,
+        *,
+        retry: RetryPolicy | None = None,
+        **keywords: Any,
     ) -> ToolResult:
         """Call a tool as a recorded step; see ``Context.tool``."""
-        result: ToolResult = self._wait(
-            self._engine.tool(current_scope(), _as_tool(self._engine, fn), arguments, retry)
-        )
+        t = _as_tool(self._engine, fn)
+        call = self._engine.tool(current_scope(), t, _tool_arguments(t, arguments, keywords, retry), retry)
+        result: ToolResult = self._wait(call)
         return result
 
     def llm(

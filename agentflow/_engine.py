@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from ._clock import Clock
 from ._codec import Codec, canonical_json, fingerprint
 from ._journal import Journal
-from ._llm import Budget, MessageChains, strip_secrets
+from ._llm import Budget, MessageChains
 from ._models import ErrorInfo
 from ._retry import RetryPolicy
+from ._secrets import strip_secrets
 from ._store import StepRecord
 from ._tool import IdempotencyKey, Tool, ToolArgumentsError, ToolResult
 from .errors import (
@@ -562,7 +563,7 @@ class RunEngine:
         output = self.codec.encode(done.value, f"result of tool {key!r} in run {self.run_id!r}")
         self.record(key=key, kind="tool", name=tool.name, fp=fp, request=request, started=started,
                     attempts=done.count, output=output)  # fmt: skip
-        return ToolResult(tool.name, key, ok=True, value=done.value)
+        return ToolResult(tool.name, key, ok=True, value=done.value, recorded=output)
 
     def _serve_tool(self, tool: Tool, rec: StepRecord) -> ToolResult:
         if rec.status == "failed":
@@ -577,7 +578,7 @@ class RunEngine:
             raise self.halt(
                 self.divergence(rec.key, rec.output, repr(tool.fn), "the recorded result does not fit the tool's type")
             ) from exc
-        return ToolResult(tool.name, rec.key, ok=True, value=value)
+        return ToolResult(tool.name, rec.key, ok=True, value=value, recorded=rec.output)
 
     # -- recorded values --------------------------------------------------------------------------------
 

@@ -20,7 +20,6 @@ import functools
 import importlib.util
 import json
 import os
-import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,17 +37,8 @@ __all__ = [
     "ToolCall",
     "count_prompt_tokens",
     "import_litellm",
-    "strip_secrets",
 ]
 
-# Parameter, header and tool-argument names whose values are never recorded: the name, with '-' read as
-# '_', holds one of these as a whole word ("x_api_key", "X-Custom-Token", "aws_secret_access_key"), so
-# that "max_tokens" or "top_k" are kept.
-_SECRET_NAME = re.compile(
-    r"(^|_)(api_?key|key|keys|secret|password|passwd|pwd|credentials?|token|auth|authorization|bearer|cookie|"
-    r"signature|private_?key)($|_)",
-    re.I,
-)
 _BUNDLED_ENCODINGS = ("cl100k_base", "o200k_base")
 
 
@@ -67,30 +57,6 @@ def import_litellm() -> Any:
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         import litellm
     return litellm
-
-
-# -- secrets ------------------------------------------------------------------------------------------------
-
-
-def is_secret_name(name: str, marked: Sequence[str] = ()) -> bool:
-    return name in marked or _secret_by_name(name)
-
-
-@functools.lru_cache(maxsize=512)  # the same few parameter and header names, call after call
-def _secret_by_name(name: str) -> bool:
-    return bool(_SECRET_NAME.search(name.replace("-", "_")))
-
-
-def strip_secrets(params: Mapping[str, Any], marked: Sequence[str] = ()) -> dict[str, Any]:
-    """``params`` without secret values: keys, tokens, passwords, auth headers, and the names in ``marked``."""
-    clean: dict[str, Any] = {}
-    for name, value in params.items():
-        if is_secret_name(name, marked):
-            continue
-        if name in ("headers", "extra_headers") and isinstance(value, Mapping):
-            value = {h: v for h, v in value.items() if not is_secret_name(h, marked)}
-        clean[name] = value
-    return clean
 
 
 # -- tokens -------------------------------------------------------------------------------------------------

@@ -24,9 +24,9 @@ from ._llm import (
     import_litellm,
     is_retryable,
     retry_after,
-    strip_secrets,
 )
 from ._retry import RetryPolicy
+from ._secrets import strip_secrets
 from ._store import StepRecord
 from ._tool import Tool
 from .errors import AgentFlowError, BudgetExceeded, StepFailed, StructuredOutputError

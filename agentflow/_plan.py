@@ -331,7 +331,7 @@ class PlanningAgent:
             return run_agent
 
         async def run_tool(args: dict[str, Any]) -> Any:
-            outcome = await ctx.tool(action, **_render(args))
+            outcome = await ctx.tool(action, _render(args))
             if not outcome.ok:
                 raise NonRetryableError(outcome.error or "the tool failed")
             return outcome.value

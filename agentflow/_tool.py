@@ -9,7 +9,10 @@ so an external system (a payment API) can deduplicate.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import json
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,11 +46,20 @@ class ToolResult:
     ok: bool
     value: Any = None
     error: str | None = None
+    # The value as recorded (JSON text), when it went through the record: ``content`` is made from it,
+    # so a live call and the same call served on resume hand a model the very same text (a datetime
+    # returned by an unannotated tool comes back from the record as a string).
+    recorded: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def content(self) -> str:
         if not self.ok:
             return f"error: {self.error}"
+        if self.recorded is not None:
+            if self.recorded.startswith('"'):  # a JSON string: its text, as a tool returning a str gives
+                text: str = json.loads(self.recorded)
+                return text
+            return self.recorded
         if isinstance(self.value, str):
             return self.value
         from pydantic_core import to_json  # pydantic models and dataclasses as JSON, not their repr
@@ -66,14 +78,19 @@ class Tool:
     # Asked with the call's arguments: true when a person must approve this call first (an agent waits,
     # durably, for an "approval" event before it makes the call).
     needs_approval: Callable[[dict[str, Any]], bool] | None = None
-    key_parameter: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        hints = _hints(self.fn)
-        keys = [n for n, h in hints.items() if h is IdempotencyKey]
+        with contextlib.suppress(_Unresolved):  # checked now if the hints resolve now, else at first use
+            self.key_parameter  # noqa: B018
+
+    @cached_property
+    def key_parameter(self) -> str | None:
+        """The parameter that receives the call's idempotency key (typed ``IdempotencyKey``, or
+        ``IdempotencyKey | None``), if any."""
+        keys = [n for n, h in _hints(self).items() if _is_key_type(h)]
         if len(keys) > 1:
             raise ConfigurationError(f"tool {self.name!r} has more than one IdempotencyKey parameter: {keys}")
-        object.__setattr__(self, "key_parameter", keys[0] if keys else None)
+        return keys[0] if keys else None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the function directly, outside any run (tests, notebooks)."""
@@ -87,13 +104,25 @@ class Tool:
     def _arguments_model(self) -> Any:
         from pydantic import ConfigDict, create_model
 
-        hints = _hints(self.fn)
+        hints = _hints(self)
         fields: dict[str, Any] = {}
         for pname, param in inspect.signature(self.fn).parameters.items():
             if pname == self.key_parameter:
                 continue
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
                 raise ConfigurationError(f"tool {self.name!r}: *args and **kwargs cannot be described to a model")
+            if param.kind is param.POSITIONAL_ONLY:
+                raise ConfigurationError(
+                    f"tool {self.name!r}: parameter {pname!r} is positional-only; a tool is called with named "
+                    "arguments, so drop the '/' from its signature"
+                )
+            if pname.startswith("_"):  # pydantic keeps such names private: not an argument a model can give
+                if param.default is inspect.Parameter.empty:
+                    raise ConfigurationError(
+                        f"tool {self.name!r}: parameter {pname!r} starts with '_', which a model cannot be asked "
+                        "for; rename it, or give it a default (it is then left out of the schema)"
+                    )
+                continue
             default = ... if param.default is inspect.Parameter.empty else param.default
             fields[pname] = (hints.get(pname, Any), default)
         config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
@@ -169,8 +198,31 @@ def tool(
     return make(fn) if fn is not None else make
 
 
-def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
+class _Unresolved(ConfigurationError):
+    """A tool's annotations name a type that cannot be found (yet)."""
+
+
+def _hints(t: Tool) -> dict[str, Any]:
+    """The tool function's resolved annotations, ``Annotated`` constraints and descriptions kept."""
     try:
-        return typing.get_type_hints(fn)
-    except Exception:
-        return {}
+        return typing.get_type_hints(t.fn, include_extras=True)
+    except Exception as exc:
+        raise _Unresolved(
+            f"tool {t.name!r}: its type annotations do not resolve ({type(exc).__name__}: {exc}); import the "
+            "types they name at module level (not only under TYPE_CHECKING), so that its schema and its "
+            "IdempotencyKey parameter can be found"
+        ) from exc
+
+
+def _is_key_type(hint: Any) -> bool:
+    """``IdempotencyKey``, also inside ``Annotated[...]`` or as ``IdempotencyKey | None``."""
+    if typing.get_origin(hint) is typing.Annotated:
+        hint = typing.get_args(hint)[0]
+    if hint is IdempotencyKey:
+        return True
+    args = typing.get_args(hint)
+    return (
+        typing.get_origin(hint) in (typing.Union, types.UnionType)
+        and IdempotencyKey in args
+        and all(a is IdempotencyKey or a is type(None) for a in args)
+    )

@@ -26,7 +26,9 @@ import asyncio
 import codecs
 import ipaddress
 import socket
+import zlib
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import httpx
 from pydantic import BaseModel, ConfigDict
@@ -110,6 +112,7 @@ def make_http_get(
         try:
             request_headers = httpx.Headers(headers or {})
             request_headers.update(fixed_headers)
+            request_headers["Accept-Encoding"] = "gzip, deflate"  # what _Body can inflate under the size cap
         except (UnicodeEncodeError, TypeError, ValueError) as exc:
             raise HttpGetRefused(f"the headers cannot be sent ({exc}); header names and values must be ASCII") from None
 
@@ -255,6 +258,8 @@ async def _fetch(
                 raise  # reported with the deadline by the caller
             except httpx.ConnectError as exc:
                 raise HttpGetError(f"could not connect to {request.url.host!r} ({exc}); check the URL") from None
+            except httpx.InvalidURL as exc:  # not an HTTPError: a redirect's Location httpx cannot parse
+                raise HttpGetRefused(f"GET {url} was redirected to a URL that cannot be requested ({exc})") from None
             except httpx.HTTPError as exc:
                 raise HttpGetError(f"GET {request.url} failed: {type(exc).__name__}: {exc}") from None
             try:
@@ -277,29 +282,95 @@ async def _read(response: httpx.Response, max_bytes: int) -> HttpGetResult:
             f"{response.url} answered with {content_type!r}, which is not text; http_get reads only text "
             "(HTML, JSON, XML, plain text)"
         )
-    chunks: list[bytes] = []
-    size = 0
-    truncated = False
+    # A response built whole in memory (a test's httpx.Response(content=...)) was decoded when it was
+    # made; one from a connection is read raw and inflated here, under the cap.
+    whole = response.is_stream_consumed
+    body = _Body(response, max_bytes, decoded=whole)
     try:
-        async for chunk in response.aiter_bytes():
-            room = max_bytes - size
-            if len(chunk) > room:
-                chunks.append(chunk[:room])
-                truncated = True
+        async for raw in response.aiter_bytes() if whole else response.aiter_raw():
+            if body.feed(raw):
                 break
-            chunks.append(chunk)
-            size += len(chunk)
+        else:
+            body.finish()
     except httpx.TimeoutException:
         raise
     except httpx.HTTPError as exc:
         raise HttpGetError(f"reading the body of {response.url} failed: {type(exc).__name__}: {exc}") from None
+    except zlib.error as exc:
+        raise HttpGetError(
+            f"the body of {response.url} does not decompress ({exc}); the server sent it damaged"
+        ) from None
     return HttpGetResult(
         status_code=response.status_code,
         url=str(response.url),
         content_type=content_type,
-        text=_decode(b"".join(chunks), response.charset_encoding, final=not truncated),
-        truncated=truncated,
+        text=_decode(b"".join(body.chunks), response.charset_encoding, final=not body.truncated),
+        truncated=body.truncated,
     )
+
+
+class _Body:
+    """A response body read up to ``max_bytes`` after content decoding. A compressed body is inflated in
+    pieces no larger than the room left, so a few kilobytes that inflate to gigabytes (a zip bomb) never
+    sit in memory: httpx's own decoding inflates each network chunk whole before a cap can apply."""
+
+    def __init__(self, response: httpx.Response, max_bytes: int, *, decoded: bool) -> None:
+        self.chunks: list[bytes] = []
+        self.truncated = False
+        self._room = max_bytes
+        declared = "" if decoded else response.headers.get("content-encoding", "")
+        encodings = [e.strip().lower() for e in declared.split(",") if e.strip()]
+        encodings = [e for e in encodings if e != "identity"]
+        if len(encodings) > 1:
+            raise HttpGetRefused(f"{response.url} sent its body encoded {len(encodings)} times over "
+                                 f"({', '.join(encodings)}); http_get decodes one gzip or deflate layer")  # fmt: skip
+        self._encoding = encodings[0] if encodings else None
+        if self._encoding in ("gzip", "x-gzip"):
+            self._inflater: Any = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif self._encoding == "deflate":
+            self._inflater = zlib.decompressobj()  # zlib-wrapped; raw deflate is tried on the first chunk
+            self._first = True
+        elif self._encoding is None:
+            self._inflater = None
+        else:
+            raise HttpGetRefused(f"{response.url} sent its body encoded as {self._encoding!r}; http_get decodes "
+                                 "gzip and deflate only (it asks for those)")  # fmt: skip
+
+    def feed(self, raw: bytes) -> bool:
+        """Take the next raw bytes; true once the cap is reached (the rest is not wanted)."""
+        if self._inflater is None:
+            return self._take(raw)
+        data = self._inflate(raw)
+        while not self._take(data):
+            tail = self._inflater.unconsumed_tail
+            if not tail:
+                return False
+            data = self._inflater.decompress(tail, self._room + 1)
+        return True
+
+    def finish(self) -> None:
+        """The body ended: what the inflater still holds."""
+        if self._inflater is not None:
+            self._take(self._inflater.flush())
+
+    def _inflate(self, raw: bytes) -> bytes:
+        if self._encoding == "deflate" and self._first:
+            self._first = False
+            try:
+                return bytes(self._inflater.decompress(raw, self._room + 1))
+            except zlib.error:  # a server sending raw deflate, as many do
+                self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        return bytes(self._inflater.decompress(raw, self._room + 1))  # at most room + 1 bytes: never 0 (no cap)
+
+    def _take(self, data: bytes) -> bool:
+        if len(data) > self._room:
+            self.chunks.append(data[: self._room])
+            self._room = 0
+            self.truncated = True
+            return True
+        self.chunks.append(data)
+        self._room -= len(data)
+        return False
 
 
 def _is_text(content_type: str | None) -> bool:

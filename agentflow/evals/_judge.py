@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .._llm import strip_secrets
+from .._secrets import strip_secrets
 from ..errors import ConfigurationError
 from ._dataset import JUDGE_WORKFLOW
 from ._scorers import Score, Scorer
