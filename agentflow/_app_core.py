@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from ._clock import Clock, SystemClock
 from ._codec import Codec
 from ._context import Context, SyncContext
-from ._engine import CancelRequested, RunEngine, Suspend
+from ._engine import CancelRequested, RunEngine, Suspend, run_task
 from ._journal import Journal, first_broken_link
 from ._lifecycle import BackgroundLoop
 from ._llm import Budget
@@ -350,11 +350,12 @@ class AppCore:
     async def _invoke(self, wf: Workflow, engine: RunEngine, record: RunRecord) -> str:
         """Call the workflow on the run's input; its output as JSON."""
         args, kwargs = wf.decode_input(record.input)
-        if wf.is_async:
-            output = await wf.fn(Context(engine), *args, **kwargs)
-        else:
-            ctx = SyncContext(engine, asyncio.get_running_loop())
-            output = await asyncio.to_thread(wf.fn, ctx, *args, **kwargs)
+        with run_task():
+            if wf.is_async:
+                output = await wf.fn(Context(engine), *args, **kwargs)
+            else:
+                ctx = SyncContext(engine, asyncio.get_running_loop())
+                output = await asyncio.to_thread(wf.fn, ctx, *args, **kwargs)
         return self._codec.encode(output, f"output of run {record.id!r}")
 
     def _finish(

@@ -11,9 +11,9 @@ import random as _random
 import uuid as _uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
-from ._engine import RunEngine, current_scope
+from ._engine import RunEngine, current_scope, owning
 from ._graph import Graph, SyncGraph
 from ._llm import LLMResponse, StreamChunk
 from ._llm_calls import LLMStream, call_llm, prepare_llm_call
@@ -239,6 +239,7 @@ class Context(_Common):
         t = _as_tool(self._engine, fn)
         return await self._engine.tool(current_scope(), t, _tool_arguments(t, arguments, keywords, retry), retry)
 
+    @overload
     async def llm(
         self,
         *,
@@ -248,8 +249,50 @@ class Context(_Common):
         response_format: Any = None,
         retry: RetryPolicy | None = None,
         secret_params: Sequence[str] = (),
+        stream: Literal[False] = False,
         **params: Any,
-    ) -> LLMResponse:
+    ) -> LLMResponse: ...
+
+    @overload
+    async def llm(
+        self,
+        *,
+        model: str,
+        messages: Sequence[Any],
+        tools: Sequence[ToolSpec] | None = None,
+        response_format: Any = None,
+        retry: RetryPolicy | None = None,
+        secret_params: Sequence[str] = (),
+        stream: Literal[True],
+        **params: Any,
+    ) -> LLMStream: ...
+
+    @overload
+    async def llm(
+        self,
+        *,
+        model: str,
+        messages: Sequence[Any],
+        tools: Sequence[ToolSpec] | None = None,
+        response_format: Any = None,
+        retry: RetryPolicy | None = None,
+        secret_params: Sequence[str] = (),
+        stream: bool,
+        **params: Any,
+    ) -> LLMResponse | LLMStream: ...
+
+    async def llm(
+        self,
+        *,
+        model: str,
+        messages: Sequence[Any],
+        tools: Sequence[ToolSpec] | None = None,
+        response_format: Any = None,
+        retry: RetryPolicy | None = None,
+        secret_params: Sequence[str] = (),
+        stream: bool = False,
+        **params: Any,
+    ) -> LLMResponse | LLMStream:
         """Call a model through litellm as a recorded step (key ``scope/llm#n``).
 
         ``params`` go to ``litellm.acompletion`` (``temperature``, ``max_tokens``, ``api_key``, ...). API
@@ -257,7 +300,16 @@ class Context(_Common):
         recorded. ``response_format`` may be a pydantic model: the answer is parsed into ``parsed``.
         Provider errors follow ``retry`` (default: the app's ``llm_retry``); a 429 waits at least its
         Retry-After. A recorded call is served without calling the provider.
+
+        ``stream=True`` returns the ``LLMStream`` that ``llm_stream`` returns (as litellm's
+        ``await acompletion(stream=True)`` does): ``async for chunk in await ctx.llm(..., stream=True)``;
+        ``pace=True`` then works as it does there.
         """
+        if stream:
+            return self.llm_stream(
+                model=model, messages=messages, tools=tools, response_format=response_format, retry=retry,
+                secret_params=secret_params, **params,
+            )  # fmt: skip
         call = self._prepare(model, messages, tools, response_format, retry, secret_params, params, False)
         return await call_llm(self._engine, call)
 
@@ -293,7 +345,8 @@ class SyncContext(_Common):
         self._loop = loop
 
     def _wait(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        # In a task of its own on the run's loop, which owns the scope: a sync workflow is sequential.
+        return asyncio.run_coroutine_threadsafe(owning(coro), self._loop).result()
 
     @overload
     def step(
@@ -377,6 +430,7 @@ class SyncContext(_Common):
         result: ToolResult = self._wait(call)
         return result
 
+    @overload
     def llm(
         self,
         *,
@@ -386,9 +440,57 @@ class SyncContext(_Common):
         response_format: Any = None,
         retry: RetryPolicy | None = None,
         secret_params: Sequence[str] = (),
+        stream: Literal[False] = False,
         **params: Any,
-    ) -> LLMResponse:
-        """Call a model as a recorded step; see ``Context.llm``."""
+    ) -> LLMResponse: ...
+
+    @overload
+    def llm(
+        self,
+        *,
+        model: str,
+        messages: Sequence[Any],
+        tools: Sequence[ToolSpec] | None = None,
+        response_format: Any = None,
+        retry: RetryPolicy | None = None,
+        secret_params: Sequence[str] = (),
+        stream: Literal[True],
+        **params: Any,
+    ) -> SyncLLMStream: ...
+
+    @overload
+    def llm(
+        self,
+        *,
+        model: str,
+        messages: Sequence[Any],
+        tools: Sequence[ToolSpec] | None = None,
+        response_format: Any = None,
+        retry: RetryPolicy | None = None,
+        secret_params: Sequence[str] = (),
+        stream: bool,
+        **params: Any,
+    ) -> LLMResponse | SyncLLMStream: ...
+
+    def llm(
+        self,
+        *,
+        model: str,
+        messages: Sequence[Any],
+        tools: Sequence[ToolSpec] | None = None,
+        response_format: Any = None,
+        retry: RetryPolicy | None = None,
+        secret_params: Sequence[str] = (),
+        stream: bool = False,
+        **params: Any,
+    ) -> LLMResponse | SyncLLMStream:
+        """Call a model as a recorded step; see ``Context.llm``. ``stream=True`` returns the
+        ``SyncLLMStream`` that ``llm_stream`` returns."""
+        if stream:
+            return self.llm_stream(
+                model=model, messages=messages, tools=tools, response_format=response_format, retry=retry,
+                secret_params=secret_params, **params,
+            )  # fmt: skip
         call = self._prepare(model, messages, tools, response_format, retry, secret_params, params, False)
         response: LLMResponse = self._wait(call_llm(self._engine, call))
         return response
@@ -411,7 +513,19 @@ class SyncContext(_Common):
 
 
 class SyncLLMStream:
-    """``LLMStream`` for sync workflows: a plain iterator of ``StreamChunk``."""
+    """``LLMStream`` for sync workflows: a plain iterator of ``StreamChunk``.
+
+        with ctx.llm_stream(model=..., messages=...) as stream:
+            for chunk in stream:
+                print(chunk.text or "", end="")
+        print(stream.response.usage)
+
+    Recorded whole however it is left, as the async stream is: leaving the ``with`` block, or a ``for``
+    loop left early (``break``, an exception in its body), reads the rest of the stream first, so the
+    call is recorded and the keys after it stay where they were. ``close()`` does the same by hand. A
+    failure of the rest is raised by ``with`` and ``close()``; a loop left early without them cannot
+    raise it (Python ignores errors while closing a generator), though it is recorded.
+    """
 
     def __init__(self, stream: LLMStream, ctx: SyncContext) -> None:
         self._stream = stream
@@ -424,10 +538,38 @@ class SyncLLMStream:
                 chunk: StreamChunk = self._ctx._wait(iterator.__anext__())
             except StopAsyncIteration:
                 return
-            yield chunk
+            try:
+                yield chunk
+            except GeneratorExit:  # the loop was left early
+                if self._can_wait():
+                    self.close()
+                raise
+
+    def __enter__(self) -> SyncLLMStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.close()
+
+    def close(self) -> None:
+        """Read what is left of the stream, so that the call is recorded whole."""
+        self.finish()
+
+    def _can_wait(self) -> bool:
+        # A loop left early is closed where its generator is freed: in the workflow's thread as a rule,
+        # but not always (a generator kept past the run). Waiting on the run's loop from that loop's own
+        # thread, or on a loop that has stopped, would block for ever.
+        loop = self._ctx._loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        return loop.is_running() and running is not loop
 
     @property
     def response(self) -> LLMResponse:
+        """The assembled response; available once the stream has been read to its end."""
         return self._stream.response
 
     def finish(self) -> LLMResponse:

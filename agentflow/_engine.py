@@ -9,21 +9,22 @@ retry policy and its outcome is recorded in one write. Steps, tool calls and mod
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from ._clock import Clock
 from ._codec import Codec, canonical_json, fingerprint
 from ._journal import Journal
 from ._llm import Budget, MessageChains
-from ._models import ErrorInfo
+from ._models import ErrorInfo, keep_secrets_out
 from ._retry import RetryPolicy
-from ._secrets import strip_secrets
+from ._secrets import redact, split_secrets
 from ._store import StepRecord
 from ._tool import IdempotencyKey, Tool, ToolArgumentsError, ToolResult
 from .errors import (
@@ -44,9 +45,13 @@ if TYPE_CHECKING:
 __all__ = ["CancelRequested", "Compensation", "RunEngine", "Suspend", "current_scope"]
 
 log = logging.getLogger("agentflow")
+T = TypeVar("T")
 
 # The key of the step whose function is running, so that steps it takes are scoped under it.
 _scope: ContextVar[str] = ContextVar("agentflow_scope", default="")
+# The task that runs the code of that scope (the run's own task at the top). A call made from another
+# task (a coroutine under asyncio.gather) runs beside siblings that share its scope: see yield_to_siblings.
+_scope_task: ContextVar[asyncio.Task[Any] | None] = ContextVar("agentflow_scope_task", default=None)
 
 # Errors about the program or the store, not about the step: never retried, never recorded.
 _PASS_THROUGH = (ReplayDivergence, StoreError, SerializationError)
@@ -54,6 +59,42 @@ _PASS_THROUGH = (ReplayDivergence, StoreError, SerializationError)
 
 def current_scope() -> str:
     return _scope.get()
+
+
+@contextlib.contextmanager
+def run_task() -> Iterator[None]:
+    """Mark the running task as the one that runs a workflow's top-level code."""
+    token = _scope_task.set(asyncio.current_task())
+    try:
+        yield
+    finally:
+        _scope_task.reset(token)
+
+
+async def owning(call: Awaitable[T]) -> T:
+    """Await ``call`` in a task that owns its scope: a graph node (one key of its own), or a sync
+    workflow's call (sequential code), so that it is not taken for a sibling under asyncio.gather."""
+    with run_task():
+        return await call
+
+
+def _in_sibling_task() -> bool:
+    """True in a task that does not own the current scope: a coroutine under asyncio.gather."""
+    try:
+        current = asyncio.current_task()
+    except RuntimeError:  # no loop running in this thread
+        return False
+    owner = _scope_task.get()
+    return owner is not None and current is not owner
+
+
+async def yield_to_siblings() -> None:
+    """Served from the record, a call returns at once; live, it waits for the outside world and
+    concurrent siblings (other coroutines of one ``asyncio.gather``) take their next keys meanwhile.
+    One pass of the event loop here lets them do so in a replay too, so that keys are taken in the
+    recorded order. A call in the task that owns its scope (sequential code) does not pay for it."""
+    if _in_sibling_task():
+        await asyncio.sleep(0)
 
 
 def _qualname(fn: Callable[..., Any]) -> str:
@@ -135,6 +176,9 @@ class RunExtras:
     llm_retry: RetryPolicy | None = None
     budget: Budget | None = None
     rate_limiter: RunLimiter | None = None
+    # Model calls of a run with a budget, asked but not recorded yet: key -> (prompt tokens by tiktoken,
+    # max completion tokens, estimated cost). The budget counts them, so concurrent calls cannot pass it.
+    llm_in_flight: dict[str, tuple[int, int, float]] = field(default_factory=dict)
     parent_id: str | None = None  # a child run's parent, woken when the child ends
     tools: dict[Callable[..., Any], Tool] = field(default_factory=dict)  # functions made tools by ctx.tool
     checkpoints: dict[str, _Last] = field(default_factory=dict)  # the last checkpoint of each chain
@@ -212,10 +256,21 @@ class RunEngine:
         serves by key and refuses only a miss; a live replay goes on live from the first of either.
         """
         self.raise_if_halted()
-        key = self.journal.next_key(scope, name)
+        key = self.journal.peek_key(scope, name)
         request_json = canonical_json(request)
         fp = fingerprint(request_json)
         rec = self.journal.recorded(key)
+        if (rec is None or rec.fingerprint != fp) and self.mode != "relaxed":
+            # Concurrent calls of one name may reach the engine in another order than when recorded:
+            # a call serves its own record, in a slot a sibling took then, if it has one.
+            own = self.journal.unclaimed_match(key, fp)
+            if own is not None:
+                key, rec = own.key, own
+            elif rec is not None and self.mode == "resume" and _in_sibling_task():
+                # This call has no record; the one in its slot is a sibling's, which that sibling will
+                # ask for later (it reached the engine first when recorded): run this one in a free slot.
+                key, rec = self.journal.free_key(key), None
+        self.journal.claim(key)
         if rec is not None and rec.fingerprint != fp and self.mode != "relaxed":
             if self.mode == "live":
                 self._diverge(key, rec, request_json, "the step was called with another request")
@@ -358,7 +413,7 @@ class RunEngine:
         attempt = 0
         while True:
             attempt += 1
-            token = _scope.set(key)
+            token, task_token = _scope.set(key), _scope_task.set(asyncio.current_task())
             try:
                 if policy.timeout is None:
                     value = await invoke()
@@ -383,6 +438,7 @@ class RunEngine:
                 hint = wait_at_least(exc) if wait_at_least is not None else None
                 await self.clock.sleep(max(delay, hint) if hint is not None else delay)
             finally:
+                _scope_task.reset(task_token)
                 _scope.reset(token)
 
     # -- steps ------------------------------------------------------------------------------------------
@@ -399,6 +455,7 @@ class RunEngine:
     ) -> Any:
         key, request, fp, rec = self.begin(scope, name, {"fn": _qualname(fn), "args": args, "kwargs": kwargs})
         if rec is not None:
+            await yield_to_siblings()
             value = self._serve_step(rec, fn)
             if compensate is not None:
                 self.compensations.append(Compensation(key, name, compensate, value, retry))
@@ -445,6 +502,7 @@ class RunEngine:
         name = self.children.name_of(workflow)
         key, request, fp, rec = self.begin(scope, "child", {"workflow": name, "args": args, "kwargs": kwargs})
         if rec is not None:
+            await yield_to_siblings()
             if rec.status == "failed":
                 err = json.loads(rec.error or "{}")
                 raise StepFailed(rec.key, err.get("type", "Error"), err.get("message", ""), rec.attempt)
@@ -482,6 +540,7 @@ class RunEngine:
         timeout, recorded once, passes: ``EventTimeout``)."""
         key, request, fp, rec = self.begin(scope, name, {"event": type})
         if rec is not None:
+            await yield_to_siblings()
             if rec.status == "failed":
                 raise EventTimeout(rec.key, type)
             return json.loads(rec.output or "{}").get("payload")
@@ -524,11 +583,14 @@ class RunEngine:
 
     async def tool(self, scope: str, tool: Tool, arguments: dict[str, Any], retry: RetryPolicy | None) -> ToolResult:
         """Call a tool as a recorded step. Bad arguments and failures come back as an error result."""
-        recorded_arguments = strip_secrets(arguments)  # an argument named like a key reaches the tool only
+        # An argument named like a secret ("api_key", "password"; not a bare "key" or "token") or marked
+        # with @tool(secret=[...]) reaches the tool only: not the record, not the fingerprint.
+        recorded_arguments, secret_values = split_secrets(arguments, tool.secret, names="tool")
         key, request, fp, rec = self.begin(
             scope, tool.name, {"tool": tool.name, "arguments": recorded_arguments, "idempotent": tool.idempotent}
         )
         if rec is not None:
+            await yield_to_siblings()
             return self._serve_tool(tool, rec)
         original = self.source.get(key)
         if not tool.idempotent and original is not None and original.fingerprint == fp:
@@ -557,9 +619,11 @@ class RunEngine:
             call_args[tool.key_parameter] = IdempotencyKey(f"{self.run_id}:{key}")
         done = await self.attempts(key, retry or self.default_retry, lambda: _call(tool.fn, (), call_args))
         if done.error is not None:
+            keep_secrets_out(done.error, secret_values)  # an error that echoes a secret argument
             self.record(key=key, kind="tool", name=tool.name, fp=fp, request=request, started=started,
                         attempts=done.count, error=done.error)  # fmt: skip
-            return ToolResult(tool.name, key, ok=False, error=f"{type(done.error).__qualname__}: {done.error}")
+            message = redact(f"{type(done.error).__qualname__}: {done.error}", secret_values)
+            return ToolResult(tool.name, key, ok=False, error=message)
         output = self.codec.encode(done.value, f"result of tool {key!r} in run {self.run_id!r}")
         self.record(key=key, kind="tool", name=tool.name, fp=fp, request=request, started=started,
                     attempts=done.count, output=output)  # fmt: skip

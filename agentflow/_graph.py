@@ -21,7 +21,7 @@ import asyncio
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
-from ._engine import RunEngine, current_scope
+from ._engine import RunEngine, current_scope, owning
 from ._retry import RetryPolicy
 from .errors import ConfigurationError, GraphFailed, StepFailed
 
@@ -281,7 +281,9 @@ class _GraphBase:
                 while ready and len(running) < limit:
                     node = self._nodes[ready.pop(0)]
                     args, kwargs = _resolve((node.args, node.kwargs), outputs)
-                    task = asyncio.ensure_future(engine.step(scope, node.step_name, node.fn, args, kwargs, node.retry))
+                    task = asyncio.ensure_future(
+                        owning(engine.step(scope, node.step_name, node.fn, args, kwargs, node.retry))
+                    )
                     running[task] = node.id
                 done, _ = await asyncio.wait(list(running), return_when=asyncio.FIRST_COMPLETED)
                 for finished in sorted(done, key=lambda t: order[running[t]]):

@@ -53,7 +53,12 @@ class Journal:
         self._recorded = {r.key: r for r in records}
         self._next_seq = records[-1].seq + 1 if records else 0
         self._chain = records[-1].chain if records else genesis(run_id)
+        # Per ``scope/name``: the lowest index not handed out yet, and the indexes above it handed out
+        # out of turn (a call served from the record of a concurrent sibling's slot, see ``claim``).
         self._counters: dict[str, int] = {}
+        self._ahead: dict[str, set[int]] = {}
+        self._unclaimed = set(self._recorded)  # recorded keys not handed out yet in this execution
+        self._by_base: dict[str, list[StepRecord]] | None = None  # built on the first out-of-turn lookup
         self._lock = threading.Lock()  # a sync workflow's thread and the event loop may both append
         # Set when a worker holds the run under a lease: every write is fenced by this token, the token of
         # the run ``lease_of`` when that is another run (a child run is executed under its root's lease).
@@ -74,10 +79,56 @@ class Journal:
 
     def next_key(self, scope: str, name: str) -> str:
         """The key of the next use of ``name`` in ``scope``; call it in program order, before any await."""
+        key = self.peek_key(scope, name)
+        self.claim(key)
+        return key
+
+    def peek_key(self, scope: str, name: str) -> str:
+        """The key ``next_key`` would hand out, without handing it out."""
         base = f"{scope}/{name}" if scope else name
+        return f"{base}#{self._counters.get(base, 0)}"
+
+    def claim(self, key: str) -> None:
+        """Hand out ``key``: no later call of this execution gets it."""
+        self._unclaimed.discard(key)
+        base, _, index = key.rpartition("#")
+        n = int(index)
+        lowest = self._counters.get(base, 0)
+        if n != lowest:
+            self._ahead.setdefault(base, set()).add(n)
+            return
+        lowest += 1
+        ahead = self._ahead.get(base)
+        while ahead and lowest in ahead:
+            ahead.remove(lowest)
+            lowest += 1
+        self._counters[base] = lowest
+
+    def free_key(self, key: str) -> str:
+        """The first key of ``key``'s ``scope/name`` that is neither handed out nor recorded."""
+        base = key.rpartition("#")[0]
         n = self._counters.get(base, 0)
-        self._counters[base] = n + 1
+        ahead = self._ahead.get(base, set())
+        while n in ahead or f"{base}#{n}" in self._recorded:
+            n += 1
         return f"{base}#{n}"
+
+    def unclaimed_match(self, key: str, fingerprint: str) -> StepRecord | None:
+        """The first record of ``key``'s ``scope/name`` not handed out yet whose request has
+        ``fingerprint``. Calls made concurrently (``asyncio.gather``) take their keys in the order they
+        reach the engine, which a replay, where recorded calls return at once, need not repeat: a call
+        whose slot holds a sibling's record finds its own this way."""
+        if not self._unclaimed:  # the usual case: every recorded step has been served (or none was)
+            return None
+        if self._by_base is None:
+            grouped: dict[str, list[StepRecord]] = {}
+            for rec in sorted(self._recorded.values(), key=lambda r: r.seq):
+                grouped.setdefault(rec.key.rpartition("#")[0], []).append(rec)
+            self._by_base = grouped
+        for rec in self._by_base.get(key.rpartition("#")[0], ()):
+            if rec.fingerprint == fingerprint and rec.key in self._unclaimed:
+                return rec
+        return None
 
     def recorded(self, key: str) -> StepRecord | None:
         return self._recorded.get(key)
@@ -154,6 +205,8 @@ class Journal:
                 self._store.write_step(copy, None)
             self.run_id = run_id
             self._recorded = {c.key: c for c in copies}
+            self._unclaimed &= set(self._recorded)
+            self._by_base = None
             self._next_seq = len(copies)
             self._chain = chain
             return copies

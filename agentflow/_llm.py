@@ -15,26 +15,34 @@ reproducible. Prompt tokens are counted before a call with tiktoken, from the en
 
 from __future__ import annotations
 
+import base64
+import binascii
 import bisect
+import datetime
+import email.utils
 import functools
 import importlib.util
 import json
+import math
 import os
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._codec import compact_json_encoder, sha256
+from ._models import Usage
 from ._store._packing import hash_text
 from ._store._records import build_frozen
-from .errors import AgentFlowError
+from .errors import AgentFlowError, ProviderAnswerError
 
 __all__ = [
     "Budget",
     "LLMResponse",
     "StreamChunk",
     "ToolCall",
+    "count_completion_tokens",
     "count_prompt_tokens",
     "import_litellm",
 ]
@@ -87,12 +95,19 @@ def _encoding_name(model: str) -> str:
 
 
 def count_prompt_tokens(model: str, messages: Sequence[Mapping[str, Any]], tools: Any = None) -> int:
-    """Prompt tokens as OpenAI counts them (content plus ~3 tokens of framing a message), offline."""
+    """Prompt tokens as OpenAI counts them (content plus ~3 tokens of framing a message), offline.
+
+    A content list is counted part by part: text parts with tiktoken, images, audio and files by the
+    estimates of ``_content_part_tokens`` (their base64 data is never counted as text).
+    """
     enc = _encoding(_encoding_name(model))
     total = 3  # the reply is primed with <|start|>assistant<|message|>
     for message in messages:
         total += 3
         for name, value in message.items():
+            if name == "content" and type(value) is list:
+                total += sum(_content_part_tokens(enc, part) for part in value)
+                continue
             text = value if isinstance(value, str) else json.dumps(value, default=str) if value else ""
             total += len(enc.encode(text, disallowed_special=()))
             if name == "name":
@@ -100,6 +115,106 @@ def count_prompt_tokens(model: str, messages: Sequence[Mapping[str, Any]], tools
     if tools:
         total += len(enc.encode(json.dumps(tools, default=str), disallowed_special=()))
     return total
+
+
+def count_completion_tokens(
+    model: str, text: str | None, tool_calls: Iterable[ToolCall] = (), reasoning: str | None = None
+) -> int:
+    """Completion tokens of an answer, counted with tiktoken: its text, reasoning, and each tool call's name
+    and arguments. An estimate, for answers whose provider reported no usage."""
+    enc = _encoding(_encoding_name(model))
+    pieces = [text or "", reasoning or ""]
+    for call in tool_calls:
+        pieces += [call.name, call.arguments]
+    return sum(len(enc.encode(piece, disallowed_special=())) for piece in pieces if piece)
+
+
+# Fixed estimates for content parts whose size is not known without decoding them. OpenAI bills an image at
+# 85 tokens plus 170 per 512 px tile (after scaling); 765 is a 1024 x 1024 image at high detail (4 tiles),
+# the common case (the largest, 768 x 2048, is 8 tiles: 1,445). Audio and files have no rule that can be
+# read off their encoded size: 1,000 tokens each (audio is billed at about 10 tokens a second).
+_IMAGE_TOKENS_LOW_DETAIL = 85
+_IMAGE_TOKENS_UNKNOWN_SIZE = 765
+_AUDIO_PART_TOKENS = 1_000
+_FILE_PART_TOKENS = 1_000
+
+
+def _content_part_tokens(enc: Any, part: Any) -> int:
+    """Tokens of one part of a message's content list."""
+    kind = part.get("type") if isinstance(part, Mapping) else None
+    if kind == "text":
+        return len(enc.encode(str(part.get("text") or ""), disallowed_special=()))
+    if kind == "image_url":
+        return _image_tokens(part.get("image_url"))
+    if kind == "input_audio":
+        return _AUDIO_PART_TOKENS
+    if kind == "file":
+        return _FILE_PART_TOKENS
+    return len(enc.encode(json.dumps(part, default=str), disallowed_special=()))
+
+
+def _image_tokens(image_url: Any) -> int:
+    """Prompt tokens of an ``image_url`` content part by OpenAI's published rule: 85 at ``detail="low"``;
+    otherwise the image is scaled to fit 2048 x 2048, then its shorter side to 768 px (never scaled up),
+    and costs 85 + 170 per 512 px tile. The size is read from the first bytes of a PNG or JPEG data URL;
+    for any other image (a web URL, another format) it is ``_IMAGE_TOKENS_UNKNOWN_SIZE`` (765), what a
+    1024 x 1024 image costs."""
+    url = image_url.get("url") if isinstance(image_url, Mapping) else image_url
+    detail = image_url.get("detail") if isinstance(image_url, Mapping) else None
+    if detail == "low":
+        return _IMAGE_TOKENS_LOW_DETAIL
+    size = _data_url_image_size(url) if isinstance(url, str) else None
+    if size is None:
+        return _IMAGE_TOKENS_UNKNOWN_SIZE
+    width, height = float(size[0]), float(size[1])
+    if max(width, height) > 2048:
+        scale = 2048 / max(width, height)
+        width, height = width * scale, height * scale
+    if min(width, height) > 768:
+        scale = 768 / min(width, height)
+        width, height = width * scale, height * scale
+    tiles = math.ceil(width / 512) * math.ceil(height / 512)
+    return _IMAGE_TOKENS_LOW_DETAIL + 170 * tiles
+
+
+_JPEG_SCAN_CHARS = 65_536  # base64 characters of a JPEG read for its size (~48 KB: past a typical EXIF block)
+
+
+def _data_url_image_size(url: str) -> tuple[int, int] | None:
+    """``(width, height)`` of a PNG or JPEG in a base64 data URL, from its first bytes; None if unknown."""
+    if not url.startswith("data:"):
+        return None
+    header, _, data = url.partition(",")
+    if not header.endswith(";base64"):
+        return None
+    try:
+        head = base64.b64decode(data[:32])
+        if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+            return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        if head.startswith(b"\xff\xd8"):
+            return _jpeg_size(base64.b64decode(data[:_JPEG_SCAN_CHARS]))
+    except (binascii.Error, ValueError):
+        return None
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """The size in a JPEG's start-of-frame segment, found by walking its segments from the start."""
+    i = 2
+    while i + 9 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
+            height, width = int.from_bytes(data[i + 5 : i + 7], "big"), int.from_bytes(data[i + 7 : i + 9], "big")
+            return (width, height) if width and height else None
+        else:
+            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return None
 
 
 # -- content-addressed messages ---------------------------------------------------------------------------
@@ -135,18 +250,30 @@ class MessageChain:
         for h in hashes:
             self._unwritten.pop(h, None)
 
-    def head(self, messages: Sequence[Mapping[str, Any]], new_blobs: dict[str, bytes]) -> str | None:
-        """The hash of the node standing for ``messages``; the chain's nodes not yet stored go to
-        ``new_blobs``."""
+    def shared(self, messages: Sequence[Mapping[str, Any]]) -> int:
+        """How many of ``messages``, from the first, are the chain's: all of the chain's when the call
+        extends it (``covers``)."""
         known = len(self._messages)
         head = messages[:known]
         if len(messages) >= known and self._messages == (head if type(head) is list else list(head)):
-            shared = known  # the usual case, a conversation that grew: one list comparison, in C
-        else:
-            shared = 0
-            limit = min(known, len(messages))
-            while shared < limit and self._messages[shared] == messages[shared]:
-                shared += 1
+            return known  # the usual case, a conversation that grew: one list comparison, in C
+        shared = 0
+        limit = min(known, len(messages))
+        while shared < limit and self._messages[shared] == messages[shared]:
+            shared += 1
+        return shared
+
+    def covers(self, shared: int) -> bool:
+        """Whether a call sharing ``shared`` messages with the chain extends it (or repeats it)."""
+        return shared == len(self._messages)
+
+    def copy(self) -> MessageChain:
+        """A chain at the same point, to branch off without losing this one's tip."""
+        return MessageChain(list(self._messages), list(self._ends), list(self._nodes), self._unwritten)
+
+    def head(self, messages: Sequence[Mapping[str, Any]], new_blobs: dict[str, bytes], shared: int) -> str | None:
+        """The hash of the node standing for ``messages``, which share ``shared`` messages with the
+        chain; the chain's nodes not yet stored go to ``new_blobs``."""
         keep = bisect.bisect_right(self._ends, shared)  # nodes lying wholly within the shared prefix
         del self._ends[keep:], self._nodes[keep:]
         start = self._ends[-1] if self._ends else 0
@@ -199,28 +326,52 @@ def _copy_plain(value: Any) -> Any:
     raise _NotPlain
 
 
+_CHAINS_PER_SCOPE = 16  # conversations carried on at once in one scope (beyond: the oldest is dropped)
+
+
 @dataclass
 class MessageChains:
-    """A run's message chains: one per scope (the key of the enclosing step, empty at the top).
+    """A run's message chains: per scope (the key of the enclosing step, empty at the top), one per
+    conversation carried on there, the most recently used first.
 
     How a chain splits a conversation into nodes depends on the calls made before in it, and the node
     hashes are part of a call's recorded request, so of its fingerprint. The calls made in one scope are the
-    same, in the same order, live, on resume and on replay; but a nested step served from the record makes
-    none of the calls inside it. With one chain per run, a sub-agent's calls (in a plan's graph node, say)
-    would split the caller's next conversation differently live than on replay, and a strict replay would
-    diverge on identical messages. Nodes not yet stored are shared: ``written`` is told once, whichever
-    chain made them.
+    same live, on resume and on replay; but a nested step served from the record makes none of the calls
+    inside it, so chains are per scope. And concurrent conversations in one scope (asyncio.gather) may
+    interleave their calls in another order on replay than live, so each conversation extends a chain of
+    its own: a call extends the chain it continues, else branches off the chain it shares most with (a new
+    chain; the old tip stays), else starts a chain. Each conversation is then split the same way, whatever
+    the interleaving, and stores each message once. Nodes not yet stored are shared: ``written`` is told
+    once, whichever chain made them.
     """
 
-    _chains: dict[str, MessageChain] = field(default_factory=dict)
+    _chains: dict[str, list[MessageChain]] = field(default_factory=dict)
     _unwritten: dict[str, bytes] = field(default_factory=dict)
 
     def head(self, scope: str, messages: Sequence[Mapping[str, Any]], new_blobs: dict[str, bytes]) -> str | None:
-        """``MessageChain.head`` on the chain of ``scope``."""
-        chain = self._chains.get(scope)
-        if chain is None:
-            chain = self._chains[scope] = MessageChain(_unwritten=self._unwritten)
-        return chain.head(messages, new_blobs)
+        """``MessageChain.head`` on the chain of ``scope`` that ``messages`` continue."""
+        chains = self._chains.get(scope)
+        if chains is None:
+            chain = MessageChain(_unwritten=self._unwritten)
+            self._chains[scope] = [chain]
+            return chain.head(messages, new_blobs, 0)
+        first = chains[0]
+        shared = first.shared(messages)
+        if first.covers(shared):  # the usual case: the conversation of the last call goes on
+            return first.head(messages, new_blobs, shared)
+        best, best_shared = first, shared
+        for chain in chains[1:]:
+            n = chain.shared(messages)
+            if chain.covers(n):
+                chains.remove(chain)
+                chains.insert(0, chain)
+                return chain.head(messages, new_blobs, n)
+            if n > best_shared:
+                best, best_shared = chain, n
+        branch = best.copy() if best_shared else MessageChain(_unwritten=self._unwritten)
+        chains.insert(0, branch)
+        del chains[_CHAINS_PER_SCOPE:]
+        return branch.head(messages, new_blobs, best_shared)
 
     def written(self, hashes: Iterable[str]) -> None:
         """These nodes are in the store now."""
@@ -289,6 +440,11 @@ class LLMResponse:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    @property
+    def usage(self) -> Usage:
+        """The tokens this call used, as ``Usage`` (the type ``run.usage`` and ``step.usage`` have)."""
+        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens)
+
     def message(self) -> dict[str, Any]:
         """The assistant message to append to the conversation."""
         msg: dict[str, Any] = {"role": "assistant", "content": self.text}
@@ -332,41 +488,75 @@ class LLMResponse:
 @dataclass(frozen=True)
 class StreamChunk:
     """One streamed piece: the text and reasoning it adds, its raw form, and when it arrived (seconds
-    after the call started). A replay yields the same chunks."""
+    after the call started). A replay yields the same chunks.
+
+    ``index`` is the chunk's position in the stream; ``choice_index`` the choice it belongs to (0 unless
+    the call asked for several, ``n=2``, whose chunks arrive interleaved).
+    """
 
     index: int
     text: str | None
     reasoning: str | None
     offset: float
     raw: dict[str, Any]
+    choice_index: int = 0
 
     @classmethod
     def from_raw(cls, index: int, raw: dict[str, Any], offset: float) -> StreamChunk:
         choices = raw.get("choices") or []
-        delta = (choices[0].get("delta") or {}) if choices else {}
+        choice = choices[0] if choices else {}
+        delta = choice.get("delta") or {}
         return cls(
             index=index,
             text=delta.get("content"),
             reasoning=delta.get("reasoning_content"),
             offset=offset,
             raw=raw,
+            choice_index=int(choice.get("index") or 0),
         )
 
 
 # -- provider errors ----------------------------------------------------------------------------------------
 
 
-def retry_after(exc: BaseException) -> float | None:
-    """Seconds a provider asked us to wait (a 429's Retry-After header), if it said."""
+def retry_after(exc: BaseException, now: float | None = None) -> float | None:
+    """Seconds a provider asked us to wait (a 429's headers), if it said: ``retry-after-ms``
+    (milliseconds, sent by OpenAI and Azure) first, else ``Retry-After`` in seconds or as an HTTP date.
+
+    A date is measured from ``now`` (the engine passes its clock's time; wall time when not given). A
+    date already past asks for no wait (0); an unreadable, negative or infinite value is no answer (None).
+    """
     response = getattr(exc, "response", None)
     headers = getattr(response, "headers", None)
     if headers is None:
         return None
+    millis = _seconds(headers.get("retry-after-ms"))
+    if millis is not None:
+        return millis / 1000
     value = headers.get("retry-after")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
+    if value is None:
         return None
+    seconds = _seconds(value)
+    if seconds is not None:
+        return seconds
+    try:
+        when = email.utils.parsedate_to_datetime(str(value))
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; a date without a zone is taken as UTC
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _seconds(value: Any) -> float | None:
+    """A header's non-negative, finite number; None for anything else."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -375,3 +565,51 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(status, int) and 400 <= status < 500:
         return status in (408, 409, 429)
     return True
+
+
+def check_choices(answer: Any) -> None:
+    """Raise ``ProviderAnswerError`` when litellm's ``answer`` holds no choice: there is nothing to read."""
+    if not getattr(answer, "choices", None):
+        raise ProviderAnswerError(
+            "the provider answered without any choice (HTTP 200 with an empty 'choices' list): there is no "
+            "message to read"
+        )
+
+
+def explain_provider_error(exc: Exception) -> Exception:
+    """``exc``, saying plainly that the provider's answer was not JSON when that is why it was raised.
+
+    litellm reports a body it cannot parse in the JSON parser's words ("Expecting value: line 1 column 1
+    (char 0)"). The ``JSONDecodeError`` it chains holds the body, whose start tells what answered (a
+    proxy's HTML error page, say). The exception keeps its type: retry decisions and the recorded error
+    type stay as they were.
+    """
+    decode = _json_decode_error(exc)
+    message = getattr(exc, "message", None)
+    if decode is None or not isinstance(message, str):
+        return exc
+    body = decode.doc
+    if not body.strip():
+        plain = "the provider's answer was empty, not valid JSON"
+    else:
+        head = body[:200] + ("..." if len(body) > 200 else "")
+        plain = f"the provider's answer was not valid JSON ({decode.msg} at character {decode.pos}); it began {head!r}"
+    prefix = message.split(": ", 1)[0] if message.startswith("litellm.") else type(exc).__name__
+    exc.message = f"{prefix}: {plain}"  # type: ignore[attr-defined]  # litellm's exceptions print .message
+    return exc
+
+
+def _json_decode_error(exc: BaseException) -> json.JSONDecodeError | None:
+    """The ``JSONDecodeError`` behind ``exc``: in its cause or context chain, or its ``original_exception``."""
+    pending: list[BaseException | None] = [exc]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        if isinstance(current, json.JSONDecodeError):
+            return current
+        seen.add(id(current))
+        original = getattr(current, "original_exception", None)
+        pending += [current.__cause__, current.__context__, original if isinstance(original, BaseException) else None]
+    return None

@@ -8,28 +8,33 @@ gets everything. A recorded call is served without touching litellm or the netwo
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from ._codec import canonical_json
-from ._engine import RunEngine
+from ._engine import RunEngine, yield_to_siblings
 from ._llm import (
     Budget,
     LLMResponse,
     StreamChunk,
     blob_hash,
+    check_choices,
+    count_completion_tokens,
     count_prompt_tokens,
+    explain_provider_error,
     import_litellm,
     is_retryable,
     retry_after,
 )
+from ._models import keep_secrets_out
 from ._retry import RetryPolicy
-from ._secrets import strip_secrets
+from ._secrets import is_secret_name, redact, split_secrets
 from ._store import StepRecord
 from ._tool import Tool
-from .errors import AgentFlowError, BudgetExceeded, StepFailed, StructuredOutputError
+from .errors import AgentFlowError, BudgetExceeded, ProviderAnswerError, StepFailed, StructuredOutputError
 
 __all__ = ["LLMCall", "LLMStream", "call_llm", "over_budget", "prepare_llm_call"]
 
@@ -48,6 +53,9 @@ class LLMCall:
     call_kwargs: dict[str, Any]
     response_format: Any
     retry: RetryPolicy
+    # The secret values taken out of the request (API key, auth headers, URL credentials): never recorded,
+    # only looked for in the text of a failure, to be replaced there before it is recorded.
+    secrets: list[str]
 
 
 def _plain_messages(messages: Sequence[Any]) -> list[dict[str, Any]]:
@@ -100,7 +108,7 @@ def prepare_llm_call(
     blobs: dict[str, bytes] = {}
     head = engine.extras.message_chain.head(scope, plain, blobs)  # adds the chain's nodes not stored yet
     tool_schemas = [t.schema() if isinstance(t, Tool) else dict(t) for t in tools] if tools else None
-    recorded_params = strip_secrets(params, secret_params)
+    recorded_params, secret_values = split_secrets(params, secret_params)
     request: dict[str, Any] = {"model": model, "messages": head, "n_messages": len(plain)}
     # Only what is there: a record holds no empty fields (a conversation records one request a turn).
     if tool_schemas:
@@ -121,24 +129,38 @@ def prepare_llm_call(
         call_kwargs["stream"] = True
         call_kwargs.setdefault("stream_options", {"include_usage": True})
     policy = retry or engine.extras.llm_retry or engine.default_retry
-    return LLMCall(key, request_json, fp, rec, blobs, model, plain, call_kwargs, response_format, policy)
+    return LLMCall(key, request_json, fp, rec, blobs, model, plain, call_kwargs, response_format, policy, secret_values)
 
 
 def check_budget(engine: RunEngine, call: LLMCall) -> None:
-    """Raise ``BudgetExceeded`` when this call could take the run past its budget."""
+    """Raise ``BudgetExceeded`` when this call could take the run past its budget; otherwise hold its
+    estimate in ``engine.extras.llm_in_flight`` until it is recorded, so that calls made concurrently
+    (``asyncio.gather``) count the ones asked before them. ``release_budget`` lets the hold go; a call
+    that is recorded without it (a stream) lets go at the next check."""
     budget = engine.extras.budget
     if budget is None or (budget.max_tokens is None and budget.max_cost is None):
         return
-    problem = over_budget(
+    in_flight = engine.extras.llm_in_flight
+    for key in [key for key in in_flight if engine.journal.recorded(key) is not None]:
+        del in_flight[key]  # recorded: its tokens and cost are in the run's totals now
+    prompt, completion = _call_tokens(call.model, call.messages, call.call_kwargs)
+    cost = _cost_estimate(call.model, prompt, completion) if budget.max_cost is not None else 0.0
+    problem = _over(
         budget,
         engine.prompt_tokens + engine.completion_tokens,
         engine.cost,
-        call.model,
-        call.messages,
-        call.call_kwargs,
+        (prompt, completion, cost),
+        held_tokens=sum(p + c for p, c, _ in in_flight.values()),
+        held_cost=sum(held for _, _, held in in_flight.values()),
     )
     if problem is not None:
         raise BudgetExceeded(f"{call.key}: run {engine.run_id!r} {problem}; the call was not made")
+    in_flight[call.key] = (prompt, completion, cost)
+
+
+def release_budget(engine: RunEngine, key: str) -> None:
+    """The call at ``key`` holds no budget any more: it was recorded, failed, or was cancelled."""
+    engine.extras.llm_in_flight.pop(key, None)
 
 
 def over_budget(
@@ -153,21 +175,42 @@ def over_budget(
     ``used_tokens`` and ``used_cost`` already. Prompt tokens are counted with tiktoken, offline."""
     if budget.max_tokens is None and budget.max_cost is None:
         return None
+    prompt, completion = _call_tokens(model, messages, params)
+    cost = _cost_estimate(model, prompt, completion) if budget.max_cost is not None else 0.0
+    return _over(budget, used_tokens, used_cost, (prompt, completion, cost))
+
+
+def _call_tokens(model: str, messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any]) -> tuple[int, int]:
+    """The tokens a call needs at least, known before it: its prompt (tiktoken) and its ``max_tokens``."""
     prompt = count_prompt_tokens(model, messages, params.get("tools"))
-    completion = int(params.get("max_tokens") or params.get("max_completion_tokens") or 0)
-    if budget.max_tokens is not None and used_tokens + prompt + completion > budget.max_tokens:
+    return prompt, int(params.get("max_tokens") or params.get("max_completion_tokens") or 0)
+
+
+def _over(
+    budget: Budget,
+    used_tokens: int,
+    used_cost: float,
+    needs: tuple[int, int, float],
+    *,
+    held_tokens: int = 0,
+    held_cost: float = 0.0,
+) -> str | None:
+    """What a call that ``needs`` (prompt tokens, completion tokens, cost) would pass in ``budget``, after
+    what the run used and what its calls in flight hold."""
+    prompt, completion, cost = needs
+    if budget.max_tokens is not None and used_tokens + held_tokens + prompt + completion > budget.max_tokens:
+        held = f" (and its calls in flight hold {held_tokens} more)" if held_tokens else ""
         return (
-            f"has used {used_tokens} of its {budget.max_tokens} tokens and this call needs at least "
+            f"has used {used_tokens} of its {budget.max_tokens} tokens{held} and this call needs at least "
             f"{prompt + completion} ({prompt} prompt, counted with tiktoken"
             f"{f', plus max_tokens={completion}' if completion else ''})"
         )
-    if budget.max_cost is not None:
-        estimate = _cost_estimate(model, prompt, completion)
-        if used_cost + estimate > budget.max_cost:
-            return (
-                f"has spent ${used_cost:.6f} of its ${budget.max_cost:.6f} and this call would cost at least "
-                f"${estimate:.6f}"
-            )
+    if budget.max_cost is not None and used_cost + held_cost + cost > budget.max_cost:
+        held = f" (and its calls in flight hold ${held_cost:.6f} more)" if held_cost else ""
+        return (
+            f"has spent ${used_cost:.6f} of its ${budget.max_cost:.6f}{held} and this call would cost at "
+            f"least ${cost:.6f}"
+        )
     return None
 
 
@@ -180,6 +223,26 @@ def _cost_estimate(model: str, prompt_tokens: int, completion_tokens: int) -> fl
     except Exception:  # a model missing from litellm's cost map costs what we cannot know
         return 0.0
     return float(prompt_cost + completion_cost)
+
+
+def _priced(engine: RunEngine, call: LLMCall, answer: Any) -> tuple[dict[str, Any], LLMResponse]:
+    """litellm's answer as recorded data and as a response, with its tokens and cost.
+
+    When the provider reported no usage (litellm then gives zeros), both are estimated: the prompt as
+    counted with tiktoken (before the call, when the run has a budget), the completion's text, reasoning
+    and tool calls with tiktoken, priced with litellm's cost map. The recorded usage then says
+    ``"estimated": true``, and a replay serves the same estimates.
+    """
+    raw = _dump(answer)
+    response = LLMResponse.from_raw(raw, _cost(answer), replayed=False)
+    if response.prompt_tokens or response.completion_tokens:
+        return raw, response
+    held = engine.extras.llm_in_flight.get(call.key)  # counted before the call, for the budget
+    prompt = held[0] if held else count_prompt_tokens(call.model, call.messages, call.call_kwargs.get("tools"))
+    completion = count_completion_tokens(call.model, response.text, response.tool_calls, response.reasoning)
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    raw = {**raw, "usage": {**usage, "estimated": True}}
+    return raw, LLMResponse.from_raw(raw, _cost_estimate(call.model, prompt, completion), replayed=False)
 
 
 def _cost(response: Any) -> float:
@@ -241,9 +304,24 @@ def _record(engine: RunEngine, call: LLMCall, started: float, attempts: int, **f
         limiter.after_call(call.key, attempts, fields.get("prompt_tokens", 0) + fields.get("completion_tokens", 0))
 
 
+_MIN_ENV_SECRET = 16
+
+
 def _failed(engine: RunEngine, call: LLMCall, started: float, error: Exception, attempts: int) -> StepFailed:
+    """Record the failed call; the ``StepFailed`` to raise from ``error``.
+
+    A provider may echo the key it was given ("Incorrect API key provided: sk-..."): the call's secret
+    values, and those of the environment (litellm takes a key not given from ``OPENAI_API_KEY`` and the
+    like), are replaced by ``[secret]`` in the recorded message and traceback, in the ``StepFailed``'s
+    message, and in any recorded traceback that chains ``error`` (a run that fails with the ``StepFailed``).
+    """
+    # From the environment, only values long enough to be keys: "POSTGRES_PASSWORD=postgres" must not
+    # blank out every "postgres" of an error.
+    from_env = (value for name, value in os.environ.items() if len(value) >= _MIN_ENV_SECRET and is_secret_name(name))
+    secrets = [*call.secrets, *from_env]
+    keep_secrets_out(error, secrets)
     _record(engine, call, started, attempts, error=error)
-    return StepFailed(call.key, type(error).__qualname__, str(error), attempts)
+    return StepFailed(call.key, type(error).__qualname__, redact(str(error), secrets), attempts)
 
 
 def _served(call: LLMCall) -> LLMResponse:
@@ -260,7 +338,9 @@ async def _ask_provider(engine: RunEngine, call: LLMCall) -> tuple[Any, float, i
     """Check the budget, then call litellm under the call's retry policy.
 
     Returns ``(litellm's answer, start time, attempts)``; a final failure is recorded and raised as
-    ``StepFailed``. For a stream this covers opening it: once chunks are handed out, a failure is final.
+    ``StepFailed``. A stream's answer is an ``_OpenedStream``: an attempt lasts until its first chunk
+    arrived, so a failure before any chunk (a connection reset, a 500, a malformed first chunk) is retried;
+    once chunks are handed out, a failure is final.
     """
     check_budget(engine, call)
     limiter = engine.extras.rate_limiter  # a run of a rate-limited queue, executed by a worker
@@ -271,24 +351,53 @@ async def _ask_provider(engine: RunEngine, call: LLMCall) -> tuple[Any, float, i
     done = await engine.attempts(
         call.key,
         call.retry,
-        lambda: litellm.acompletion(**call.call_kwargs),
+        lambda: _ask_once(litellm, call),
         retryable=is_retryable,
-        wait_at_least=retry_after,
+        wait_at_least=lambda exc: retry_after(exc, engine.clock.time()),  # an HTTP-date, by the run's clock
     )
     if done.error is not None:
-        raise _failed(engine, call, started, done.error, done.count) from done.error
+        error = explain_provider_error(done.error)
+        raise _failed(engine, call, started, error, done.count) from error
     return done.value, started, done.count
+
+
+@dataclass
+class _OpenedStream:
+    """A stream whose first chunk has arrived: the chunks after it, and ``time.monotonic()`` readings."""
+
+    chunks: AsyncIterator[Any]
+    first: Any
+    opened_at: float  # when the provider answered, before any chunk: the offsets count from here
+    first_at: float
+
+
+async def _ask_once(litellm: Any, call: LLMCall) -> Any:
+    """One attempt: litellm's answer, checked to hold a choice; for a stream, opened to its first chunk."""
+    answer = await litellm.acompletion(**call.call_kwargs)
+    if not call.call_kwargs.get("stream"):
+        check_choices(answer)
+        return answer
+    opened_at = time.monotonic()
+    chunks: AsyncIterator[Any] = aiter(answer)
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        raise ProviderAnswerError("the provider's stream ended without any chunk") from None
+    return _OpenedStream(chunks, first, opened_at, time.monotonic())
 
 
 async def call_llm(engine: RunEngine, call: LLMCall) -> LLMResponse:
     """The answer to a prepared call: from the record, or from the provider (then recorded)."""
     if call.record is not None:
+        await yield_to_siblings()
         return _served(call)
-    answer, started, attempts = await _ask_provider(engine, call)
-    raw = _dump(answer)
-    response = LLMResponse.from_raw(raw, _cost(answer), replayed=False)
-    _record(engine, call, started, attempts, output=_json({"response": raw}), prompt_tokens=response.prompt_tokens,
-            completion_tokens=response.completion_tokens, cost=response.cost)  # fmt: skip
+    try:
+        answer, started, attempts = await _ask_provider(engine, call)
+        raw, response = _priced(engine, call, answer)
+        _record(engine, call, started, attempts, output=_json({"response": raw}), prompt_tokens=response.prompt_tokens,
+                completion_tokens=response.completion_tokens, cost=response.cost)  # fmt: skip
+    finally:
+        release_budget(engine, call.key)  # recorded, failed or cancelled
     return _parse(call, response)
 
 
@@ -303,6 +412,11 @@ class LLMStream:
     Live, every raw chunk is recorded with its arrival offset, with the assembled response, once the
     stream ends (leaving the ``async with`` early reads the rest first, so the record is whole). Served
     from the record, the same chunks come back; ``pace=True`` waits out the recorded offsets.
+
+    Failures: until the first chunk arrives, a failure (a connection reset, a 500, a malformed chunk)
+    follows the call's retry policy, and each attempt opens the stream anew. Once a chunk was handed
+    out, a failure is final: it is recorded and raised as ``StepFailed``, since the chunks already read
+    cannot be taken back. ``await ctx.llm(..., stream=True)`` returns the same stream.
     """
 
     def __init__(self, engine: RunEngine, call: LLMCall, pace: bool) -> None:
@@ -352,6 +466,7 @@ class LLMStream:
     async def _replayed(self) -> AsyncIterator[StreamChunk]:
         rec = self._call.record
         assert rec is not None
+        await yield_to_siblings()
         response = _served(self._call)  # raises the recorded failure
         output = json.loads(rec.output or "{}")
         previous = 0.0
@@ -363,22 +478,35 @@ class LLMStream:
         self._response = response
 
     async def _live(self) -> AsyncIterator[StreamChunk]:
+        try:
+            async for chunk in self._streamed():
+                yield chunk
+        finally:
+            release_budget(self._engine, self._call.key)  # recorded, failed, or left unread
+
+    async def _streamed(self) -> AsyncIterator[StreamChunk]:
         engine, call = self._engine, self._call
+        opened: _OpenedStream
         opened, started, attempts = await _ask_provider(engine, call)
-        t0 = time.monotonic()
         live: list[Any] = []
         raws: list[dict[str, Any]] = []
         offsets: list[float] = []
+
+        def keep(chunk: Any, arrived_at: float) -> StreamChunk:
+            raw = _dump(chunk)
+            offset = round(arrived_at - opened.opened_at, 6)
+            live.append(chunk)
+            raws.append(raw)
+            offsets.append(offset)
+            return StreamChunk.from_raw(len(raws) - 1, raw, offset)
+
         try:
-            async for chunk in opened:
-                raw = _dump(chunk)
-                offset = round(time.monotonic() - t0, 6)
-                live.append(chunk)
-                raws.append(raw)
-                offsets.append(offset)
-                yield StreamChunk.from_raw(len(raws) - 1, raw, offset)
+            yield keep(opened.first, opened.first_at)
+            async for chunk in opened.chunks:
+                yield keep(chunk, time.monotonic())
         except Exception as exc:
-            raise _failed(engine, call, started, exc, attempts) from exc
+            error = explain_provider_error(exc)
+            raise _failed(engine, call, started, error, attempts) from error
         built = import_litellm().stream_chunk_builder(live, messages=call.messages)
         raw_response = _dump(built)
         response = LLMResponse.from_raw(raw_response, _cost(built), replayed=False)

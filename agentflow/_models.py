@@ -10,6 +10,8 @@ from datetime import datetime, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
+from ._secrets import redact
+
 if TYPE_CHECKING:
     from ._store import RunRecord, StepRecord, Store
     from .errors import ReplayDivergence
@@ -88,16 +90,52 @@ class ErrorInfo:
     def __str__(self) -> str:
         return f"{self.type}: {self.message}"
 
+    @classmethod
+    def of(cls, exc: BaseException) -> ErrorInfo:
+        """What is recorded for ``exc``, with the values ``keep_secrets_out`` gave any exception of its chain
+        (a provider error that echoed the API key) replaced by ``[secret]``."""
+        info = cls(
+            type=type(exc).__qualname__,
+            message=str(exc),
+            traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        )
+        secrets = _chained_secrets(exc)
+        if not secrets:
+            return info
+        return cls(info.type, redact(info.message, secrets), redact(info.traceback, secrets))
+
     @staticmethod
     def encode(exc: BaseException) -> str:
         """The JSON text recorded for ``exc``."""
-        return json.dumps(
-            {
-                "type": type(exc).__qualname__,
-                "message": str(exc),
-                "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-            }
-        )
+        info = ErrorInfo.of(exc)
+        return json.dumps({"type": info.type, "message": info.message, "traceback": info.traceback})
+
+
+_SECRETS_ATTRIBUTE = "_agentflow_secrets"
+
+
+def keep_secrets_out(exc: BaseException, values: list[str]) -> None:
+    """Have ``values`` replaced by ``[secret]`` wherever ``exc`` is recorded: as the error of a step, or
+    in the traceback of an error chained to it (the ``StepFailed`` raised from it, a run's error)."""
+    if values:
+        setattr(exc, _SECRETS_ATTRIBUTE, [*getattr(exc, _SECRETS_ATTRIBUTE, ()), *values])
+
+
+def _chained_secrets(exc: BaseException) -> list[str]:
+    found: list[str] = []
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        found.extend(getattr(current, _SECRETS_ATTRIBUTE, ()))
+        pending += [current.__cause__, current.__context__]
+        grouped = getattr(current, "exceptions", None)  # an exception group (Python 3.11+: BaseExceptionGroup)
+        if isinstance(grouped, tuple):
+            pending += [e for e in grouped if isinstance(e, BaseException)]
+    return found
 
 
 @dataclass(frozen=True)

@@ -1,45 +1,156 @@
 """Secrets kept out of the record: API keys, tokens, passwords and auth headers reach the provider or the
 tool, never the store.
 
-A value is secret by its name (a parameter, a header, a tool argument) or because the caller marked the
-name (``secret_params``).
+A value is secret by its name (a parameter, a header, a tool argument, a key of a nested mapping, a URL's
+query parameter) or because the caller marked the name (``secret_params``, ``@tool(secret=[...])``). The
+credentials of a URL (``https://user:password@host``) are secret wherever the URL is. ``split_secrets``
+also hands back the secret values it removed, so that an error which echoes one (a provider's "Incorrect
+API key provided: sk-...") can be ``redact``-ed before it is recorded.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-__all__ = ["is_secret_name", "strip_secrets"]
+__all__ = ["REDACTED", "is_secret_name", "redact", "split_secrets", "strip_secrets"]
 
-# Parameter, header and tool-argument names whose values are never recorded: the name, with '-' read as
-# '_', holds one of these as a whole word ("x_api_key", "X-Custom-Token", "aws_secret_access_key"), so
-# that "max_tokens" or "top_k" are kept.
-_SECRET_NAME = re.compile(
-    r"(^|_)(api_?key|key|keys|secret|password|passwd|pwd|credentials?|token|auth|authorization|bearer|cookie|"
-    r"signature|private_?key)($|_)",
-    re.I,
+REDACTED = "[secret]"
+
+Names = Literal["params", "tool"]
+
+# Model-call parameters, headers and URL query parameters: the name, split into words (camelCase and
+# '-' read as '_': "X-AccessToken" is x_access_token), holds one of these as a whole word, or a word that
+# ends in a glued one ("accesstoken", "clientsecret"). So "max_tokens", "top_k", "prompt_tokens" and
+# "X-Session-Id" are kept.
+_SECRET_PARAM = re.compile(
+    r"(^|_)(api_?key|key|keys|secrets?|password|passwd|pwd|passphrase|credentials?|token|auth|authorization|"
+    r"authentication|bearer|cookie|signature|sig|private_?key|[a-z0-9]*(?:token|secret|password|apikey|"
+    r"privatekey|secretkey|accesskey))($|_)"
 )
+# Tool arguments name what the tool works on, where "key", "token", "auth" or "signature" are often no
+# secret (kv_get(key=...), list_items(page_token=...)): only names that end in an unambiguous one are
+# secret ("api_key", "new_password", "client_secret", "accessToken"); a tool marks others with
+# ``@tool(secret=[...])``.
+_SECRET_ARGUMENT = re.compile(
+    r"(^|_)(api_?key|api_?token|api_?secret|secret|secret_?key|secret_?access_?key|client_?secret|password|"
+    r"passwd|passphrase|credentials?|authorization|authentication|(?:access|refresh|id|session|auth|bearer|"
+    r"oauth|csrf)_?token|private_?key)$"
+)
+# A URL's query parameters that carry credentials besides those named like a parameter above: Azure
+# Functions' "code", a SAS "sig" (in the pattern).
+_SECRET_QUERY = frozenset({"code"})
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+_SEPARATORS = re.compile(r"[-.\s]+")
+# Secret values shorter than this are not looked for in error text: they would match ordinary words.
+_MIN_REDACTED = 6
 
 
-def is_secret_name(name: str, marked: Sequence[str] = ()) -> bool:
-    return name in marked or _secret_by_name(name)
+def is_secret_name(name: str, marked: Sequence[str] = (), names: Names = "params") -> bool:
+    """Whether a value under ``name`` is secret: marked, or named like a secret (see the patterns above;
+    ``names="tool"`` for tool arguments)."""
+    return name in marked or _secret_by_name(name, names)
 
 
-@functools.lru_cache(maxsize=512)  # the same few parameter and header names, call after call
-def _secret_by_name(name: str) -> bool:
-    return bool(_SECRET_NAME.search(name.replace("-", "_")))
+@functools.lru_cache(maxsize=1024)  # the same few parameter, header and argument names, call after call
+def _secret_by_name(name: str, names: Names) -> bool:
+    words = _SEPARATORS.sub("_", _CAMEL.sub("_", name)).lower()
+    return bool((_SECRET_ARGUMENT if names == "tool" else _SECRET_PARAM).search(words))
 
 
-def strip_secrets(params: Mapping[str, Any], marked: Sequence[str] = ()) -> dict[str, Any]:
-    """``params`` without secret values: keys, tokens, passwords, auth headers, and the names in ``marked``."""
+def strip_secrets(params: Mapping[str, Any], marked: Sequence[str] = (), names: Names = "params") -> dict[str, Any]:
+    """``params`` without secret values: keys, tokens, passwords, auth headers, URL credentials, and the
+    names in ``marked``, at any depth of nested mappings and lists."""
+    return split_secrets(params, marked, names)[0]
+
+
+def split_secrets(
+    params: Mapping[str, Any], marked: Sequence[str] = (), names: Names = "params"
+) -> tuple[dict[str, Any], list[str]]:
+    """``(params without secret values, the secret string values taken out)``.
+
+    A secret name is left out with its value; a URL loses its user and password, and the values of its
+    query parameters named like secrets become ``[secret]`` (the rest of the URL, ``api-version=...``
+    for instance, stays in the record and the fingerprint).
+    """
+    found: list[str] = []
+    return _clean_mapping(params, marked, names, found), found
+
+
+def _clean_mapping(params: Mapping[str, Any], marked: Sequence[str], names: Names, found: list[str]) -> dict[str, Any]:
     clean: dict[str, Any] = {}
     for name, value in params.items():
-        if is_secret_name(name, marked):
-            continue
-        if name in ("headers", "extra_headers") and isinstance(value, Mapping):
-            value = {h: v for h, v in value.items() if not is_secret_name(h, marked)}
-        clean[name] = value
+        if isinstance(name, str) and is_secret_name(name, marked, names):
+            _collect(value, found)
+        else:
+            clean[name] = _clean(value, marked, names, found)
     return clean
+
+
+def _clean(value: Any, marked: Sequence[str], names: Names, found: list[str]) -> Any:
+    if isinstance(value, str):
+        return _clean_url(value, found) if "://" in value else value
+    if isinstance(value, Mapping):
+        return _clean_mapping(value, marked, names, found)
+    if isinstance(value, list | tuple):
+        return [_clean(v, marked, names, found) for v in value]
+    return value
+
+
+def _collect(value: Any, found: list[str]) -> None:
+    """Every string inside a secret value; a header value's words too ("Bearer sk-...": "sk-...")."""
+    if isinstance(value, str):
+        found.append(value)
+        words = value.split()
+        if len(words) > 1:
+            found.extend(words[1:])
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            _collect(v, found)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _collect(v, found)
+
+
+def _clean_url(text: str, found: list[str]) -> str:
+    if "@" not in text and "?" not in text and "#" not in text:
+        return text
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return text
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+        for part in (userinfo, *userinfo.split(":", 1)):
+            found.extend((part, unquote(part)))
+    query = _clean_query(parts.query, found)
+    fragment = _clean_query(parts.fragment, found)
+    if (netloc, query, fragment) == (parts.netloc, parts.query, parts.fragment):
+        return text
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+
+
+def _clean_query(query: str, found: list[str]) -> str:
+    """``a=1&key=sk-...`` as ``a=1&key=[secret]``; the rest of the text as given."""
+    if "=" not in query:
+        return query
+    pairs = []
+    for pair in query.split("&"):
+        name, eq, value = pair.partition("=")
+        plain = unquote(name.replace("+", " "))
+        if eq and value and (plain.lower() in _SECRET_QUERY or _secret_by_name(plain, "params")):
+            found.extend((value, unquote(value.replace("+", " "))))
+            pair = f"{name}={REDACTED}"
+        pairs.append(pair)
+    return "&".join(pairs)
+
+
+def redact(text: str, values: Iterable[str]) -> str:
+    """``text`` with each of ``values`` (longest first) replaced by ``[secret]``."""
+    for value in sorted({v for v in values if len(v) >= _MIN_REDACTED}, key=len, reverse=True):
+        text = text.replace(value, REDACTED)
+    return text

@@ -9,12 +9,11 @@ so an external system (a payment API) can deduplicate.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, TypeVar, overload
@@ -78,10 +77,16 @@ class Tool:
     # Asked with the call's arguments: true when a person must approve this call first (an agent waits,
     # durably, for an "approval" event before it makes the call).
     needs_approval: Callable[[dict[str, Any]], bool] | None = None
+    # Arguments whose values reach the tool but are never recorded nor fingerprinted, besides those named
+    # like a secret ("api_key", "password", "client_secret", "access_token"...; see agentflow._secrets).
+    secret: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        with contextlib.suppress(_Unresolved):  # checked now if the hints resolve now, else at first use
-            self.key_parameter  # noqa: B018
+        try:  # checked now if the hints resolve now, else (a type defined further down) at first use
+            typing.get_type_hints(self.fn, include_extras=True)
+        except Exception:
+            return
+        self.key_parameter  # noqa: B018
 
     @cached_property
     def key_parameter(self) -> str | None:
@@ -169,6 +174,7 @@ def tool(
     description: str | None = None,
     idempotent: bool = True,
     needs_approval: Callable[[dict[str, Any]], bool] | None = None,
+    secret: Sequence[str] = (),
 ) -> Callable[[F], Tool]: ...
 
 
@@ -180,6 +186,7 @@ def tool(
     description: str | None = None,
     idempotent: bool = True,
     needs_approval: Callable[[dict[str, Any]], bool] | None = None,
+    secret: Sequence[str] = (),
 ) -> Tool | Callable[[F], Tool]:
     """Make a typed function (sync or async) a ``Tool``: ``@tool`` or ``@tool(idempotent=False)``.
 
@@ -187,19 +194,26 @@ def tool(
     not happen twice (a payment): a replay never runs it again, and it should take an ``IdempotencyKey``.
     ``needs_approval(arguments)`` returning true makes an ``Agent`` wait (durably: the run is suspended)
     for an ``approval`` event, ``{"approved": true}`` or not, before it makes the call.
+    ``secret=["param", ...]`` names arguments that reach the tool but are never recorded (nor part of the
+    call's fingerprint), besides those named like a secret (``api_key``, ``password``, ``access_token``...).
     """
+    marked = (secret,) if isinstance(secret, str) else tuple(secret)
 
     def make(f: F) -> Tool:
         doc = description if description is not None else inspect.getdoc(f) or ""
+        unknown = [p for p in marked if p not in inspect.signature(f).parameters]
+        if unknown:
+            raise ConfigurationError(f"tool {name or f.__name__!r}: secret={unknown} names no parameter of it")
         return Tool(
-            fn=f, name=name or f.__name__, description=doc, idempotent=idempotent, needs_approval=needs_approval
+            fn=f,
+            name=name or f.__name__,
+            description=doc,
+            idempotent=idempotent,
+            needs_approval=needs_approval,
+            secret=marked,
         )
 
     return make(fn) if fn is not None else make
-
-
-class _Unresolved(ConfigurationError):
-    """A tool's annotations name a type that cannot be found (yet)."""
 
 
 def _hints(t: Tool) -> dict[str, Any]:
@@ -207,7 +221,7 @@ def _hints(t: Tool) -> dict[str, Any]:
     try:
         return typing.get_type_hints(t.fn, include_extras=True)
     except Exception as exc:
-        raise _Unresolved(
+        raise ConfigurationError(
             f"tool {t.name!r}: its type annotations do not resolve ({type(exc).__name__}: {exc}); import the "
             "types they name at module level (not only under TYPE_CHECKING), so that its schema and its "
             "IdempotencyKey parameter can be found"

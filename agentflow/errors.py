@@ -48,6 +48,7 @@ __all__ = [
     "NonRetryableError",
     "NotAnAgentFlowDatabase",
     "PlanInvalid",
+    "ProviderAnswerError",
     "ReplayDivergence",
     "RunCancelled",
     "RunConflict",
@@ -217,6 +218,12 @@ class PlanInvalid(AgentFlowError):
             f"planner {planner!r} got no plan that can run after {max_fixes} round(s) of fixes: {listing}. "
             "Raise max_fixes, or give the model clearer tool descriptions"
         )
+
+
+class ProviderAnswerError(AgentFlowError):
+    """A provider answered (HTTP 200) with no usable chat completion (no choice, a stream without a
+    chunk). Retried by the call's policy like a server error, and recorded as the step's failure when the
+    policy gives up."""
 
 
 class StructuredOutputError(AgentFlowError):

@@ -16,6 +16,7 @@ from agentflow import (
     AgentResult,
     Budget,
     Context,
+    IdempotencyKey,
     RunStatus,
     tool,
 )
@@ -257,3 +258,41 @@ def test_an_agent_with_a_conversation_memory_sends_a_window_within_its_token_bud
         assert sent["messages"][0]["role"] == "system"  # the instructions are always kept
     assert fake.calls[0]["messages"][-1]["content"] == "Where is A-1?"
     assert len(fake.calls[0]["messages"]) < 8 and len(run.output.messages) == 11  # the state keeps it all
+
+
+def test_a_turn_whose_first_call_waits_for_approval_resumes_with_each_call_made_once_in_model_order(
+    app: AgentFlow,
+) -> None:
+    refunded: list[tuple[str, int, str]] = []
+
+    @tool(idempotent=False, needs_approval=lambda arguments: arguments["amount"] > 100)
+    def refund(order_id: str, amount: int, key: IdempotencyKey) -> str:
+        """Refund an order; above 100 a person approves first."""
+        refunded.append((order_id, amount, key))
+        return f"refunded {amount} on {order_id}"
+
+    agent = Agent(name="support", model=MODEL, tools=[refund], params=PARAMS)
+    with FakeProvider() as fake:
+        fake.script(
+            tool_calls(
+                [
+                    ("refund", {"order_id": "A-1", "amount": 500}, "c1"),
+                    ("refund", {"order_id": "B-2", "amount": 50}, "c2"),
+                ]
+            ),
+            reply("Both refunded."),
+        )
+        run = app.run(agent, "Refund A-1 and B-2", run_id="r")
+        assert run.status == RunStatus.WAITING and run.waiting_for == "approval"
+        assert refunded == []  # no call of the turn is made before its approvals are settled
+        app.send_event("r", "approval", {"approved": True, "by": "supervisor"})
+        run = app.resume("r")
+
+    assert run.status == RunStatus.COMPLETED, run.error  # not a ReplayDivergence at refund#0
+    assert run.output.output == "Both refunded."
+    assert refunded == [("A-1", 500, "r:refund#0"), ("B-2", 50, "r:refund#1")]
+    tool_steps = [(s.key, s.output) for s in run.steps if str(s.kind) == "tool"]
+    assert tool_steps == [("refund#0", "refunded 500 on A-1"), ("refund#1", "refunded 50 on B-2")]
+    tool_messages = {m["tool_call_id"]: m["content"] for m in fake.calls[-1]["messages"] if m["role"] == "tool"}
+    assert tool_messages == {"c1": "refunded 500 on A-1", "c2": "refunded 50 on B-2"}
+    assert fake.call_count == 2  # the first turn was served from the record on resume

@@ -5,6 +5,7 @@ import agentflow
 EXPECTED = {
     "Plan",
     "PlanInvalid",
+    "ProviderAnswerError",
     "PlanResult",
     "PlanStep",
     "PlanningAgent",

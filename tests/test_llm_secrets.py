@@ -12,13 +12,14 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
 from dbtools import execute
 
-from agentflow import AgentFlow, Budget, Context, RunStatus, StepFailed
+from agentflow import AgentFlow, Budget, ConfigurationError, Context, RetryPolicy, RunStatus, StepFailed, tool
+from agentflow._secrets import is_secret_name, split_secrets
 from agentflow._store._blob_packing import unpack_blob
 from agentflow._store._packing import unpack_json, unpack_request
 from agentflow.testing import FakeProvider, error, reply
@@ -242,6 +243,223 @@ def test_a_key_sent_in_a_custom_auth_header_leaves_no_trace_in_the_database(
     assert run.status == RunStatus.COMPLETED, run.error
     assert sent == key
     assert _scan(db_url, secret) == {}
+
+
+@pytest.mark.parametrize(
+    ("names", "secret_names", "kept_names"),
+    [
+        (
+            "params",
+            ["api_key", "apiKey", "X-Api-Key", "x-goog-api-key", "Ocp-Apim-Subscription-Key", "Authorization",
+             "Proxy-Authorization", "X-Authentication", "X-AccessToken", "X-Auth-Token", "accessToken",
+             "accesstoken", "clientSecret", "sessionToken", "aws_secret_access_key", "langfuse_secret_key",
+             "private_key", "password", "Cookie", "key", "token", "signature"],
+            ["max_tokens", "max_completion_tokens", "prompt_tokens", "top_k", "top_p", "temperature", "X-Session-Id",
+             "X-Request-Id", "X-Request-Tag", "session_id", "api_base", "base_url", "api_version", "author",
+             "keywords", "tokenizer", "turkey", "metadata", "user", "seed"],
+        ),
+        (
+            "tool",
+            ["api_key", "apiKey", "password", "new_password", "client_secret", "clientSecret", "access_token",
+             "accessToken", "refreshToken", "sessionToken", "private_key", "authorization", "secret",
+             "aws_secret_access_key", "credentials"],
+            ["key", "token", "auth", "signature", "cache_key", "sort_key", "page_token", "next_token",
+             "password_length", "secret_name", "api_key_id", "max_tokens", "author", "keys"],
+        ),
+    ],
+)  # fmt: skip
+def test_secret_names_are_found_in_camel_case_and_glued_forms_and_ordinary_names_are_kept(
+    names: Literal["params", "tool"], secret_names: list[str], kept_names: list[str]
+) -> None:
+    assert [n for n in secret_names if not is_secret_name(n, names=names)] == []
+    assert [n for n in kept_names if is_secret_name(n, names=names)] == []
+
+
+def test_a_url_loses_its_credentials_and_secret_query_values_but_keeps_the_rest() -> None:
+    url = "https://user:pa%24%24word@proxy.example.com/v1?api-version=2024-06-01&code=c0de-123&key=k3y-456#frag"
+    clean, found = split_secrets({"api_base": url, "timeout": 30})
+    assert clean == {
+        "api_base": "https://proxy.example.com/v1?api-version=2024-06-01&code=[secret]&key=[secret]#frag",
+        "timeout": 30,
+    }
+    assert {"pa$$word", "pa%24%24word", "c0de-123", "k3y-456"} <= set(found)
+    assert split_secrets({"api_base": "https://api.openai.com/v1", "temperature": 0.0}) == (
+        {"api_base": "https://api.openai.com/v1", "temperature": 0.0},
+        [],
+    )
+
+
+# Where a caller may put a secret in a model call's parameters: each one reaches the provider.
+_HIDING_PLACES: dict[str, Callable[[str], dict[str, Any]]] = {
+    "api_base userinfo": lambda s: {"api_base": f"https://user:{s}@api.openai.com/v1"},
+    "extra_body": lambda s: {"extra_body": {"api_key": s, "tags": ["a"]}},
+    "extra_query": lambda s: {"extra_query": {"key": s}},
+    "metadata": lambda s: {"metadata": {"langfuse_secret_key": s, "trace_name": "t"}},
+    "list in extra_body": lambda s: {"extra_body": {"providers": [{"name": "p", "clientSecret": s}]}},
+    "X-AccessToken header": lambda s: {"extra_headers": {"X-AccessToken": s}},
+    "X-Authentication header": lambda s: {"extra_headers": {"X-Authentication": s}},
+    "sessionToken header": lambda s: {"extra_headers": {"sessionToken": s}},
+}
+# litellm sends neither a URL's user and password (the SDK builds the URL again) nor metadata (it is for
+# litellm's callbacks): still, a caller gave them.
+_NOT_SENT = {"api_base userinfo", "metadata"}
+
+
+@pytest.mark.parametrize("place", list(_HIDING_PLACES))
+def test_a_secret_in_a_url_or_a_nested_parameter_leaves_no_trace_in_the_database(
+    db_url: str, secret: str, place: str
+) -> None:
+    params = _HIDING_PLACES[place](secret)
+    app = AgentFlow(db_url)
+
+    @app.workflow(name="hidden")
+    async def hidden(ctx: Context) -> str | None:
+        messages = [{"role": "user", "content": "hello"}]
+        answer = await ctx.llm(model=MODEL, messages=messages, api_key="sk-fake", **params)
+        return answer.text
+
+    try:
+        with FakeProvider() as fake:
+            fake.script(reply("hi"))
+            run = app.run(hidden, run_id="hidden-run")
+            sent = fake.router.calls[0].request
+    finally:
+        app.close()
+
+    assert run.status == RunStatus.COMPLETED, run.error
+    if place not in _NOT_SENT:
+        assert secret in str(sent.url) + str(sent.headers) + sent.content.decode()
+    assert _scan(db_url, secret) == {}
+
+
+_ECHOED: dict[str, Callable[[str], dict[str, Any]]] = {
+    "api_key": lambda key: {"api_key": key},
+    "Authorization header": lambda key: {"api_key": "sk-fake", "extra_headers": {"Authorization": f"Bearer {key}"}},
+    "secret_params": lambda key: {"api_key": "sk-fake", "user_secret": key, "secret_params": ["user_secret"]},
+    "api_base password": lambda key: {"api_key": "sk-fake", "api_base": f"https://u:{key}@api.openai.com/v1"},
+    "environment": lambda key: {},
+}
+
+
+@pytest.mark.parametrize("given", list(_ECHOED))
+def test_a_provider_error_that_echoes_the_key_is_recorded_with_the_key_replaced(
+    db_url: str, secret: str, given: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = f"sk-test-{secret}"
+    monkeypatch.setenv("OPENAI_API_KEY", key if given == "environment" else "sk-fake-from-env")
+    app = AgentFlow(db_url)
+
+    @app.workflow(name="echoed")
+    async def echoed(ctx: Context) -> str | None:
+        messages = [{"role": "user", "content": "hello"}]
+        answer = await ctx.llm(model=MODEL, messages=messages, **_ECHOED[given](key))
+        return answer.text
+
+    try:
+        with FakeProvider() as fake:
+            fake.script(error(401, message=f"Incorrect API key provided: {key}. Find your key elsewhere."))
+            run = app.run(echoed, run_id="echoed-run")  # the StepFailed fails the run: recorded twice
+    finally:
+        app.close()
+
+    assert run.status == RunStatus.FAILED
+    assert run.error is not None
+    assert "Incorrect API key provided: [secret]" in run.error.message
+    assert "Incorrect API key provided: [secret]" in run.error.traceback
+    [step] = run.steps
+    assert step.error is not None
+    assert step.error.type == "AuthenticationError"
+    assert "Incorrect API key provided: [secret]" in step.error.message
+    assert _scan(db_url, secret) == {}
+
+
+def test_an_error_that_names_a_url_with_a_secret_query_value_is_recorded_without_it(db_url: str, secret: str) -> None:
+    base_url = f"https://api.openai.com/v1?api-version=1&code={secret}"
+    app = AgentFlow(db_url)
+
+    @app.workflow(name="unreachable")
+    async def unreachable(ctx: Context) -> str | None:
+        messages = [{"role": "user", "content": "hello"}]
+        answer = await ctx.llm(
+            model=MODEL, messages=messages, api_key="sk-fake", base_url=base_url, retry=RetryPolicy(max_attempts=1)
+        )
+        return answer.text
+
+    try:
+        with FakeProvider():  # the SDK asks for .../v1/?api-version=1&code=...chat/completions: not answered
+            run = app.run(unreachable, run_id="unreachable-run")
+    finally:
+        app.close()
+
+    assert run.status == RunStatus.FAILED
+    assert run.error is not None
+    assert "code=[secret]" in run.error.message  # the error names the URL: its secret is replaced
+    [step] = run.steps
+    assert step.request["params"]["base_url"] == "https://api.openai.com/v1?api-version=1&code=[secret]"
+    assert _scan(db_url, secret) == {}
+
+
+# -- tool arguments ---------------------------------------------------------------------------------------
+
+
+def test_a_tool_argument_named_key_is_recorded_and_tells_calls_apart(app: AgentFlow) -> None:
+    store = {"a": "apple", "b": "banana"}
+
+    @tool
+    def kv_get(key: str, token: str = "t0") -> str:
+        """Read a value from the key-value store (``token``: a pagination cursor)."""
+        return store[key]
+
+    @app.workflow(name="reads")
+    async def reads(ctx: Context) -> list[Any]:
+        return [(await ctx.tool(kv_get, key=k, token="t0")).value for k in ("a", "b")]
+
+    run = app.run(reads, run_id="reads-run")
+
+    assert run.output == ["apple", "banana"]
+    assert [s.request["arguments"] for s in run.steps] == [{"key": "a", "token": "t0"}, {"key": "b", "token": "t0"}]
+    assert run.steps[0].fingerprint != run.steps[1].fingerprint
+
+
+def test_secret_tool_arguments_reach_the_tool_but_not_the_record_nor_the_fingerprint(db_url: str, secret: str) -> None:
+    seen: list[tuple[str, str, str]] = []
+
+    @tool(secret=["pin"])
+    def unlock(door: str, pin: str, api_key: str) -> str:
+        """Unlock a door; a wrong pin is an error that says which pin it was."""
+        seen.append((door, pin, api_key))
+        if pin.endswith("wrong"):
+            raise PermissionError(f"pin {pin} rejected for {door}")
+        return f"{door} open"
+
+    app = AgentFlow(db_url)
+
+    @app.workflow(name="doors")
+    async def doors(ctx: Context) -> list[Any]:
+        first = await ctx.tool(unlock, door="front", pin=f"{secret}-1", api_key=f"sk-{secret}")
+        second = await ctx.tool(unlock, door="front", pin=f"{secret}-2", api_key=f"sk-{secret}")
+        wrong = await ctx.tool(unlock, door="back", pin=f"{secret}-wrong", api_key=f"sk-{secret}")
+        return [first.value, second.value, wrong.error]
+
+    try:
+        run = app.run(doors, run_id="doors-run")
+    finally:
+        app.close()
+
+    assert run.status == RunStatus.COMPLETED, run.error
+    assert run.output == ["front open", "front open", "PermissionError: pin [secret] rejected for back"]
+    assert seen[0] == ("front", f"{secret}-1", f"sk-{secret}")
+    assert [s.request["arguments"] for s in run.steps] == [{"door": "front"}, {"door": "front"}, {"door": "back"}]
+    assert run.steps[0].fingerprint == run.steps[1].fingerprint
+    assert _scan(db_url, secret) == {}
+
+
+def test_a_tool_marking_a_secret_it_does_not_have_is_a_configuration_error() -> None:
+    def lookup(account: str) -> str:
+        return account
+
+    with pytest.raises(ConfigurationError, match=r"secret=\['acount'\] names no parameter"):
+        tool(secret=["acount"])(lookup)
 
 
 # -- b. token counts offline -------------------------------------------------------------------------------

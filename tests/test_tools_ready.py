@@ -11,6 +11,8 @@ import json
 import socket
 import subprocess
 import sys
+import tracemalloc
+import zlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -693,3 +695,129 @@ def test_tools_run_as_recorded_steps_and_only_retryable_failures_are_retried(app
     assert out[5][0] is False and "goes up with '..'" in out[5][1]
     assert calls == ["/page", "/slow", "/slow", "/slow", "/image"]
     assert not (tmp_path / "escape.txt").exists()
+
+
+# -- http_get: compressed bodies and unparsable redirects ----------------------------------------------
+
+
+class StreamedBody:
+    """An async body of ``chunks``, read raw by http_get (httpx does not decode an async body up front)."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+        self.pulled = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            self.pulled += 1
+            yield chunk
+
+
+def compressed(data: bytes, wbits: int, *, times: int = 1) -> bytes:
+    """``data`` repeated ``times`` and compressed: gzip (16 + MAX_WBITS), zlib (MAX_WBITS) or raw deflate
+    (-MAX_WBITS), without ever holding the inflated whole."""
+    packer = zlib.compressobj(wbits=wbits)
+    return b"".join(packer.compress(data) for _ in range(times)) + packer.flush()
+
+
+def split(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def encoded(encoding: str, chunks: list[bytes]) -> tuple[httpx.MockTransport, list[httpx.Request], StreamedBody]:
+    body = StreamedBody(chunks)
+    headers = {"content-type": "text/plain; charset=utf-8", "content-encoding": encoding}
+    transport, seen = recording(lambda r: httpx.Response(200, headers=headers, content=body))
+    return transport, seen, body
+
+
+def test_http_get_inflates_a_gzip_bomb_only_up_to_max_bytes() -> None:
+    bomb = compressed(bytes(1 << 20), 16 + zlib.MAX_WBITS, times=100)  # 100 MB of zeros in about 100 kB
+    transport, _, body = encoded("gzip", split(bomb, 64 * 1024))
+    get = make_http_get(max_bytes=1_000_000, transport=transport)
+    tracemalloc.start()
+    try:
+        result = fetch(get, url="https://example.com/bomb")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (len(result.text), result.truncated) == (1_000_000, True)
+    assert set(result.text) == {"\0"}
+    assert peak < 20_000_000, f"{peak / 1e6:.0f} MB held to read a 1 MB cut"  # a 64 kB chunk inflates to 64 MB
+    assert body.pulled < len(body.chunks)  # the rest of the body is not read
+
+
+@pytest.mark.parametrize(
+    ("encoding", "refusal"),
+    [
+        ("gzip, gzip", r"encoded 2 times over \(gzip, gzip\)"),
+        ("deflate, gzip", r"encoded 2 times over"),
+        ("br", r"encoded as 'br'; http_get decodes gzip and deflate only"),
+        ("zstd", r"encoded as 'zstd'"),
+    ],
+)
+def test_http_get_refuses_a_body_encoded_in_layers_or_in_a_format_it_did_not_ask_for(
+    encoding: str, refusal: str
+) -> None:
+    inner = compressed(b"x" * 1000, 16 + zlib.MAX_WBITS)
+    transport, _, _ = encoded(encoding, [compressed(inner, 16 + zlib.MAX_WBITS)])
+    with pytest.raises(HttpGetRefused, match=refusal):
+        fetch(make_http_get(transport=transport), url="https://example.com/")
+
+
+@pytest.mark.parametrize(
+    ("encoding", "wbits"),
+    [
+        ("gzip", 16 + zlib.MAX_WBITS),
+        ("x-gzip", 16 + zlib.MAX_WBITS),
+        ("deflate", zlib.MAX_WBITS),
+        ("deflate", -zlib.MAX_WBITS),
+    ],
+    ids=["gzip", "x-gzip", "zlib-deflate", "raw-deflate"],
+)
+@pytest.mark.parametrize("chunk_size", [2, 7, 100_000])
+def test_http_get_asks_for_gzip_and_deflate_and_decodes_them_streamed_in_any_chunks(
+    encoding: str, wbits: int, chunk_size: int
+) -> None:
+    text = "".join(f"line {i}: héllo\n" for i in range(2000))
+    transport, seen, _ = encoded(encoding, split(compressed(text.encode(), wbits), chunk_size))
+    get = make_http_get(transport=transport)
+    result = fetch(get, url="https://example.com/", headers={"Accept-Encoding": "br, zstd"})
+    assert (result.text, result.truncated) == (text, False)
+    assert [r.headers["accept-encoding"] for r in seen] == ["gzip, deflate"]  # what it can inflate under its cap
+
+    transport, _, _ = encoded(encoding, split(compressed(text.encode(), wbits), chunk_size))
+    cut = fetch(make_http_get(max_bytes=1000, transport=transport), url="https://example.com/")
+    assert (cut.text, cut.truncated) == (text.encode()[:1000].decode(errors="ignore"), True)  # 1000 bytes
+
+
+def test_http_get_decodes_raw_deflate_whose_first_chunk_is_one_byte() -> None:
+    text = "hello world " * 500
+    transport, _, _ = encoded("deflate", split(compressed(text.encode(), -zlib.MAX_WBITS), 1))
+    assert fetch(make_http_get(transport=transport), url="https://example.com/").text == text
+
+
+def test_http_get_a_damaged_compressed_body_is_an_error_naming_it() -> None:
+    damaged = compressed(b"x" * 10_000, 16 + zlib.MAX_WBITS)[:20] + b"not deflate at all"
+    transport, _, _ = encoded("gzip", [damaged])
+    with pytest.raises(HttpGetError, match="does not decompress"):
+        fetch(make_http_get(transport=transport), url="https://example.com/")
+
+
+def test_http_get_refuses_a_redirect_to_an_unparsable_url_after_one_request_not_retried(app: AgentFlow) -> None:
+    transport, seen = recording(lambda r: httpx.Response(302, headers={"location": "javascript:alert(1)"}))
+    get = make_http_get(transport=transport)
+    with pytest.raises(HttpGetRefused, match="redirected to a URL that cannot be requested"):
+        fetch(get, url="https://example.com/start")
+    assert len(seen) == 1
+
+    @app.workflow()
+    async def browse(ctx: Context) -> list[Any]:
+        result = await ctx.tool(get, url="https://example.com/start", retry=RetryPolicy(max_attempts=3, delay=0))
+        return [result.ok, result.error]
+
+    seen.clear()
+    run = app.run(browse)
+    assert run.status == "completed", run.error
+    assert run.output[0] is False and run.output[1].startswith("HttpGetRefused: GET https://example.com/start")
+    assert len(seen) == 1  # a refusal is not retried

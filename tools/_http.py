@@ -328,8 +328,8 @@ class _Body:
         if self._encoding in ("gzip", "x-gzip"):
             self._inflater: Any = zlib.decompressobj(16 + zlib.MAX_WBITS)
         elif self._encoding == "deflate":
-            self._inflater = zlib.decompressobj()  # zlib-wrapped; raw deflate is tried on the first chunk
-            self._first = True
+            self._inflater = zlib.decompressobj()  # zlib-wrapped, unless the first two bytes say raw
+            self._start: bytes | None = b""
         elif self._encoding is None:
             self._inflater = None
         else:
@@ -354,11 +354,14 @@ class _Body:
             self._take(self._inflater.flush())
 
     def _inflate(self, raw: bytes) -> bytes:
-        if self._encoding == "deflate" and self._first:
-            self._first = False
-            try:
-                return bytes(self._inflater.decompress(raw, self._room + 1))
-            except zlib.error:  # a server sending raw deflate, as many do
+        if self._encoding == "deflate" and self._start is not None:
+            # zlib-wrapped or raw deflate (as many servers send it)? The first two bytes say: a zlib
+            # header names method 8 and is a multiple of 31.
+            self._start += raw
+            if len(self._start) < 2:
+                return b""
+            raw, self._start = self._start, None
+            if not (raw[0] & 0x0F == 8 and (raw[0] << 8 | raw[1]) % 31 == 0):
                 self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
         return bytes(self._inflater.decompress(raw, self._room + 1))  # at most room + 1 bytes: never 0 (no cap)
 

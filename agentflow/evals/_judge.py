@@ -72,7 +72,9 @@ class LLMJudge(Scorer):
         self.threshold = threshold
         given = dict(params or {})
         self._params = strip_secrets(given)
-        self._secrets = {k: v for k, v in given.items() if k not in self._params}
+        # A parameter left out, or recorded without its secret parts (an api_base with a password in it,
+        # extra_headers with an Authorization): given to the model as it was given.
+        self._secrets = {k: v for k, v in given.items() if k not in self._params or self._params[k] != v}
 
     def score(self, run: Trajectory, case: Case | None = None) -> Score:
         raise ConfigurationError(
