@@ -22,8 +22,6 @@ from ._llm import (
     StreamChunk,
     blob_hash,
     check_choices,
-    count_completion_tokens,
-    count_prompt_tokens,
     explain_provider_error,
     import_litellm,
     is_retryable,
@@ -33,6 +31,7 @@ from ._models import keep_secrets_out
 from ._retry import RetryPolicy
 from ._secrets import is_secret_name, redact, split_secrets
 from ._store import StepRecord
+from ._tokens import count_completion_tokens, count_prompt_tokens
 from ._tool import Tool
 from .errors import AgentFlowError, BudgetExceeded, ProviderAnswerError, StepFailed, StructuredOutputError
 

@@ -50,7 +50,7 @@ class RunLimiter:
         """The tokens a call may use, known before it: its prompt (tiktoken) and its ``max_tokens``."""
         if self._limit.tokens_per_minute is None:
             return 0.0
-        from ._llm import count_prompt_tokens
+        from ._tokens import count_prompt_tokens
 
         prompt = count_prompt_tokens(model, messages, params.get("tools"))
         return float(prompt + int(params.get("max_tokens") or params.get("max_completion_tokens") or 0))

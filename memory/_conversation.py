@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, overload
 
 from agentflow._context import Context, SyncContext
-from agentflow._llm import count_prompt_tokens
+from agentflow._tokens import count_prompt_tokens
 from agentflow._tool import Tool
 from agentflow.errors import ConfigurationError
 

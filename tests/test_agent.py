@@ -242,7 +242,7 @@ def test_bad_agent_settings_are_clear_errors() -> None:
 
 
 def test_an_agent_with_a_conversation_memory_sends_a_window_within_its_token_budget(app: AgentFlow) -> None:
-    from agentflow._llm import count_prompt_tokens
+    from agentflow._tokens import count_prompt_tokens
     from agentflow.memory import ConversationMemory
 
     agent = support_agent(memory=ConversationMemory(max_tokens=260, keep_last=3))

@@ -17,8 +17,9 @@ import pytest
 import tiktoken
 
 from agentflow import AgentFlow, Budget, Context, FakeClock, RetryPolicy, RunStatus, StepFailed
-from agentflow._llm import count_completion_tokens, count_prompt_tokens, retry_after
+from agentflow._llm import retry_after
 from agentflow._llm_calls import release_budget
+from agentflow._tokens import count_completion_tokens, count_prompt_tokens
 from agentflow.testing import FakeProvider, error, reply, tool_call
 
 MODEL = "gpt-4o-mini"

@@ -481,7 +481,7 @@ socket.getaddrinfo = refuse("getaddrinfo")
 socket.create_connection = refuse("create_connection")
 
 import agentflow
-from agentflow._llm import count_prompt_tokens
+from agentflow._tokens import count_prompt_tokens
 
 litellm_after_import = "litellm" in sys.modules
 texts = sys.argv[1:]

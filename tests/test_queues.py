@@ -15,8 +15,8 @@ import pytest
 
 from agentflow import AgentFlow, Context, FakeClock, LeaseLost, RateLimit, RunConflict, RunStatus
 from agentflow._journal import Journal
-from agentflow._llm import count_prompt_tokens
 from agentflow._store._queues import QueueStore
+from agentflow._tokens import count_prompt_tokens
 from agentflow.testing import FakeProvider, reply
 
 MODEL = "gpt-4o-mini"
