@@ -109,6 +109,15 @@ class MessageChain:
         """Whether a call sharing ``shared`` messages with the chain extends it (or repeats it)."""
         return shared == len(self._messages)
 
+    def extended_by(self, messages: Sequence[Mapping[str, Any]]) -> bool:
+        """Whether ``messages`` extend the chain (or repeat it): its last message first, which tells a
+        sibling branch (same history, another last message) at once."""
+        known = len(self._messages)
+        if known > len(messages) or (known and self._messages[-1] != messages[known - 1]):
+            return False
+        head = messages[:known]
+        return self._messages == (head if type(head) is list else list(head))
+
     def copy(self) -> MessageChain:
         """A chain at the same point, to branch off without losing this one's tip."""
         return MessageChain(list(self._messages), list(self._ends), list(self._nodes), self._unwritten)
@@ -168,7 +177,7 @@ def _copy_plain(value: Any) -> Any:
     raise _NotPlain
 
 
-_CHAINS_PER_SCOPE = 16  # conversations carried on at once in one scope (beyond: the oldest is dropped)
+_CHAINS_PER_SCOPE = 8  # conversations carried on at once in one scope (beyond: the oldest is dropped)
 
 
 @dataclass
@@ -181,8 +190,8 @@ class MessageChains:
     same live, on resume and on replay; but a nested step served from the record makes none of the calls
     inside it, so chains are per scope. And concurrent conversations in one scope (asyncio.gather) may
     interleave their calls in another order on replay than live, so each conversation extends a chain of
-    its own: a call extends the chain it continues, else branches off the chain it shares most with (a new
-    chain; the old tip stays), else starts a chain. Each conversation is then split the same way, whatever
+    its own: a call extends the chain it continues, else branches off the last call's chain (a new chain;
+    the old tip stays), else starts a chain. Each conversation is then split the same way, whatever
     the interleaving, and stores each message once. Nodes not yet stored are shared: ``written`` is told
     once, whichever chain made them.
     """
@@ -201,19 +210,16 @@ class MessageChains:
         shared = first.shared(messages)
         if first.covers(shared):  # the usual case: the conversation of the last call goes on
             return first.head(messages, new_blobs, shared)
-        best, best_shared = first, shared
         for chain in chains[1:]:
-            n = chain.shared(messages)
-            if chain.covers(n):
+            if chain.extended_by(messages):  # another conversation of this scope goes on
                 chains.remove(chain)
                 chains.insert(0, chain)
-                return chain.head(messages, new_blobs, n)
-            if n > best_shared:
-                best, best_shared = chain, n
-        branch = best.copy() if best_shared else MessageChain(_unwritten=self._unwritten)
+                return chain.head(messages, new_blobs, len(chain._messages))
+        # A new branch, off the last call's chain: a copy, so that its tip stays for its conversation.
+        branch = first.copy() if shared else MessageChain(_unwritten=self._unwritten)
         chains.insert(0, branch)
         del chains[_CHAINS_PER_SCOPE:]
-        return branch.head(messages, new_blobs, best_shared)
+        return branch.head(messages, new_blobs, shared)
 
     def written(self, hashes: Iterable[str]) -> None:
         """These nodes are in the store now."""
