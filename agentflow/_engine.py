@@ -247,7 +247,9 @@ class RunEngine:
 
     # -- the record -------------------------------------------------------------------------------------
 
-    def begin(self, scope: str, name: str, request: Mapping[str, Any]) -> tuple[str, str, str, StepRecord | None]:
+    def begin(
+        self, scope: str, name: str, request: Mapping[str, Any], blobs: Mapping[str, bytes] | None = None
+    ) -> tuple[str, str, str, StepRecord | None]:
         """Allocate the key (in call order, before any await), fingerprint the request, find the record.
 
         Returns ``(key, request_json, fingerprint, record or None)``. What a record with another
@@ -273,43 +275,54 @@ class RunEngine:
         self.journal.claim(key)
         if rec is not None and rec.fingerprint != fp and self.mode != "relaxed":
             if self.mode == "live":
-                self._diverge(key, rec, request_json, "the step was called with another request")
+                self._diverge(key, rec, request_json, "the step was called with another request", blobs)
                 return key, request_json, fp, None
-            raise self.halt(self.divergence_report(key, rec, request_json, "the step was called with another request"))
+            reason = "the step was called with another request"
+            raise self.halt(self.divergence_report(key, rec, request_json, reason, blobs))
         if rec is None and self.mode in ("strict", "relaxed", "live"):
             reason = "the replay asks for a step the run never took"
             if self.mode != "live":
-                raise self.halt(self.divergence_report(key, None, request_json, reason))
-            self._diverge(key, None, request_json, reason)
+                raise self.halt(self.divergence_report(key, None, request_json, reason, blobs))
+            self._diverge(key, None, request_json, reason, blobs)
         if rec is not None:
             self.served.add(key)
         elif self.control is not None:  # about to run something live: a pause, a cancel, the deadline
             self.control()
         return key, request_json, fp, rec
 
-    def _diverge(self, key: str, rec: StepRecord | None, request_json: str, reason: str) -> None:
+    def _diverge(
+        self, key: str, rec: StepRecord | None, request_json: str, reason: str, blobs: Mapping[str, bytes] | None
+    ) -> None:
         """A live replay leaves the record here: the rest runs live, in a new run (``on_diverge``)."""
-        report = self.divergence_report(key, rec, request_json, reason)
+        report = self.divergence_report(key, rec, request_json, reason, blobs)
         self.mode = "resume"
         if self.on_diverge is None:
             raise self.halt(report)
         self.on_diverge(report)
 
-    def divergence_report(self, key: str, rec: StepRecord | None, request_json: str, reason: str) -> ReplayDivergence:
+    def divergence_report(
+        self,
+        key: str,
+        rec: StepRecord | None,
+        request_json: str,
+        reason: str,
+        blobs: Mapping[str, bytes] | None = None,
+    ) -> ReplayDivergence:
         """A ``ReplayDivergence`` with the recorded and the new request made readable (messages spelled
         out, not blob hashes) and the JSON patch from one to the other."""
         import jsonpatch
 
-        current = self._readable(json.loads(request_json))
-        recorded = None if rec is None else self._readable(json.loads(rec.request) if rec.request else {})
+        current = self._readable(json.loads(request_json), blobs or {})
+        recorded = None if rec is None else self._readable(json.loads(rec.request) if rec.request else {}, {})
         diff = jsonpatch.make_patch(recorded or {}, current).patch if isinstance(current, dict) else []
         note = None
         if self.code_versions is not None and self.code_versions[0] != self.code_versions[1]:
             note = f"recorded under code version {self.code_versions[0]}, replayed under {self.code_versions[1]}"
         return ReplayDivergence(self.run_id, key, recorded, current, reason, diff=diff, note=note)
 
-    def _readable(self, request: Any) -> Any:
-        """A request with its message chain head replaced by the messages, where the blobs can be found."""
+    def _readable(self, request: Any, blobs: Mapping[str, bytes]) -> Any:
+        """A model call's request with its blob references spelled out: the messages of its chain head,
+        its tools and its response format (from ``blobs``, a call's own not yet stored, or the store)."""
         if not isinstance(request, dict) or not isinstance(request.get("messages"), str):
             return request
         from ._llm import read_messages
@@ -317,17 +330,21 @@ class RunEngine:
         pending: Mapping[str, bytes] = self.extras.message_chain._unwritten
 
         def get_blobs(hashes: list[str]) -> dict[str, bytes]:
-            found = {h: pending[h] for h in hashes if h in pending}
+            found = {h: pending.get(h) or blobs[h] for h in hashes if h in pending or h in blobs}
             missing = [h for h in hashes if h not in found]
             if missing:
                 found.update(self.journal.store.get_blobs(missing))
             return found
 
-        try:
-            messages = read_messages(request["messages"], get_blobs)
-        except AgentFlowError:
-            return request
-        return {**request, "messages": messages}
+        readable = dict(request)
+        with contextlib.suppress(AgentFlowError):  # a blob not found: the reference stays
+            readable["messages"] = read_messages(request["messages"], get_blobs)
+        for field_name in ("tools", "response_format"):
+            ref = request.get(field_name)
+            data = get_blobs([ref]).get(ref) if isinstance(ref, str) else None
+            if data is not None:
+                readable[field_name] = json.loads(data)
+        return readable
 
     def record(
         self,

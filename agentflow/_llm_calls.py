@@ -118,7 +118,7 @@ def prepare_llm_call(
         request["params"] = recorded_params
     if stream:
         request["stream"] = True
-    key, request_json, fp, rec = engine.begin(scope, "llm", request)
+    key, request_json, fp, rec = engine.begin(scope, "llm", request, blobs)
     call_kwargs: dict[str, Any] = {"model": model, "messages": plain, "max_retries": 0, **params}
     if tool_schemas:
         call_kwargs["tools"] = tool_schemas

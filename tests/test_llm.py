@@ -363,6 +363,44 @@ def test_a_changed_prompt_is_a_divergence_at_the_model_call(app: AgentFlow) -> N
     assert fake.call_count == 0
 
 
+def test_a_divergence_on_a_changed_tool_or_response_format_spells_them_out_not_their_blob_hash(
+    app: AgentFlow,
+) -> None:
+    version = {"doc": "Look up an order.", "field": "total"}
+
+    def lookup(order_id: str) -> str:
+        return order_id
+
+    class Total(BaseModel):
+        total: float
+
+    class Amount(BaseModel):
+        amount: float
+
+    @app.workflow(name="described")
+    async def described(ctx: Context) -> str:
+        lookup.__doc__ = version["doc"]
+        fmt = Total if version["field"] == "total" else Amount
+        answer = await ctx.llm(model=MODEL, messages=[user("hi")], tools=[tool(lookup)], response_format=fmt,
+                               api_key=KEY)  # fmt: skip
+        return answer.text or ""
+
+    with FakeProvider() as fake:
+        fake.script(reply('{"total": 1}'))
+        app.run(described, run_id="described")
+    version["doc"] = "Look up an order by its id."
+    with pytest.raises(ReplayDivergence) as changed_tool:
+        app.replay("described")
+    assert changed_tool.value.diff == [
+        {"op": "replace", "path": "/tools/0/function/description", "value": "Look up an order by its id."}
+    ]
+    version.update(doc="Look up an order.", field="amount")
+    with pytest.raises(ReplayDivergence) as changed_format:
+        app.replay("described")
+    paths = {op["path"] for op in changed_format.value.diff}
+    assert "/response_format/name" in paths and not any(p == "/response_format" for p in paths)
+
+
 # -- tools --------------------------------------------------------------------------------------------------
 
 
