@@ -61,7 +61,7 @@ def count_prompt_tokens(model: str, messages: Sequence[Mapping[str, Any]], tools
         total += 3
         for name, value in message.items():
             if name == "content" and type(value) is list:
-                total += sum(_content_part_tokens(enc, part) for part in value)
+                total += sum(_content_part_tokens(enc, part, model) for part in value)
                 continue
             text = value if isinstance(value, str) else json.dumps(value, default=str) if value else ""
             total += len(enc.encode(text, disallowed_special=()))
@@ -85,22 +85,25 @@ def count_completion_tokens(
 
 
 # Fixed estimates for content parts whose size is not known without decoding them. OpenAI bills an image at
-# 85 tokens plus 170 per 512 px tile (after scaling); 765 is a 1024 x 1024 image at high detail (4 tiles),
-# the common case (the largest, 768 x 2048, is 8 tiles: 1,445). Audio and files have no rule that can be
-# read off their encoded size: 1,000 tokens each (audio is billed at about 10 tokens a second).
-_IMAGE_TOKENS_LOW_DETAIL = 85
-_IMAGE_TOKENS_UNKNOWN_SIZE = 765
+# a base plus a rate per 512 px tile (after scaling): 85 + 170 for most models, 2,833 + 5,667 for
+# gpt-4o-mini (whose tokens cost a 33rd: an image costs the same money). An image of unknown size counts
+# as 4 tiles, a 1024 x 1024 image at high detail (765 tokens; the largest, 768 x 2048, is 8 tiles). Audio
+# and files have no rule that can be read off their encoded size: 1,000 tokens each (audio is billed at
+# about 10 tokens a second).
+_IMAGE_RATES = {"gpt-4o-mini": (2_833, 5_667)}  # (base, per tile) by model name prefix
+_IMAGE_RATE = (85, 170)
+_IMAGE_TILES_UNKNOWN_SIZE = 4
 _AUDIO_PART_TOKENS = 1_000
 _FILE_PART_TOKENS = 1_000
 
 
-def _content_part_tokens(enc: Any, part: Any) -> int:
+def _content_part_tokens(enc: Any, part: Any, model: str) -> int:
     """Tokens of one part of a message's content list."""
     kind = part.get("type") if isinstance(part, Mapping) else None
     if kind == "text":
         return len(enc.encode(str(part.get("text") or ""), disallowed_special=()))
     if kind == "image_url":
-        return _image_tokens(part.get("image_url"))
+        return _image_tokens(part.get("image_url"), _image_rate(model))
     if kind == "input_audio":
         return _AUDIO_PART_TOKENS
     if kind == "file":
@@ -108,19 +111,25 @@ def _content_part_tokens(enc: Any, part: Any) -> int:
     return len(enc.encode(json.dumps(part, default=str), disallowed_special=()))
 
 
-def _image_tokens(image_url: Any) -> int:
-    """Prompt tokens of an ``image_url`` content part by OpenAI's published rule: 85 at ``detail="low"``;
-    otherwise the image is scaled to fit 2048 x 2048, then its shorter side to 768 px (never scaled up),
-    and costs 85 + 170 per 512 px tile. The size is read from the first bytes of a PNG or JPEG data URL;
-    for any other image (a web URL, another format) it is ``_IMAGE_TOKENS_UNKNOWN_SIZE`` (765), what a
-    1024 x 1024 image costs."""
+def _image_rate(model: str) -> tuple[int, int]:
+    base = model.rsplit("/", 1)[-1]
+    return next((rate for prefix, rate in _IMAGE_RATES.items() if base.startswith(prefix)), _IMAGE_RATE)
+
+
+def _image_tokens(image_url: Any, rate: tuple[int, int]) -> int:
+    """Prompt tokens of an ``image_url`` content part by OpenAI's published rule, ``rate`` being the
+    model's (base, per tile): the base alone at ``detail="low"``; otherwise the image is scaled to fit
+    2048 x 2048, then its shorter side to 768 px (never scaled up), and costs the base plus the rate per
+    512 px tile. The size is read from the first bytes of a PNG or JPEG data URL; any other image (a web
+    URL, another format) counts as 4 tiles, a 1024 x 1024 image."""
+    base, per_tile = rate
     url = image_url.get("url") if isinstance(image_url, Mapping) else image_url
     detail = image_url.get("detail") if isinstance(image_url, Mapping) else None
     if detail == "low":
-        return _IMAGE_TOKENS_LOW_DETAIL
+        return base
     size = _data_url_image_size(url) if isinstance(url, str) else None
     if size is None:
-        return _IMAGE_TOKENS_UNKNOWN_SIZE
+        return base + per_tile * _IMAGE_TILES_UNKNOWN_SIZE
     width, height = float(size[0]), float(size[1])
     if max(width, height) > 2048:
         scale = 2048 / max(width, height)
@@ -129,7 +138,7 @@ def _image_tokens(image_url: Any) -> int:
         scale = 768 / min(width, height)
         width, height = width * scale, height * scale
     tiles = math.ceil(width / 512) * math.ceil(height / 512)
-    return _IMAGE_TOKENS_LOW_DETAIL + 170 * tiles
+    return base + per_tile * tiles
 
 
 _JPEG_SCAN_CHARS = 65_536  # base64 characters of a JPEG read for its size (~48 KB: past a typical EXIF block)

@@ -224,11 +224,11 @@ def jpeg(width: int, height: int) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(data).decode()
 
 
-def part_tokens(part: dict[str, Any]) -> int:
+def part_tokens(part: dict[str, Any], model: str = "gpt-4o") -> int:
     """What a content part adds to a prompt of one text part."""
     text = {"type": "text", "text": "What is in this picture?"}
-    with_part = count_prompt_tokens(MODEL, [{"role": "user", "content": [text, part]}])
-    return with_part - count_prompt_tokens(MODEL, [{"role": "user", "content": [text]}])
+    with_part = count_prompt_tokens(model, [{"role": "user", "content": [text, part]}])
+    return with_part - count_prompt_tokens(model, [{"role": "user", "content": [text]}])
 
 
 def image(url: str, detail: str | None = None) -> dict[str, Any]:
@@ -254,6 +254,20 @@ def test_an_image_is_counted_by_openais_tile_rule(url: str, detail: str | None, 
     assert part_tokens(image(url, detail)) == tokens
 
 
+@pytest.mark.parametrize(
+    ("url", "detail", "tokens"),
+    [
+        (png(1024, 1024), None, 2_833 + 4 * 5_667),
+        (png(4000, 3000), "low", 2_833),
+        ("https://example.com/cat.png", None, 2_833 + 4 * 5_667),
+    ],
+)
+def test_gpt_4o_mini_counts_an_image_at_its_own_rates(url: str, detail: str | None, tokens: int) -> None:
+    # Its tokens cost a 33rd of gpt-4o's, and OpenAI bills an image the same money: 33 times the tokens.
+    assert part_tokens(image(url, detail), "gpt-4o-mini") == tokens
+    assert part_tokens(image(url, detail), "openai/gpt-4o-mini-2024-07-18") == tokens
+
+
 def test_an_image_url_given_as_a_plain_string_is_counted_as_an_image() -> None:
     assert part_tokens({"type": "image_url", "image_url": png(512, 512)}) == 255
 
@@ -277,7 +291,7 @@ def test_a_run_with_a_large_image_fits_a_budget_its_base64_text_would_not(app: A
         }
     ]
 
-    @app.workflow(name="look", budget=Budget(max_tokens=5_000))
+    @app.workflow(name="look", budget=Budget(max_tokens=30_000))  # the image: 25,501 tokens on gpt-4o-mini
     async def look(ctx: Context) -> str | None:
         return (await ctx.llm(model=MODEL, messages=messages, api_key=KEY)).text
 
