@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from ._clock import Clock, SystemClock
 from ._codec import Codec
 from ._context import Context, SyncContext
-from ._engine import CancelRequested, RunEngine, Suspend, run_task
+from ._engine import CancelRequested, ChildOrigin, RunEngine, Suspend, run_task
 from ._journal import Journal, first_broken_link
 from ._lifecycle import BackgroundLoop
 from ._llm import Budget
@@ -489,19 +489,23 @@ class AppCore:
         kwargs: dict[str, Any],
         parent_id: str,
         lease: tuple[str, int] | None = None,
+        origin: ChildOrigin | None = None,
     ) -> tuple[str, str | None, str | None]:
         """Run, resume or look up the child run ``child_id``; its ``(status, output JSON, error)``.
 
         Under a worker's ``lease`` on the parent (its root run), every write of the child is fenced by that
-        lease: a worker that lost it stops at the child's next write too, as it does in the parent.
+        lease: a worker that lost it stops at the child's next write too, as it does in the parent. The
+        child of a fork, a live replay or a counterfactual gets its ``origin``: the source's child run or
+        the recorded world, so that it makes no non-idempotent call its source made.
         """
         wf = self._lookup(workflow)
 
-        def fenced(engine: RunEngine) -> None:
-            assert lease is not None
-            engine.journal.lease_of, engine.journal.lease_token = lease
+        def setup(engine: RunEngine) -> None:
+            if lease is not None:
+                engine.journal.lease_of, engine.journal.lease_token = lease
+            if origin is not None:
+                origin.apply(engine)
 
-        setup = fenced if lease is not None else None
         record = self._store.get_run(child_id)
         if record is None:
             input_json = wf.encode_input(args, kwargs)

@@ -111,7 +111,9 @@ class LifecyclePart(AppCore):
 
     def restart(self, run_id: str, from_key: str | None = None) -> Run:
         """Run a run again from the step ``from_key`` on (from the start when None): the records from
-        that step on are removed, the ones before it are served, and the rest runs live."""
+        that step on are removed, the ones before it are served, and the rest runs live. A
+        non-idempotent tool call that the removed part made with the same request is served from its
+        old record, not made again; made with another request, it gets an idempotency key of its own."""
         return run_sync(lambda: self.restart_async(run_id, from_key))
 
     async def restart_async(self, run_id: str, from_key: str | None = None) -> Run:
@@ -128,6 +130,9 @@ class LifecyclePart(AppCore):
                                      f"{', '.join(r.key for r in steps[:12])}")  # fmt: skip
             seq = found[0]
         wf = self._lookup(record.workflow)
+        # What is removed stays the run's source: a non-idempotent tool call made again with the same request
+        # is served from it (a payment is not made twice), one with another request gets its own key.
+        removed = {r.key: r for r in self._store.load_steps(run_id) if r.seq >= seq}
         self._store.delete_steps_from(run_id, seq)
         self._requests.pop(run_id, None)
         fresh = replace(record, status=RunStatus.RUNNING.value, output=None, error=None, control=None, rollback=None)
@@ -136,7 +141,7 @@ class LifecyclePart(AppCore):
             {"status": fresh.status, "output": None, "error": None, "control": None, "rollback": None,
              "wake_at": None, "waiting_for": None, "updated_at": self._clock.time()},
         )  # fmt: skip
-        return await self._execute(wf, fresh, fresh=False)
+        return await self._execute(wf, fresh, fresh=False, setup=lambda engine: setattr(engine, "source", removed))
 
     def send_event(self, run_id: str, type: str, payload: Any = None) -> int:
         """Send an event to a run: kept in its inbox until a ``wait_for_event(type=...)`` takes it, each

@@ -62,6 +62,7 @@ class ReplayPart(AppCore):
             run_id, Journal(run_id, self._store, steps), self._codec, self._clock, self._default_retry, mode=mode
         )
         engine.extras.llm_retry, engine.extras.budget = self._llm_retry, wf.budget
+        engine.children = self  # a live replay's child runs go on live too, from the source's children
         engine.source = {r.key: r for r in steps}
         engine.code_versions = (record.code_version, wf.current_version())
         diverged: list[ReplayDivergence] = []
@@ -157,6 +158,13 @@ class ReplayPart(AppCore):
         record = self._store.get_run(run_id)
         if record is None:
             raise RunNotFound(run_id)
+        if record.status == RunStatus.RUNNING.value:
+            # A step may be in flight, or was when its process died: its effect (a payment) may have
+            # happened without a record, and the fork, a run of its own, would make it again.
+            raise AgentFlowError(
+                f"run {run_id!r} is running (or was left running by a process that died): resume it "
+                "(app.resume) or cancel it before forking it"
+            )
         wf = self._lookup(record.workflow)
         steps = self._store.load_steps(run_id)
         by_key = {r.key: r for r in steps}
@@ -208,9 +216,15 @@ class ReplayPart(AppCore):
             raise RunNotFound(source_run_id)
         wf = self._unregistered(workflow)
         world: dict[str, list[StepRecord]] = {}
-        for rec in self._store.load_steps(source_run_id):
-            if rec.kind == "tool":
-                world.setdefault(rec.fingerprint, []).append(rec)
+        runs, pending = [], [source_run_id]
+        while pending:  # the source run and its child runs, whose tool calls are part of its world
+            run = pending.pop(0)
+            runs.append(run)
+            pending += [child.id for child in self._store.child_runs(run)]
+        for run in runs:
+            for rec in self._store.load_steps(run):
+                if rec.kind == "tool":
+                    world.setdefault(rec.fingerprint, []).append(rec)
         new_id = run_id or f"{source_run_id}-cf-{uuid.uuid4().hex[:8]}"
         record = self._new_record(wf, new_id, RunStatus.RUNNING, source.input, forked_from=source_run_id)
         if not self._store.insert_run(record):

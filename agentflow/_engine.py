@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from ._checkpoint import _Last
     from ._rate import RunLimiter
 
-__all__ = ["CancelRequested", "Compensation", "RunEngine", "Suspend", "current_scope"]
+__all__ = ["CancelRequested", "ChildOrigin", "Compensation", "RunEngine", "Suspend", "current_scope"]
 
 log = logging.getLogger("agentflow")
 T = TypeVar("T")
@@ -120,6 +120,23 @@ class CancelRequested(BaseException):
     """Unwinds a run whose cancellation was asked for, at its next live step; its compensations run."""
 
 
+@dataclass(frozen=True)
+class ChildOrigin:
+    """What a child run of a derived run (a fork, a live replay, a counterfactual) inherits, so that the
+    non-idempotent tool calls made inside the source's child are not made again: the source's child run
+    (its records serve them, as ``RunEngine.source`` does), or the recorded world."""
+
+    source_run: str | None = None
+    world: dict[str, list[StepRecord]] | None = None
+    world_missing: Literal["live", "missing"] = "live"
+
+    def apply(self, engine: RunEngine) -> None:
+        if self.source_run is not None:
+            engine.source = {r.key: r for r in engine.journal.store.load_steps(self.source_run)}
+        if self.world is not None:
+            engine.world, engine.world_missing = self.world, self.world_missing
+
+
 class ChildRunner(Protocol):
     """What the engine needs to run child workflows (the ``AgentFlow``)."""
 
@@ -133,9 +150,11 @@ class ChildRunner(Protocol):
         kwargs: dict[str, Any],
         parent_id: str,
         lease: tuple[str, int] | None = None,
+        origin: ChildOrigin | None = None,
     ) -> tuple[str, str | None, str | None]:
         """Run (or resume, or look up) the child; its ``(status, output JSON, error text)``. With ``lease``
-        (the parent's, ``(run id, token)``: a worker holds it) every write of the child is fenced by it."""
+        (the parent's, ``(run id, token)``: a worker holds it) every write of the child is fenced by it;
+        ``origin`` is what a derived run's child inherits from its source."""
         ...
 
 
@@ -211,6 +230,8 @@ class RunEngine:
     mode: Literal["resume", "strict", "relaxed", "live"] = "resume"
     on_diverge: Callable[[ReplayDivergence], None] | None = None
     served: set[str] = field(default_factory=set)  # the keys served from the record (a replay checks them)
+    # Calls that a retried step made again after they failed in its earlier attempt: key -> that slot.
+    taken_again: dict[str, str] = field(default_factory=dict)
     # The source run's records, for a fork or a live replay: a non-idempotent tool call found there (same
     # key, same request) is served from it instead of being made a second time.
     source: dict[str, StepRecord] = field(default_factory=dict)
@@ -262,7 +283,10 @@ class RunEngine:
         request_json = canonical_json(request)
         fp = fingerprint(request_json)
         rec = self.journal.recorded(key)
-        if (rec is None or rec.fingerprint != fp) and self.mode != "relaxed":
+        completed = rec is not None and rec.fingerprint == fp and rec.status != "failed"
+        if not completed and self.mode != "relaxed" and self.journal.retrying(key):
+            key, rec = self._take_again(key, fp, rec)
+        elif (rec is None or rec.fingerprint != fp) and self.mode != "relaxed":
             # Concurrent calls of one name may reach the engine in another order than when recorded:
             # a call serves its own record, in a slot a sibling took then, if it has one.
             own = self.journal.unclaimed_match(key, fp)
@@ -289,6 +313,22 @@ class RunEngine:
         elif self.control is not None:  # about to run something live: a pause, a cancel, the deadline
             self.control()
         return key, request_json, fp, rec
+
+    def _take_again(self, key: str, fp: str, rec: StepRecord | None) -> tuple[str, StepRecord | None]:
+        """A call inside a step tried again whose slot did not complete with this request: served from a
+        later record of it that completed (an earlier attempt took it again), else run live in a free
+        slot, with the idempotency key of the slot when that is where it failed before."""
+        later = self.journal.retried_match(key, fp)
+        slot = key if rec is not None and rec.fingerprint == fp else None
+        if slot is not None:
+            self.journal.claim(slot)  # the failed call's slot: used up by this one
+        if later is not None:
+            key, rec = later.key, later
+        elif rec is not None:
+            key, rec = self.journal.free_key(key), None
+        if slot is not None and key != slot:
+            self.taken_again[key] = slot
+        return key, rec
 
     def _diverge(
         self, key: str, rec: StepRecord | None, request_json: str, reason: str, blobs: Mapping[str, bytes] | None
@@ -428,35 +468,57 @@ class RunEngine:
         """Call ``invoke`` until it succeeds or the policy gives up. Steps taken inside are scoped under
         ``key``; each attempt is bounded by ``policy.timeout``."""
         attempt = 0
-        while True:
-            attempt += 1
-            token, task_token = _scope.set(key), _scope_task.set(asyncio.current_task())
-            try:
-                if policy.timeout is None:
-                    value = await invoke()
-                else:
-                    try:
-                        value = await asyncio.wait_for(invoke(), policy.timeout)
-                    except (asyncio.TimeoutError, TimeoutError) as exc:
-                        raise StepTimeout(key, policy.timeout) from exc
-                return Attempts(value, None, attempt)
-            except _PASS_THROUGH:
-                raise
-            except Exception as exc:
-                final = (
-                    attempt >= policy.max_attempts
-                    or isinstance(exc, NonRetryableError)
-                    or (bool(policy.non_retryable) and isinstance(exc, policy.non_retryable))
-                    or (retryable is not None and not retryable(exc))
-                )
-                if final:
-                    return Attempts(None, exc, attempt)
-                delay = policy.delay_after(attempt)
-                hint = wait_at_least(exc) if wait_at_least is not None else None
-                await self.clock.sleep(max(delay, hint) if hint is not None else delay)
-            finally:
-                _scope_task.reset(task_token)
-                _scope.reset(token)
+        try:
+            while True:
+                attempt += 1
+                if attempt > 1:  # the calls made inside take their first attempt's keys again
+                    self.journal.retry_scope(key)
+                    self.extras.message_chain.forget(key)
+                done = await self._attempt(key, policy, invoke, attempt, retryable, wait_at_least)
+                if done is not None:
+                    return done
+        finally:
+            if attempt > 1:
+                self.journal.retry_scope_done(key)
+
+    async def _attempt(
+        self,
+        key: str,
+        policy: RetryPolicy,
+        invoke: Callable[[], Awaitable[Any]],
+        attempt: int,
+        retryable: Callable[[Exception], bool] | None,
+        wait_at_least: Callable[[Exception], float | None] | None,
+    ) -> Attempts | None:
+        """One attempt: its outcome, or None when another is to be made (after the policy's delay)."""
+        token, task_token = _scope.set(key), _scope_task.set(asyncio.current_task())
+        try:
+            if policy.timeout is None:
+                value = await invoke()
+            else:
+                try:
+                    value = await asyncio.wait_for(invoke(), policy.timeout)
+                except (asyncio.TimeoutError, TimeoutError) as exc:
+                    raise StepTimeout(key, policy.timeout) from exc
+            return Attempts(value, None, attempt)
+        except _PASS_THROUGH:
+            raise
+        except Exception as exc:
+            final = (
+                attempt >= policy.max_attempts
+                or isinstance(exc, NonRetryableError)
+                or (bool(policy.non_retryable) and isinstance(exc, policy.non_retryable))
+                or (retryable is not None and not retryable(exc))
+            )
+            if final:
+                return Attempts(None, exc, attempt)
+            delay = policy.delay_after(attempt)
+            hint = wait_at_least(exc) if wait_at_least is not None else None
+            await self.clock.sleep(max(delay, hint) if hint is not None else delay)
+            return None
+        finally:
+            _scope_task.reset(task_token)
+            _scope.reset(token)
 
     # -- steps ------------------------------------------------------------------------------------------
 
@@ -526,8 +588,15 @@ class RunEngine:
             return self.codec.decode(rec.output)
         child_id = f"{self.run_id}/{key}"
         started = self.clock.time()
+        original = self.source.get(key)
+        origin = None
+        if (original is not None and original.kind == "child") or self.world is not None:
+            source_run = (
+                f"{original.run_id}/{original.key}" if original is not None and original.kind == "child" else None
+            )
+            origin = ChildOrigin(source_run, self.world, self.world_missing)
         status, output, error = await self.children.run_child(
-            workflow, child_id, args, kwargs, self.run_id, self.journal.lease
+            workflow, child_id, args, kwargs, self.run_id, self.journal.lease, origin
         )
         if status == "completed":
             self.record(key=key, kind="child", name="child", fp=fp, request=request, started=started, attempts=1,
@@ -633,7 +702,8 @@ class RunEngine:
                         attempts=0, error=exc)  # fmt: skip
             return ToolResult(tool.name, key, ok=False, error=str(exc))
         if tool.key_parameter is not None:
-            call_args[tool.key_parameter] = IdempotencyKey(f"{self.run_id}:{key}")
+            # The key of the slot this call takes again when an earlier attempt of its step failed it there.
+            call_args[tool.key_parameter] = IdempotencyKey(self._idempotency_key(key, fp, original))
         done = await self.attempts(key, retry or self.default_retry, lambda: _call(tool.fn, (), call_args))
         if done.error is not None:
             keep_secrets_out(done.error, secret_values)  # an error that echoes a secret argument
@@ -645,6 +715,16 @@ class RunEngine:
         self.record(key=key, kind="tool", name=tool.name, fp=fp, request=request, started=started,
                     attempts=done.count, output=output)  # fmt: skip
         return ToolResult(tool.name, key, ok=True, value=done.value, recorded=output)
+
+    def _idempotency_key(self, key: str, fp: str, original: StepRecord | None) -> str:
+        """``<run id>:<key>``: the same for every attempt, resume and retry of one call. A call that takes
+        again the slot of a call that failed in an earlier attempt of its step has that slot's key; a call
+        whose key a restarted run's removed record had, with another request, gets the request's
+        fingerprint too (the key was used for that other request)."""
+        slot = self.taken_again.get(key, key)
+        if original is not None and original.run_id == self.run_id and original.fingerprint != fp:
+            return f"{self.run_id}:{slot}:{fp[:16]}"
+        return f"{self.run_id}:{slot}"
 
     def _serve_tool(self, tool: Tool, rec: StepRecord) -> ToolResult:
         if rec.status == "failed":

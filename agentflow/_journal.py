@@ -58,6 +58,10 @@ class Journal:
         self._counters: dict[str, int] = {}
         self._ahead: dict[str, set[int]] = {}
         self._unclaimed = set(self._recorded)  # recorded keys not handed out yet in this execution
+        self._retried: set[str] = set()  # "scope/" of the steps tried again (see retry_scope)
+        self._top: dict[str, int] = {}  # per scope/name, the highest index recorded
+        for key in self._recorded:
+            self._raise_top(key)
         self._by_base: dict[str, list[StepRecord]] | None = None  # built on the first out-of-turn lookup
         self._lock = threading.Lock()  # a sync workflow's thread and the event loop may both append
         # Set when a worker holds the run under a lease: every write is fenced by this token, the token of
@@ -103,6 +107,47 @@ class Journal:
             ahead.remove(lowest)
             lowest += 1
         self._counters[base] = lowest
+
+    def retry_scope(self, scope: str) -> None:
+        """A step is tried again: the calls it makes inside take the keys they took in its earlier
+        attempt (``scope/charge#0`` again), so what they completed is served, not done twice, and a
+        non-idempotent tool gets the same idempotency key. What failed there is taken again (``retrying``)."""
+        prefix = scope + "/"
+        for base in [b for b in self._counters if b.startswith(prefix)]:
+            del self._counters[base]
+            self._ahead.pop(base, None)
+        self._retried.add(prefix)
+
+    def retry_scope_done(self, scope: str) -> None:
+        """The step ``scope`` is done trying: no call is made inside it any more."""
+        self._retried.discard(scope + "/")
+
+    def retrying(self, key: str) -> bool:
+        """Whether ``key`` lies inside a step that is being tried again (see ``retry_scope``)."""
+        return bool(self._retried) and any(key.startswith(prefix) for prefix in self._retried)
+
+    def retried_match(self, key: str, fingerprint: str) -> StepRecord | None:
+        """Inside a step tried again: a record after ``key``'s slot, not handed out since, of the same
+        request, that completed (the call, taken again in an earlier attempt, completed there)."""
+        base, _, index = key.rpartition("#")
+        lowest = self._counters.get(base, 0)
+        ahead = self._ahead.get(base, set())
+        for n in range(int(index) + 1, self._top.get(base, -1) + 1):
+            rec = self._recorded.get(f"{base}#{n}")
+            if (
+                rec is not None
+                and n >= lowest
+                and n not in ahead
+                and rec.fingerprint == fingerprint
+                and rec.status != "failed"
+            ):
+                return rec
+        return None
+
+    def _raise_top(self, key: str) -> None:
+        base, _, index = key.rpartition("#")
+        if index.isdigit() and int(index) > self._top.get(base, -1):
+            self._top[base] = int(index)
 
     def free_key(self, key: str) -> str:
         """The first key of ``key``'s ``scope/name`` that is neither handed out nor recorded."""
@@ -186,6 +231,7 @@ class Journal:
             self._next_seq += 1
             self._chain = chain
             self._recorded[key] = record
+            self._raise_top(key)
             return record
 
     def rebase(self, run_id: str, keep: list[StepRecord]) -> list[StepRecord]:

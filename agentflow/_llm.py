@@ -199,6 +199,13 @@ class MessageChains:
     _chains: dict[str, list[MessageChain]] = field(default_factory=dict)
     _unwritten: dict[str, bytes] = field(default_factory=dict)
 
+    def forget(self, scope: str) -> None:
+        """The step ``scope`` is tried again: its calls (and those of steps inside it) start their chains
+        anew, as they did in its first attempt, so that they make the same requests."""
+        prefix = scope + "/"
+        for name in [s for s in self._chains if s == scope or s.startswith(prefix)]:
+            del self._chains[name]
+
     def head(self, scope: str, messages: Sequence[Mapping[str, Any]], new_blobs: dict[str, bytes]) -> str | None:
         """``MessageChain.head`` on the chain of ``scope`` that ``messages`` continue."""
         chains = self._chains.get(scope)

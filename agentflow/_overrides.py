@@ -26,11 +26,13 @@ def override_output(rec: StepRecord, value: Any) -> str:
     """The output text to record for ``rec``'s step in a fork, from what the user gave.
 
     A model call takes the new answer's text, an assistant message dict (``content``, ``tool_calls``),
-    a whole response dict (with ``choices``), or an ``LLMResponse``; a checkpoint takes the new state; a
-    tool or a step takes its new result.
+    a whole response dict (with ``choices``), or an ``LLMResponse``; a checkpoint takes the new state; an
+    event wait takes the event's payload (``{"approved": True}``); a tool or a step takes its new result.
     """
     if rec.kind == "llm":
         return canonical_json({"response": _llm_response(rec, value)})
+    if rec.kind == "event":  # what the wait receives: the payload of the event
+        return canonical_json({"event_id": None, "payload": value})
     if rec.kind == "checkpoint":
         if not isinstance(value, dict):
             raise AgentFlowError(f"{rec.key}: a checkpoint's override is the whole state (a dict), got {value!r}")

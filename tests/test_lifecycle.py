@@ -17,9 +17,11 @@ from agentflow import (
     AgentFlowError,
     Context,
     FakeClock,
+    IdempotencyKey,
     NonRetryableError,
     ReplayDivergence,
     RunStatus,
+    tool,
 )
 
 DAY = 24 * 3600.0
@@ -265,6 +267,29 @@ def test_restart_from_a_key_runs_that_step_and_the_rest_again(app: AgentFlow) ->
     assert app.verify("r") is None
     with pytest.raises(AgentFlowError, match="no step 'z#0'"):
         app.restart("r", from_key="z#0")
+
+
+def test_restart_serves_an_unchanged_payment_and_gives_a_changed_one_a_key_of_its_own(app: AgentFlow) -> None:
+    charges: list[tuple[str, int]] = []
+    amount = {"value": 10}
+
+    @tool(idempotent=False)
+    def charge(value: int, key: IdempotencyKey) -> str:
+        charges.append((str(key), value))
+        return f"charged {value}"
+
+    @app.workflow(name="pay")
+    async def pay(ctx: Context) -> str:
+        await ctx.step("quote", str, amount["value"])
+        return (await ctx.tool(charge, value=amount["value"])).content
+
+    app.run(pay, run_id="p")
+    assert app.restart("p", from_key="quote#0").output == "charged 10"
+    assert charges == [("p:charge#0", 10)]  # the same payment: served from its removed record
+    amount["value"] = 20
+    assert app.restart("p", from_key="quote#0").output == "charged 20"
+    # Another payment in the same slot: not the key of the first, which a provider would answer from.
+    assert charges[1][0].startswith("p:charge#0:") and charges[1][1] == 20
 
 
 def test_a_run_past_its_deadline_stops_even_while_it_waits(app: AgentFlow, clock: FakeClock) -> None:

@@ -11,6 +11,7 @@ from agentflow import (
     AgentFlow,
     AgentFlowError,
     Context,
+    IdempotencyKey,
     NonRetryableError,
     ReplayDivergence,
     RunStatus,
@@ -293,3 +294,86 @@ def test_a_replay_under_another_code_version_that_still_matches_says_so(app: Age
     app.workflow(name="stable", code_version="v2")(stable)
     replay = app.replay("r")
     assert replay.matched and replay.note == "recorded under code version v1, replayed under v2"
+
+
+# -- derived runs and what their source paid -----------------------------------------------------------------
+
+
+def define_order_with_billing_child(app: AgentFlow, charges: list[str], prepare: Any = str.upper) -> Any:
+    @tool(idempotent=False)
+    def charge(amount: int, key: IdempotencyKey) -> str:
+        """Charge the customer."""
+        charges.append(str(key))
+        return f"charged {amount}"
+
+    @app.workflow(name="billing")
+    async def billing(ctx: Context, amount: int) -> str:
+        return (await ctx.tool(charge, amount=amount)).content
+
+    @app.workflow(name="order")
+    async def order(ctx: Context, amount: int) -> str:
+        await ctx.step("prepare", prepare, "prepared")
+        return str(await ctx.child(billing, amount))
+
+    return order
+
+
+def test_a_fork_before_a_child_run_does_not_pay_again_what_the_source_child_paid(app: AgentFlow) -> None:
+    charges: list[str] = []
+    order = define_order_with_billing_child(app, charges)
+    app.run(order, 10, run_id="o1")
+    fork = app.fork("o1", at="prepare#0")
+    assert fork.status == RunStatus.COMPLETED, fork.error
+    assert fork.output == "charged 10"
+    assert charges == ["o1/child#0:charge#0"]  # before: charged again, by the fork's child
+
+
+def test_a_counterfactual_serves_the_tool_calls_of_the_source_child_runs(app: AgentFlow) -> None:
+    charges: list[str] = []
+    define_order_with_billing_child(app, charges)
+    app.run("order", 10, run_id="o2")
+
+    async def order_v2(ctx: Context, amount: int) -> str:
+        await ctx.step("prepare", str.lower, "prepared")
+        return str(await ctx.child("billing", amount))
+
+    counterfactual = app.counterfactual(order_v2, "o2")
+    assert counterfactual.status == RunStatus.COMPLETED, counterfactual.error
+    assert charges == ["o2/child#0:charge#0"]  # before: charged again, from the counterfactual's child
+
+
+def test_a_live_replay_that_reaches_a_child_run_goes_on_without_paying_again(app: AgentFlow, db_url: str) -> None:
+    charges: list[str] = []
+    define_order_with_billing_child(app, charges)
+    app.run("order", 10, run_id="o3")
+    changed = AgentFlow(db_url)
+    try:
+        define_order_with_billing_child(changed, charges, prepare=str.lower)  # diverges at prepare: live on
+        replay = changed.replay("o3", mode="live")
+    finally:
+        changed.close()
+    assert replay.status == RunStatus.COMPLETED  # before: "child runs need an AgentFlow to run them"
+    assert replay.output == "charged 10"
+    assert charges == ["o3/child#0:charge#0"]
+
+
+def test_a_run_left_running_is_not_forked(app: AgentFlow) -> None:
+    charges: list[str] = []
+    order = define_order_with_billing_child(app, charges)
+    app.run(order, 10, run_id="o4")
+    app._store.update_run("o4", {"status": "running"})  # as a process that died mid-step leaves it
+    with pytest.raises(AgentFlowError, match="resume it"):
+        app.fork("o4", at="prepare#0")
+
+
+def test_a_fork_can_override_what_a_person_answered_to_an_approval(app: AgentFlow) -> None:
+    @app.workflow(name="approval")
+    async def approval(ctx: Context) -> str:
+        decision = await ctx.wait_for_event("approve", type="approval")
+        return "approved" if isinstance(decision, dict) and decision.get("approved") else "declined"
+
+    app.run(approval, run_id="a1")
+    app.send_event("a1", "approval", {"approved": False})
+    assert app.resume("a1").output == "declined"
+    fork = app.fork("a1", at="approve#0", override={"approved": True})
+    assert fork.output == "approved"  # before: the override was recorded where the wait did not read it

@@ -6,6 +6,7 @@ Backoff runs on a FakeClock: no test sleeps for real.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -14,11 +15,14 @@ from agentflow import (
     ConfigurationError,
     Context,
     FakeClock,
+    IdempotencyKey,
     NonRetryableError,
     RetryPolicy,
     RunStatus,
     StepFailed,
+    tool,
 )
+from agentflow.testing import FakeProvider, reply
 
 
 def flaky(failures: int, exc: type[Exception] = ConnectionError) -> tuple[list[int], object]:
@@ -185,3 +189,108 @@ def test_sync_step_functions_honour_the_timeout(app: AgentFlow) -> None:
 def test_bad_retry_policies_are_refused(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+# -- a step tried again: what it did inside ----------------------------------------------------------------
+
+
+class Crash(BaseException):
+    """Stands for the process dying: not an Exception, so the run is left as a killed process leaves it."""
+
+
+def define_checkout(app: AgentFlow, fail: dict[str, int], crash: dict[str, bool]) -> tuple[Any, dict[str, Any]]:
+    """A step that charges (a non-idempotent tool taking an IdempotencyKey), then notifies (a nested step),
+    then may fail: ``fail["after"]`` times after notifying, ``fail["notify"]`` times inside notify."""
+    seen: dict[str, Any] = {"charges": [], "notified": 0}
+
+    @tool(idempotent=False)
+    def charge(amount: int, key: IdempotencyKey) -> str:
+        seen["charges"].append((str(key), amount))
+        return f"charged {amount}"
+
+    def notify() -> str:
+        if fail["notify"]:
+            fail["notify"] -= 1
+            raise ConnectionError("mail server down")
+        if crash["notify"]:
+            crash["notify"] = False
+            raise Crash
+        seen["notified"] += 1
+        return "sent"
+
+    @app.workflow(name="checkout")
+    async def checkout(ctx: Context, amount: int) -> str:
+        async def pay_and_notify() -> str:
+            charged = await ctx.tool(charge, amount=amount)
+            await ctx.step("notify", notify, retry=RetryPolicy(max_attempts=1))
+            if fail["after"]:
+                fail["after"] -= 1
+                raise ConnectionError("the receipt printer is down")
+            return charged.content
+
+        return str(await ctx.step("pay_and_notify", pay_and_notify, retry=RetryPolicy(max_attempts=4)))
+
+    return checkout, seen
+
+
+def test_a_step_tried_again_serves_what_its_first_attempt_completed_inside(app: AgentFlow) -> None:
+    checkout, seen = define_checkout(app, {"after": 2, "notify": 0}, {"notify": False})
+    run = app.run(checkout, 10, run_id="order-1")
+    assert run.status == RunStatus.COMPLETED, run.error
+    # Three attempts; the charge and the mail were made once (before: charge#0, #1, #2 under three keys).
+    assert seen["charges"] == [("order-1:pay_and_notify#0/charge#0", 10)]
+    assert seen["notified"] == 1
+    assert sorted(s.key for s in run.steps) == [
+        "pay_and_notify#0",
+        "pay_and_notify#0/charge#0",
+        "pay_and_notify#0/notify#0",
+    ]
+
+
+def test_a_step_tried_again_makes_again_what_failed_inside_with_the_same_idempotency_key(app: AgentFlow) -> None:
+    checkout, seen = define_checkout(app, {"after": 0, "notify": 1}, {"notify": False})
+    run = app.run(checkout, 10, run_id="order-2")
+    assert run.status == RunStatus.COMPLETED, run.error
+    assert seen["charges"] == [("order-2:pay_and_notify#0/charge#0", 10)]
+    assert seen["notified"] == 1  # the failed notify was taken again, in a slot of its own
+    statuses = {s.key: s.status for s in run.steps}
+    assert statuses["pay_and_notify#0/notify#0"] == "failed"
+    assert statuses["pay_and_notify#0/notify#1"] == "completed"
+    assert app.replay("order-2").output == run.output
+
+
+def test_a_run_killed_in_a_steps_second_attempt_resumes_without_doing_anything_twice(app: AgentFlow) -> None:
+    # notify fails in the step's first attempt, and the process dies in it in the second.
+    checkout, seen = define_checkout(app, {"after": 0, "notify": 1}, {"notify": True})
+    with pytest.raises(Crash):
+        app.run(checkout, 10, run_id="order-3")
+    assert seen["charges"] == [("order-3:pay_and_notify#0/charge#0", 10)] and seen["notified"] == 0
+    # Resumed: the first attempt is served as it went (the charge, the failed notify), the second
+    # serves the charge and makes notify again.
+    run = app.resume("order-3")
+    assert run.status == RunStatus.COMPLETED, run.error
+    assert seen["charges"] == [("order-3:pay_and_notify#0/charge#0", 10)]
+    assert seen["notified"] == 1
+    assert app.replay("order-3").output == run.output
+
+
+def test_a_model_call_inside_a_step_tried_again_is_served_not_asked_again(app: AgentFlow) -> None:
+    failures = {"left": 1}
+
+    @app.workflow(name="summary")
+    async def summary(ctx: Context) -> str:
+        async def summarize() -> str:
+            messages = [{"role": "user", "content": "sum up"}]
+            answer = await ctx.llm(model="gpt-4o-mini", messages=messages, api_key="sk-t")
+            if failures["left"]:
+                failures["left"] -= 1
+                raise ConnectionError("the store for the summary is down")
+            return answer.text or ""
+
+        return str(await ctx.step("summarize", summarize, retry=RetryPolicy(max_attempts=2)))
+
+    with FakeProvider() as fake:
+        fake.script(reply("short"), reply("other"))
+        run = app.run(summary)
+    assert run.output == "short"
+    assert fake.call_count == 1
