@@ -345,6 +345,17 @@ class SyncContext(_Common):
         self._loop = loop
 
     def _wait(self, coro: Any) -> Any:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:  # waiting here for the loop this very thread runs would block for ever
+            coro.close()
+            raise AgentFlowError(
+                "a SyncContext was called from async code running on the run's event loop (an async step "
+                "of a plain def workflow, say): there, use await with a Context (make the workflow async), "
+                "or make the helper a plain def"
+            )
         # In a task of its own on the run's loop, which owns the scope: a sync workflow is sequential.
         return asyncio.run_coroutine_threadsafe(owning(coro), self._loop).result()
 

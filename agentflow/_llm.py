@@ -415,7 +415,11 @@ def _seconds(value: Any) -> float | None:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Rate limits, timeouts, conflicts and server errors are worth retrying; other 4xx errors are not."""
+    """Rate limits, timeouts, conflicts and server errors are worth retrying; other 4xx errors are not,
+    nor an answer that says so (``x-should-retry: false``, as OpenAI's SDK reads it)."""
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    if headers is not None and str(headers.get("x-should-retry", "")).lower() == "false":
+        return False
     status = getattr(exc, "status_code", None)
     if isinstance(status, int) and 400 <= status < 500:
         return status in (408, 409, 429)

@@ -44,12 +44,17 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypeAlias
+from typing import Any, ClassVar, TypeAlias
 
 import httpx
 import respx
 
 from ._recording import BundleCase, record_bundles
+from .errors import ConfigurationError
+
+# litellm reads this when it is imported: set here, a test file that imports agentflow.testing before
+# litellm prices calls from the cost map litellm ships, not one fetched from the network.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 __all__ = [
     "BundleCase",
@@ -205,7 +210,11 @@ def error(
     ``type`` defaults to what OpenAI sends for the status; ``headers`` are added to the answer.
     """
     if message is None:
-        message = f"{status} {http.HTTPStatus(status).phrase} (scripted by FakeProvider)"
+        try:
+            phrase = http.HTTPStatus(status).phrase
+        except ValueError:  # 529 (Anthropic: overloaded), 520-524 (Cloudflare): not in HTTPStatus
+            phrase = "Error"
+        message = f"{status} {phrase} (scripted by FakeProvider)"
     if type is None:
         type = "server_error" if status >= 500 else "requests" if status == 429 else "invalid_request_error"
     if code is None and status == 429:
@@ -214,6 +223,22 @@ def error(
     if retry_after is not None:
         extra["retry-after"] = str(int(retry_after)) if float(retry_after).is_integer() else str(retry_after)
     return ErrorResponse(status, message, type, code, tuple(extra.items()))
+
+
+def _check_item(item: Any, where: str) -> None:
+    if not (isinstance(item, Reply | ErrorResponse | Malformed) or callable(item)):
+        raise TypeError(
+            f"{where}: {item!r} is not an answer; use reply(...), tool_call(...), error(...), malformed(...), "
+            "or a responder (a function of the request body returning one of those)"
+        )
+
+
+def _forget_litellm_clients(litellm: Any) -> None:
+    """Drop the HTTP clients litellm keeps between calls: one made before the fake was entered (on
+    aiohttp) would carry the next request past respx, to the network."""
+    flush = getattr(getattr(litellm, "in_memory_llm_clients_cache", None), "flush_cache", None)
+    if callable(flush):
+        flush()
 
 
 def malformed(body: bytes = b"{not json", *, status: int = 200) -> Malformed:
@@ -228,19 +253,33 @@ class FakeProvider:
     its router and sets ``litellm.disable_aiohttp_transport = True`` (so litellm's async path uses httpx),
     restoring the previous value on exit. ``usage=False`` leaves usage out of every answer.
 
+    Scripted answers go to requests in arrival order. Calls made concurrently (``asyncio.gather``)
+    arrive in an order the test does not control: answer them with a responder that looks at the
+    request (``fake.default = lambda request: reply(...)``), not with a script.
+
+    A responder that raises (a failed ``assert`` on the request, say) or returns something that is not an
+    answer: the request gets a 500 that is not retried, the error is kept in ``errors``, and leaving the
+    ``with`` block raises the first one, so that a test cannot pass over it. One fake per ``base_url`` at
+    a time: entering a second one for the same URL is an error.
+
     Attributes:
         calls: the parsed JSON body of every chat-completion request, in arrival order.
         unexpected: the requests that found neither a scripted answer nor a default (each answered 500).
+        errors: what responders raised (or returned instead of an answer), in order.
         default: the answer (or responder) for every request once the script is used up.
         router: the respx router; add routes to it for other HTTP services a test talks to.
     """
+
+    _active: ClassVar[set[str]] = set()  # the base URLs of the fakes now entered, in this process
+    _active_lock = threading.Lock()
 
     def __init__(self, base_url: str = "https://api.openai.com/v1", *, usage: bool = True) -> None:
         self.base_url = base_url.rstrip("/")
         self.usage = usage
         self.calls: list[dict[str, Any]] = []
         self.unexpected: list[dict[str, Any]] = []
-        self.default: ScriptItem | None = None
+        self.errors: list[Exception] = []
+        self._default: ScriptItem | None = None
         self.router = respx.MockRouter(assert_all_called=False)
         self.router.post(f"{self.base_url}/chat/completions").mock(side_effect=self._handle)
         self._script: deque[ScriptItem] = deque()
@@ -249,9 +288,22 @@ class FakeProvider:
 
     def script(self, *items: ScriptItem) -> FakeProvider:
         """Queue answers (or responders) for the next requests, in order; returns the provider."""
+        for item in items:
+            _check_item(item, "fake.script(...)")
         with self._lock:
             self._script.extend(items)
         return self
+
+    @property
+    def default(self) -> ScriptItem | None:
+        """The answer (or responder) for every request once the script is used up."""
+        return self._default
+
+    @default.setter
+    def default(self, item: ScriptItem | None) -> None:
+        if item is not None:
+            _check_item(item, "fake.default")
+        self._default = item
 
     @property
     def call_count(self) -> int:
@@ -264,11 +316,18 @@ class FakeProvider:
         return len(self._script)
 
     def __enter__(self) -> FakeProvider:
-        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no cost-map download at import
         import litellm
 
+        with FakeProvider._active_lock:
+            if self.base_url in FakeProvider._active:
+                raise ConfigurationError(
+                    f"a FakeProvider for {self.base_url} is active already: script that one (the first to be "
+                    "entered answers every request), or leave it before entering another"
+                )
+            FakeProvider._active.add(self.base_url)
         self._saved_aiohttp_flag = litellm.disable_aiohttp_transport
         litellm.disable_aiohttp_transport = True
+        _forget_litellm_clients(litellm)
         self.router.__enter__()
         return self
 
@@ -283,6 +342,11 @@ class FakeProvider:
             if self._saved_aiohttp_flag is not None:
                 litellm.disable_aiohttp_transport = self._saved_aiohttp_flag
                 self._saved_aiohttp_flag = None
+            _forget_litellm_clients(litellm)  # clients made on the fake's transport settings
+            with FakeProvider._active_lock:
+                FakeProvider._active.discard(self.base_url)
+        if exc_type is None and self.errors:
+            raise AssertionError(f"a FakeProvider responder failed: {self.errors[0]!r}") from self.errors[0]
 
     async def __aenter__(self) -> FakeProvider:
         return self.__enter__()
@@ -304,7 +368,18 @@ class FakeProvider:
             message = f"FakeProvider: no scripted response left for request #{number}"
             # x-should-retry: a retry would meet the same empty script.
             return _render_error(error(500, message=message, headers={"x-should-retry": "false"}))
-        answer = item if isinstance(item, Reply | ErrorResponse | Malformed) else item(body)
+        try:
+            answer = item if isinstance(item, Reply | ErrorResponse | Malformed) else item(body)
+            if not isinstance(answer, Reply | ErrorResponse | Malformed):
+                raise TypeError(
+                    f"a responder returned {answer!r}; it must return an answer: reply(...), tool_call(...), "
+                    "error(...) or malformed(...)"
+                )
+        except Exception as exc:  # kept, raised when the fake is left; the request is not retried
+            with self._lock:
+                self.errors.append(exc)
+            message = f"FakeProvider: the responder for request #{number} failed: {exc!r}"
+            return _render_error(error(500, message=message, headers={"x-should-retry": "false"}))
         if isinstance(answer, ErrorResponse):
             return _render_error(answer)
         streamed = body.get("stream") is True

@@ -281,3 +281,65 @@ def test_exit_stops_intercepting() -> None:
 def test_chunks_that_do_not_join_to_the_text_are_refused() -> None:
     with pytest.raises(ValueError, match="do not join"):
         reply("Hello", chunks=["Hel", "p"])
+
+
+def test_entering_drops_the_http_clients_litellm_made_before_the_fake() -> None:
+    # A client litellm made before (on aiohttp, which respx does not see) would carry the next request past
+    # the fake, to the network, API key and all.
+    litellm.in_memory_llm_clients_cache.set_cache("a-client-made-before", object())
+    with FakeProvider() as fake:
+        assert litellm.in_memory_llm_clients_cache.get_cache("a-client-made-before") is None
+        fake.script(reply("ok"))
+        assert complete().choices[0].message.content == "ok"
+
+
+def test_a_responder_that_fails_is_not_retried_and_fails_the_test_when_the_fake_is_left() -> None:
+    def insist_on_temperature_zero(request: dict[str, Any]) -> Any:
+        assert request.get("temperature") == 0, "the agent must ask for temperature 0"
+        return reply("fine")
+
+    with pytest.raises(AssertionError, match="a FakeProvider responder failed") as caught, FakeProvider() as fake:
+        fake.script(insist_on_temperature_zero, reply("not to be reached"))
+        with pytest.raises(litellm.InternalServerError, match="the responder for request #1 failed"):
+            complete(temperature=0.7)
+        assert fake.remaining == 1  # the next answer was not used up by a retry
+    assert "temperature 0" in str(caught.value.__cause__)
+
+
+def test_a_responder_returning_something_else_than_an_answer_is_an_error_of_the_test() -> None:
+    with pytest.raises(AssertionError, match="must return an answer"), FakeProvider() as fake:
+        fake.default = lambda request: "hello"
+        with pytest.raises(litellm.InternalServerError):
+            complete()
+
+
+@pytest.mark.parametrize("item", ["hello", 42, {"content": "hi"}])
+def test_a_script_item_that_is_not_an_answer_is_refused_at_once(item: Any) -> None:
+    fake = FakeProvider()
+    with pytest.raises(TypeError, match="is not an answer"):
+        fake.script(item)
+    with pytest.raises(TypeError, match="is not an answer"):
+        fake.default = item
+
+
+def test_a_second_fake_for_the_same_url_is_refused_while_the_first_is_active() -> None:
+    from agentflow import ConfigurationError
+
+    with FakeProvider() as outer:
+        with pytest.raises(ConfigurationError, match="active already"), FakeProvider():
+            pass
+        with FakeProvider("http://localhost:8000/v1") as local:  # another endpoint: fine
+            outer.script(reply("openai"))
+            local.script(reply("local"))
+            assert complete().choices[0].message.content == "openai"
+    with FakeProvider() as again:  # the first one left: a new one may come
+        again.script(reply("again"))
+        assert complete().choices[0].message.content == "again"
+
+
+@pytest.mark.parametrize("status", [499, 520, 529])
+def test_error_takes_statuses_that_http_status_does_not_know(status: int) -> None:
+    with FakeProvider() as fake:
+        fake.script(error(status))
+        with pytest.raises(Exception, match=str(status)):
+            complete()

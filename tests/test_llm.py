@@ -610,3 +610,28 @@ def test_responses_are_read_as_model_dump_and_the_constructors_would() -> None:
     assert dataclasses.replace(fast, cost=1.0).cost == 1.0
     with pytest.raises(dataclasses.FrozenInstanceError):
         fast.cost = 2.0  # type: ignore[misc]
+
+
+def test_an_answer_that_says_not_to_retry_is_not_retried(app: AgentFlow) -> None:
+    @app.workflow(name="unscripted")
+    async def unscripted(ctx: Context) -> str | None:
+        return (await ctx.llm(model=MODEL, messages=[user("hi")], api_key=KEY, retry=RetryPolicy(max_attempts=4))).text
+
+    with FakeProvider() as fake:  # nothing scripted: a 500 with x-should-retry: false, as OpenAI can send
+        run = app.run(unscripted)
+    assert run.status == RunStatus.FAILED
+    assert fake.call_count == 1  # before: 4 attempts, each meeting the same empty script
+    assert "no scripted response left" in str(run.error)
+
+
+def test_a_sync_context_used_from_async_code_on_the_runs_loop_is_an_error_not_a_hang(app: AgentFlow) -> None:
+    @app.workflow(name="mixed")
+    def mixed(ctx: SyncContext) -> str:
+        async def helper() -> str:  # runs on the run's loop: the SyncContext cannot wait there
+            return str(ctx.step("inner", str.upper, "x"))
+
+        return str(ctx.step("helper", helper, retry=RetryPolicy(max_attempts=1)))
+
+    run = app.run(mixed)
+    assert run.status == RunStatus.FAILED
+    assert "use await with a Context" in str(run.error)
