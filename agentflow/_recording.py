@@ -26,7 +26,8 @@ class BundleCase:
     """One run to record: ``workflow(*args, **kwargs)`` under ``run_id``, answered by ``model`` (what
     ``FakeProvider.default`` takes: a reply, or a function of the request body returning one), exported
     to ``path``. ``events`` answers waits: when the run waits for an event type listed there, that
-    payload is sent and the run resumed."""
+    payload is sent and the run resumed. ``base_url`` is where the workflow's model calls go (its
+    ``api_base``: a proxy, vLLM, Azure), OpenAI's by default."""
 
     run_id: str
     workflow: Any
@@ -35,6 +36,7 @@ class BundleCase:
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     events: Mapping[str, Any] = field(default_factory=dict)
+    base_url: str = "https://api.openai.com/v1"
 
 
 def record_bundles(
@@ -60,7 +62,7 @@ def record_bundles(
         try:
             with AgentFlow(str(Path(scratch) / "record.db"), clock=FakeClock()) as app:
                 for case in cases:
-                    with FakeProvider() as fake:
+                    with FakeProvider(case.base_url) as fake:
                         fake.default = case.model
                         run = app.run(case.workflow, *case.args, run_id=case.run_id, **case.kwargs)
                         while run.status == "waiting" and (event := run.waiting_for) in case.events:

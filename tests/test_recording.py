@@ -20,6 +20,27 @@ async def ask_then_wait(ctx: Context, question: str) -> str:
     return f"{answer.text} ({'approved' if decision['approved'] else 'refused'})"
 
 
+async def ask_local_model(ctx: Context, question: str) -> str:
+    messages = [{"role": "user", "content": question}]
+    answer = await ctx.llm(model="openai/llama-3", messages=messages, api_base="http://localhost:8000/v1", api_key="x")
+    return answer.text or ""
+
+
+def test_a_case_whose_model_sits_behind_an_api_base_is_recorded_with_its_base_url(tmp_path: Path) -> None:
+    case = BundleCase(
+        run_id="local",
+        workflow=ask_local_model,
+        path=tmp_path / "local.json",
+        model=reply("From vLLM."),
+        args=("Hello?",),
+        base_url="http://localhost:8000/v1",
+    )
+    [path] = record_bundles([case])  # before: respx "not mocked", the fake listened on OpenAI's URL only
+    with AgentFlow(str(tmp_path / "check.db")) as app:
+        assert app.import_runs(path) == ["local"]
+        assert app.get_run("local").output == "From vLLM."
+
+
 def _case(path: Path, **changes: Any) -> BundleCase:
     fields: dict[str, Any] = {
         "run_id": "ask",
