@@ -315,20 +315,20 @@ class RunEngine:
         return key, request_json, fp, rec
 
     def _take_again(self, key: str, fp: str, rec: StepRecord | None) -> tuple[str, StepRecord | None]:
-        """A call inside a step tried again whose slot did not complete with this request: served from a
-        later record of it that completed (an earlier attempt took it again), else run live in a free
-        slot, with the idempotency key of the slot when that is where it failed before."""
-        later = self.journal.retried_match(key, fp)
-        slot = key if rec is not None and rec.fingerprint == fp else None
-        if slot is not None:
-            self.journal.claim(slot)  # the failed call's slot: used up by this one
-        if later is not None:
-            key, rec = later.key, later
-        elif rec is not None:
-            key, rec = self.journal.free_key(key), None
-        if slot is not None and key != slot:
-            self.taken_again[key] = slot
-        return key, rec
+        """A call inside a step tried again whose slot did not complete with this request: served from its
+        record that completed (an earlier attempt took it again), else made again in a free slot (or in
+        its slot, when that is free). Where it failed before, that slot is used up, and the call made
+        again keeps its idempotency key and its scope (``taken_again``): what it did inside is served."""
+        failed, completed = self.journal.retried_matches(key, fp)
+        if failed is not None:
+            self.journal.claim(failed.key)
+        if completed is not None:
+            return completed.key, completed
+        if rec is not None or failed is not None:
+            key = self.journal.free_key(key)
+        if failed is not None:
+            self.taken_again[key] = failed.key
+        return key, None
 
     def _diverge(
         self, key: str, rec: StepRecord | None, request_json: str, reason: str, blobs: Mapping[str, bytes] | None
@@ -540,7 +540,10 @@ class RunEngine:
                 self.compensations.append(Compensation(key, name, compensate, value, retry))
             return value
         started = self.clock.time()
-        done = await self.attempts(key, retry or self.default_retry, lambda: _call(fn, args, kwargs))
+        # A step made again (its slot failed in an earlier attempt of an enclosing step) works in that
+        # slot's scope: what it did inside is served or taken again, not made anew under new keys.
+        scope_key = self.taken_again.get(key, key)
+        done = await self.attempts(scope_key, retry or self.default_retry, lambda: _call(fn, args, kwargs))
         if done.error is not None:
             self.record(key=key, kind="step", name=name, fp=fp, request=request, started=started,
                         attempts=done.count, error=done.error)  # fmt: skip

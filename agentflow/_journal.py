@@ -126,23 +126,23 @@ class Journal:
         """Whether ``key`` lies inside a step that is being tried again (see ``retry_scope``)."""
         return bool(self._retried) and any(key.startswith(prefix) for prefix in self._retried)
 
-    def retried_match(self, key: str, fingerprint: str) -> StepRecord | None:
-        """Inside a step tried again: a record after ``key``'s slot, not handed out since, of the same
-        request, that completed (the call, taken again in an earlier attempt, completed there)."""
-        base, _, index = key.rpartition("#")
+    def retried_matches(self, key: str, fingerprint: str) -> tuple[StepRecord | None, StepRecord | None]:
+        """Inside a step tried again, the records of ``key``'s ``scope/name`` not handed out since, of the
+        same request: ``(the first that failed, the first that completed)``. Gathered calls may reach the
+        engine in another order in each attempt, so a call's records are found by its request, not its slot."""
+        base = key.rpartition("#")[0]
         lowest = self._counters.get(base, 0)
         ahead = self._ahead.get(base, set())
-        for n in range(int(index) + 1, self._top.get(base, -1) + 1):
+        failed: StepRecord | None = None
+        for n in range(lowest, self._top.get(base, -1) + 1):
             rec = self._recorded.get(f"{base}#{n}")
-            if (
-                rec is not None
-                and n >= lowest
-                and n not in ahead
-                and rec.fingerprint == fingerprint
-                and rec.status != "failed"
-            ):
-                return rec
-        return None
+            if rec is None or n in ahead or rec.fingerprint != fingerprint:
+                continue
+            if rec.status != "failed":
+                return failed, rec
+            if failed is None:
+                failed = rec
+        return failed, None
 
     def _raise_top(self, key: str) -> None:
         base, _, index = key.rpartition("#")

@@ -6,6 +6,7 @@ Backoff runs on a FakeClock: no test sleeps for real.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -294,3 +295,79 @@ def test_a_model_call_inside_a_step_tried_again_is_served_not_asked_again(app: A
         run = app.run(summary)
     assert run.output == "short"
     assert fake.call_count == 1
+
+
+def test_a_payment_that_failed_inside_a_gather_is_made_again_with_its_own_key_whatever_the_order(
+    app: AgentFlow,
+) -> None:
+    made: list[tuple[str, str, str]] = []
+    fail_once = {"A"}
+
+    @tool(idempotent=False)
+    def pay(ref: str, key: IdempotencyKey) -> str:
+        if ref in fail_once:
+            fail_once.discard(ref)
+            made.append((ref, str(key), "failed"))
+            raise ConnectionError("the bank timed out")
+        made.append((ref, str(key), "paid"))
+        return "paid"
+
+    async def wait(turns: int) -> int:
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        return turns
+
+    @app.workflow(name="gathered")
+    async def gathered(ctx: Context) -> list[bool]:
+        async def body() -> list[bool]:
+            async def branch(ref: str, turns: int) -> bool:
+                await ctx.step("wait", wait, turns)  # live, A's payment comes second; served, first
+                return (await ctx.tool(pay, ref=ref, retry=RetryPolicy(max_attempts=1))).ok
+
+            results = list(await asyncio.gather(branch("A", 5), branch("B", 0)))
+            if not all(results):
+                raise ConnectionError("a payment failed: try the step again")
+            return results
+
+        return list(await ctx.step("charge", body, retry=RetryPolicy(max_attempts=2, delay=0)))
+
+    run = app.run(gathered, run_id="g1")
+    assert run.status == RunStatus.COMPLETED, run.error
+    # A failed in slot #1; taken again (it reached the engine first, its slot held B's record) it keeps
+    # that slot's key. Before: a new key, which a bank could not tell from a new payment.
+    assert made == [("B", "g1:charge#0/pay#0", "paid"), ("A", "g1:charge#0/pay#1", "failed"),
+                    ("A", "g1:charge#0/pay#1", "paid")]  # fmt: skip
+    assert app.replay("g1").matched
+
+
+def test_a_step_that_failed_for_good_inside_a_retried_step_keeps_what_it_did_inside(app: AgentFlow) -> None:
+    paid: list[str] = []
+    outer_failures = {"left": 1}
+
+    @tool(idempotent=False)
+    def pay(ref: str, key: IdempotencyKey) -> str:
+        paid.append(str(key))
+        return "paid"
+
+    @app.workflow(name="nested")
+    async def nested(ctx: Context) -> str:
+        async def inner() -> str:
+            await ctx.tool(pay, ref="P")
+            raise ValueError("the inner step fails for good")
+
+        async def outer() -> str:
+            with contextlib.suppress(StepFailed):
+                await ctx.step("inner", inner)
+            if outer_failures["left"]:
+                outer_failures["left"] -= 1
+                raise ConnectionError("transient")
+            return "done"
+
+        return str(await ctx.step("outer", outer, retry=RetryPolicy(max_attempts=2, delay=0)))
+
+    run = app.run(nested, run_id="n1")
+    assert run.status == RunStatus.COMPLETED, run.error
+    # inner is made again (slot inner#1) in inner#0's scope: its payment is served. Before: paid again
+    # under outer#0/inner#1/pay#0.
+    assert paid == ["n1:outer#0/inner#0/pay#0"]
+    assert app.replay("n1").matched
