@@ -8,6 +8,7 @@ import base64
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
 
@@ -343,29 +344,24 @@ def test_retry_after_of_an_error_without_a_response_is_none() -> None:
     assert retry_after(ValueError("no response")) is None
 
 
-def test_a_429_waits_its_retry_after_ms(app: AgentFlow, clock: FakeClock) -> None:
+@pytest.mark.parametrize(
+    ("headers", "waited"),
+    [
+        (lambda now: {"retry-after-ms": "30000"}, 30.0),
+        (lambda now: {"retry-after": formatdate(now + 45, usegmt=True)}, 45.0),  # a date, by the run's clock
+    ],
+)
+def test_a_429_waits_what_its_headers_ask(
+    app: AgentFlow, clock: FakeClock, headers: Callable[[float], dict[str, str]], waited: float
+) -> None:
     @app.workflow(name="patient")
     async def patient(ctx: Context) -> str | None:
         policy = RetryPolicy(max_attempts=2, delay=1.0)
         return (await ctx.llm(model=MODEL, messages=HELLO, api_key=KEY, retry=policy)).text
 
     with FakeProvider() as fake:
-        fake.script(error(429, headers={"retry-after-ms": "30000"}), reply("ok"))
+        fake.script(error(429, headers=headers(clock.time())), reply("ok"))
         run = app.run(patient)
 
     assert run.output == "ok"
-    assert clock.sleeps == [30.0]
-
-
-def test_a_429_with_an_http_date_waits_until_then_by_the_runs_clock(app: AgentFlow, clock: FakeClock) -> None:
-    @app.workflow(name="dated")
-    async def dated(ctx: Context) -> str | None:
-        policy = RetryPolicy(max_attempts=2, delay=1.0)
-        return (await ctx.llm(model=MODEL, messages=HELLO, api_key=KEY, retry=policy)).text
-
-    with FakeProvider() as fake:
-        fake.script(error(429, headers={"retry-after": formatdate(clock.time() + 45, usegmt=True)}), reply("ok"))
-        run = app.run(dated)
-
-    assert run.output == "ok"
-    assert clock.sleeps == [45.0]
+    assert clock.sleeps == [waited]
