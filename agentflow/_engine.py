@@ -315,19 +315,21 @@ class RunEngine:
         return key, request_json, fp, rec
 
     def _take_again(self, key: str, fp: str, rec: StepRecord | None) -> tuple[str, StepRecord | None]:
-        """A call inside a step tried again whose slot did not complete with this request: served from its
-        record that completed (an earlier attempt took it again), else made again in a free slot (or in
-        its slot, when that is free). Where it failed before, that slot is used up, and the call made
-        again keeps its idempotency key and its scope (``taken_again``): what it did inside is served."""
-        failed, completed = self.journal.retried_matches(key, fp)
-        if failed is not None:
-            self.journal.claim(failed.key)
+        """A call inside a step tried again whose slot did not complete with this request. Its records are
+        found by its request: one that completed is served (an earlier attempt made it again); a failure
+        of it no call of this execution was handed yet is this attempt's, recorded before a crash, and
+        is served; else it is made again in a free slot (or its slot, if free), keeping the idempotency
+        key and the scope of the slot where it first failed (``taken_again``): what it did inside is
+        served, not made anew."""
+        first_failed, pending, completed = self.journal.retried_matches(key, fp)
         if completed is not None:
             return completed.key, completed
-        if rec is not None or failed is not None:
+        if pending is not None:
+            return pending.key, pending
+        if rec is not None or first_failed is not None:
             key = self.journal.free_key(key)
-        if failed is not None:
-            self.taken_again[key] = failed.key
+        if first_failed is not None:
+            self.taken_again[key] = first_failed.key
         return key, None
 
     def _diverge(

@@ -59,6 +59,7 @@ class Journal:
         self._ahead: dict[str, set[int]] = {}
         self._unclaimed = set(self._recorded)  # recorded keys not handed out yet in this execution
         self._retried: set[str] = set()  # "scope/" of the steps tried again (see retry_scope)
+        self._handed_out: set[str] = set()  # every key handed out in this execution, in any attempt
         self._top: dict[str, int] = {}  # per scope/name, the highest index recorded
         for key in self._recorded:
             self._raise_top(key)
@@ -95,6 +96,7 @@ class Journal:
     def claim(self, key: str) -> None:
         """Hand out ``key``: no later call of this execution gets it."""
         self._unclaimed.discard(key)
+        self._handed_out.add(key)
         base, _, index = key.rpartition("#")
         n = int(index)
         lowest = self._counters.get(base, 0)
@@ -126,23 +128,26 @@ class Journal:
         """Whether ``key`` lies inside a step that is being tried again (see ``retry_scope``)."""
         return bool(self._retried) and any(key.startswith(prefix) for prefix in self._retried)
 
-    def retried_matches(self, key: str, fingerprint: str) -> tuple[StepRecord | None, StepRecord | None]:
-        """Inside a step tried again, the records of ``key``'s ``scope/name`` not handed out since, of the
-        same request: ``(the first that failed, the first that completed)``. Gathered calls may reach the
-        engine in another order in each attempt, so a call's records are found by its request, not its slot."""
+    def retried_matches(
+        self, key: str, fingerprint: str
+    ) -> tuple[StepRecord | None, StepRecord | None, StepRecord | None]:
+        """Inside a step tried again, the records of ``key``'s ``scope/name`` with the same request:
+        ``(the first that failed, the first that failed and no call of this execution was handed yet,
+        the one that completed)``. Gathered calls may reach the engine in another order in each attempt,
+        so a call's records are found by its request, not its slot."""
         base = key.rpartition("#")[0]
-        lowest = self._counters.get(base, 0)
-        ahead = self._ahead.get(base, set())
-        failed: StepRecord | None = None
-        for n in range(lowest, self._top.get(base, -1) + 1):
+        first_failed: StepRecord | None = None
+        pending: StepRecord | None = None
+        for n in range(self._top.get(base, -1) + 1):
             rec = self._recorded.get(f"{base}#{n}")
-            if rec is None or n in ahead or rec.fingerprint != fingerprint:
+            if rec is None or rec.fingerprint != fingerprint:
                 continue
             if rec.status != "failed":
-                return failed, rec
-            if failed is None:
-                failed = rec
-        return failed, None
+                return first_failed, pending, rec
+            first_failed = first_failed or rec
+            if pending is None and rec.key not in self._handed_out:
+                pending = rec
+        return first_failed, pending, None
 
     def _raise_top(self, key: str) -> None:
         base, _, index = key.rpartition("#")

@@ -371,3 +371,40 @@ def test_a_step_that_failed_for_good_inside_a_retried_step_keeps_what_it_did_ins
     # under outer#0/inner#1/pay#0.
     assert paid == ["n1:outer#0/inner#0/pay#0"]
     assert app.replay("n1").matched
+
+
+def test_a_resumed_retry_serves_the_failures_its_attempts_recorded_before_the_crash(app: AgentFlow) -> None:
+    runs_of_check: list[int] = []
+    attempts_of_order: list[int] = []
+    crash_on = {3}
+
+    def check() -> str:
+        runs_of_check.append(len(runs_of_check) + 1)
+        if len(runs_of_check) in crash_on:
+            crash_on.clear()
+            raise Crash
+        if len(runs_of_check) < 3:
+            raise ValueError("the stock service is down")
+        return "in stock"
+
+    @app.workflow(name="ordered")
+    async def ordered(ctx: Context) -> str:
+        async def order() -> str:
+            attempts_of_order.append(1)
+            try:
+                return str(await ctx.step("check", check))
+            except StepFailed:
+                raise ConnectionError("try the order again") from None
+
+        return str(await ctx.step("order", order, retry=RetryPolicy(max_attempts=4, delay=0)))
+
+    with pytest.raises(Crash):
+        app.run(ordered, run_id="o1")
+    assert runs_of_check == [1, 2, 3] and len(attempts_of_order) == 3
+    run = app.resume("o1")
+    assert run.status == RunStatus.COMPLETED and run.output == "in stock"
+    # The resumed order goes through the same three attempts: check's two recorded failures are served
+    # (before: the second was run again, and the order ended one attempt early, unlike the first time).
+    assert len(attempts_of_order) == 6
+    assert runs_of_check == [1, 2, 3, 4]
+    assert app.replay("o1").matched
