@@ -59,7 +59,6 @@ class Journal:
         self._ahead: dict[str, set[int]] = {}
         self._unclaimed = set(self._recorded)  # recorded keys not handed out yet in this execution
         self._retried: set[str] = set()  # "scope/" of the steps tried again (see retry_scope)
-        self._handed_out: set[str] = set()  # every key handed out in this execution, in any attempt
         self._top: dict[str, int] = {}  # per scope/name, the highest index recorded
         for key in self._recorded:
             self._raise_top(key)
@@ -96,7 +95,6 @@ class Journal:
     def claim(self, key: str) -> None:
         """Hand out ``key``: no later call of this execution gets it."""
         self._unclaimed.discard(key)
-        self._handed_out.add(key)
         base, _, index = key.rpartition("#")
         n = int(index)
         lowest = self._counters.get(base, 0)
@@ -145,7 +143,7 @@ class Journal:
             if rec.status != "failed":
                 return first_failed, pending, rec
             first_failed = first_failed or rec
-            if pending is None and rec.key not in self._handed_out:
+            if pending is None and rec.key in self._unclaimed:  # loaded, and no call was handed it yet
                 pending = rec
         return first_failed, pending, None
 
