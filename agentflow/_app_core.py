@@ -295,7 +295,11 @@ class AppCore:
         self, wf: Workflow, record: RunRecord, fresh: bool, setup: Callable[[RunEngine], None] | None = None
     ) -> Run:
         run_id = record.id
-        journal = Journal(run_id, self._store, [] if fresh else self._store.load_steps(run_id))
+        if fresh:
+            journal = Journal(run_id, self._store, [])
+        else:  # resumed: what it recorded, and the keys its calls in flight at a crash had reserved
+            store = self._store
+            journal = Journal(run_id, store, store.load_steps(run_id), store.load_reservations(run_id))
         engine = RunEngine(run_id, journal, self._codec, self._clock, self._default_retry)
         if setup is not None:  # a fork's source record, a counterfactual's world
             setup(engine)
@@ -386,6 +390,8 @@ class AppCore:
             lease_token=engine.journal.lease_token,
             lease_of=engine.journal.lease_of,
         )
+        if engine.journal.holds_reservations:  # ended: none of its calls is in flight any more
+            self._store.drop_reservations(engine.run_id)
         parent = engine.extras.parent_id
         if parent:  # a child run: wake its parent if it waits for this child
             self._store.send_event(parent, f"child:{engine.run_id}", "null", now)

@@ -292,10 +292,14 @@ class RunEngine:
             own = self.journal.unclaimed_match(key, fp)
             if own is not None:
                 key, rec = own.key, own
+            elif (reserved := self.journal.reserved_match(key, fp)) is not None:
+                key, rec = reserved, None  # in flight when the process died: it runs again under its key
             elif rec is not None and self.mode == "resume" and _in_sibling_task():
                 # This call has no record; the one in its slot is a sibling's, which that sibling will
                 # ask for later (it reached the engine first when recorded): run this one in a free slot.
                 key, rec = self.journal.free_key(key), None
+            elif rec is None and self.journal.reserved_by_another(key, fp):
+                key = self.journal.free_key(key)  # a sibling in flight at the crash had it: it will ask
         self.journal.claim(key)
         if rec is not None and rec.fingerprint != fp and self.mode != "relaxed":
             if self.mode == "live":
@@ -313,6 +317,13 @@ class RunEngine:
         elif self.control is not None:  # about to run something live: a pause, a cancel, the deadline
             self.control()
         return key, request_json, fp, rec
+
+    def reserve(self, key: str, fp: str, *, always: bool = False) -> None:
+        """Before a call runs live: keep its key with its request when another execution could hand the
+        key to a sibling, that is when it runs in a gathered coroutine (or ``always``: a call whose key
+        leaves the process, a payment's idempotency key). See ``Journal.reserved_match``."""
+        if always or _in_sibling_task():
+            self.journal.reserve(key, fp, self.clock.time())
 
     def _take_again(self, key: str, fp: str, rec: StepRecord | None) -> tuple[str, StepRecord | None]:
         """A call inside a step tried again whose slot did not complete with this request. Its records are
@@ -545,6 +556,7 @@ class RunEngine:
         # A step made again (its slot failed in an earlier attempt of an enclosing step) works in that
         # slot's scope: what it did inside is served or taken again, not made anew under new keys.
         scope_key = self.taken_again.get(key, key)
+        self.reserve(key, fp)  # its scope is its key: what it does inside is found there on resume
         done = await self.attempts(scope_key, retry or self.default_retry, lambda: _call(fn, args, kwargs))
         if done.error is not None:
             self.record(key=key, kind="step", name=name, fp=fp, request=request, started=started,
@@ -592,6 +604,7 @@ class RunEngine:
                 raise StepFailed(rec.key, err.get("type", "Error"), err.get("message", ""), rec.attempt)
             return self.codec.decode(rec.output)
         child_id = f"{self.run_id}/{key}"
+        self.reserve(key, fp)  # the child run's id is made of its key
         started = self.clock.time()
         original = self.source.get(key)
         origin = None
@@ -709,6 +722,7 @@ class RunEngine:
         if tool.key_parameter is not None:
             # The key of the slot this call takes again when an earlier attempt of its step failed it there.
             call_args[tool.key_parameter] = IdempotencyKey(self._idempotency_key(key, fp, original))
+        self.reserve(key, fp, always=not tool.idempotent or tool.key_parameter is not None)
         done = await self.attempts(key, retry or self.default_retry, lambda: _call(tool.fn, (), call_args))
         if done.error is not None:
             keep_secrets_out(done.error, secret_values)  # an error that echoes a secret argument

@@ -47,7 +47,9 @@ def first_broken_link(run_id: str, records: list[StepRecord]) -> str | None:
 
 
 class Journal:
-    def __init__(self, run_id: str, store: Store, records: list[StepRecord]) -> None:
+    def __init__(
+        self, run_id: str, store: Store, records: list[StepRecord], reservations: Mapping[str, str] | None = None
+    ) -> None:
         self.run_id = run_id
         self._store = store
         self._recorded = {r.key: r for r in records}
@@ -63,6 +65,10 @@ class Journal:
         for key in self._recorded:
             self._raise_top(key)
         self._by_base: dict[str, list[StepRecord]] | None = None  # built on the first out-of-turn lookup
+        # Keys reserved by calls that an earlier execution started and never recorded (in flight when it
+        # died), with their fingerprints; a key leaves when it is handed out (see ``reserved_match``).
+        self._reserved = {k: fp for k, fp in (reservations or {}).items() if k not in self._recorded}
+        self.holds_reservations = bool(reservations)  # the store keeps some for this run (to drop at its end)
         self._lock = threading.Lock()  # a sync workflow's thread and the event loop may both append
         # Set when a worker holds the run under a lease: every write is fenced by this token, the token of
         # the run ``lease_of`` when that is another run (a child run is executed under its root's lease).
@@ -95,6 +101,8 @@ class Journal:
     def claim(self, key: str) -> None:
         """Hand out ``key``: no later call of this execution gets it."""
         self._unclaimed.discard(key)
+        if self._reserved:
+            self._reserved.pop(key, None)
         base, _, index = key.rpartition("#")
         n = int(index)
         lowest = self._counters.get(base, 0)
@@ -153,13 +161,34 @@ class Journal:
             self._top[base] = int(index)
 
     def free_key(self, key: str) -> str:
-        """The first key of ``key``'s ``scope/name`` that is neither handed out nor recorded."""
+        """The first key of ``key``'s ``scope/name`` that is neither handed out, recorded nor reserved."""
         base = key.rpartition("#")[0]
         n = self._counters.get(base, 0)
         ahead = self._ahead.get(base, set())
-        while n in ahead or f"{base}#{n}" in self._recorded:
+        while n in ahead or f"{base}#{n}" in self._recorded or f"{base}#{n}" in self._reserved:
             n += 1
         return f"{base}#{n}"
+
+    def reserve(self, key: str, fingerprint: str, at: float) -> None:
+        """Keep, before the call at ``key`` runs, that it is this request's (see ``reserved_match``)."""
+        self._store.reserve_key(self.run_id, key, fingerprint, at)
+        self.holds_reservations = True
+
+    def reserved_match(self, key: str, fingerprint: str) -> str | None:
+        """The key of ``key``'s ``scope/name`` that a call with ``fingerprint`` reserved in an earlier
+        execution and left unrecorded (it was in flight when the process died), not handed out yet.
+
+        Resumed, gathered calls may reach the engine in another order: such a call takes the key it had,
+        so a payment made again gets the idempotency key it was made with, and a nested step its scope."""
+        if not self._reserved:  # the usual case: nothing was in flight, or it has been handed out
+            return None
+        base = key.rpartition("#")[0]
+        mine = [k for k, fp in self._reserved.items() if fp == fingerprint and k.rpartition("#")[0] == base]
+        return min(mine, key=lambda k: int(k.rpartition("#")[2]), default=None)
+
+    def reserved_by_another(self, key: str, fingerprint: str) -> bool:
+        """Whether ``key`` is reserved, unrecorded, by a call with another request."""
+        return key in self._reserved and self._reserved[key] != fingerprint
 
     def unclaimed_match(self, key: str, fingerprint: str) -> StepRecord | None:
         """The first record of ``key``'s ``scope/name`` not handed out yet whose request has
@@ -253,6 +282,8 @@ class Journal:
             for copy in copies:
                 self._store.write_step(copy, None)
             self.run_id = run_id
+            self._reserved.clear()  # the old run's: the new one runs the rest live, under its own keys
+            self.holds_reservations = False
             self._recorded = {c.key: c for c in copies}
             self._unclaimed &= set(self._recorded)
             self._by_base = None

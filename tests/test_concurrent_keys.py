@@ -4,7 +4,9 @@ its own record, whatever order the calls reach the engine in.
 Live, calls take their keys in the order they reach the engine, which depends on when the calls before
 them came back. Served from the record, calls come back at once: the order can differ, and a call can
 find a sibling's record in its slot. It is then served its own record (same request), or, on resume,
-run live in a free slot when it has none.
+run live in a free slot when it has none. A call that was in flight when the process died (no record)
+reserved its key before it ran, and takes that key again: a payment made again keeps its idempotency key,
+a nested step its scope.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from agentflow import AgentFlow, Context, ReplayDivergence, RunStatus
+from agentflow import AgentFlow, Context, IdempotencyKey, ReplayDivergence, RunStatus, tool
 from agentflow.testing import FakeProvider, reply
 
 
@@ -164,3 +166,117 @@ def test_interleaved_conversations_in_one_scope_store_each_message_once(app: Age
     # off there. With one chain a scope, each call re-stored its whole conversation: 156 messages.
     assert len(stored) == 2 + 2 * (6 + 5)
     assert app.replay("interleaved").output == run.output
+
+
+# -- calls in flight when the process died ---------------------------------------------------------------
+
+
+class Gates:
+    """Named asyncio events, made anew for each run (each runs on an event loop of its own)."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    def __call__(self, name: str) -> asyncio.Event:
+        return self._events.setdefault(name, asyncio.Event())
+
+    def clear(self) -> None:
+        self._events.clear()
+
+
+def define_flipped_branches(app: AgentFlow, gates: Gates, crashing: dict[str, bool], inner: Any) -> Any:
+    """Two coroutines under gather, A and B, each one step ("check" / "prepare") and then ``inner(ctx,
+    who)``. Live, A's check waits until B's inner call has started (it sets ``gates("B started")``), so B
+    takes the inner call's first key and A the second. Resumed, both steps are served at once and A
+    reaches its inner call first."""
+
+    async def check(who: str) -> str:
+        if crashing["on"]:
+            await gates("B started").wait()
+        return who
+
+    def prepare(who: str) -> str:
+        return who
+
+    @app.workflow(name="flipped")
+    async def flipped(ctx: Context) -> list[Any]:
+        gates.clear()
+
+        async def branch(who: str) -> Any:
+            await ctx.step("check" if who == "A" else "prepare", check if who == "A" else prepare, who)
+            return await inner(ctx, who)
+
+        return list(await asyncio.gather(branch("A"), branch("B")))
+
+    return flipped
+
+
+async def die_in_flight(gates: Gates, who: str) -> None:
+    """While crashing: B's call stays in flight; A's, started once B's is, dies with the process."""
+    if who == "B":
+        gates("B started").set()
+        await gates("never").wait()
+    raise Crash
+
+
+def test_gathered_payments_in_flight_at_a_crash_keep_their_idempotency_keys_on_resume(app: AgentFlow) -> None:
+    ledger: list[tuple[str, int]] = []  # the payment service: what it was asked, under which key
+    gates, crashing = Gates(), {"on": True}
+
+    @tool(idempotent=False)
+    async def pay(who: str, amount: int, key: IdempotencyKey) -> str:
+        ledger.append((str(key), amount))  # the payment goes through...
+        if crashing["on"]:
+            await die_in_flight(gates, who)  # ...and the process dies before it is recorded
+        return f"{who} paid {amount}"
+
+    async def inner(ctx: Context, who: str) -> Any:
+        return (await ctx.tool(pay, {"who": who, "amount": {"A": 10, "B": 20}[who]})).value
+
+    workflow = define_flipped_branches(app, gates, crashing, inner)
+    with pytest.raises(Crash):
+        app.run(workflow, run_id="payments")
+    made = dict(ledger)
+    assert sorted(made.values()) == [10, 20]  # both made, neither recorded
+    # Each reserved its key before it ran (as did the steps, made in gathered coroutines).
+    assert set(app._store.load_reservations("payments")) == {"check#0", "prepare#0", "pay#0", "pay#1"}
+    crashing["on"] = False
+    run = app.resume("payments")
+    assert run.status == RunStatus.COMPLETED
+    assert app._store.load_reservations("payments") == {}  # dropped when the run ended
+    assert run.output == ["A paid 10", "B paid 20"]
+    # Each payment was made again under the key it was made with: the service deduplicates both.
+    # Before, A reached the engine first on resume and took B's key for its 10.
+    assert len(ledger) == 4
+    assert all(made[key] == amount for key, amount in ledger), ledger
+
+
+def test_a_gathered_step_in_flight_at_a_crash_keeps_its_scope_on_resume(app: AgentFlow) -> None:
+    reserved: list[str] = []  # the stock service's calls: each recorded inside a step that was in flight
+    gates, crashing = Gates(), {"on": True}
+
+    @tool
+    def reserve_stock(item: str) -> str:
+        reserved.append(item)
+        return f"{item} reserved"
+
+    async def inner(ctx: Context, who: str) -> Any:
+        async def order(item: str) -> str:
+            stock = await ctx.tool(reserve_stock, {"item": item})
+            if crashing["on"]:
+                await die_in_flight(gates, who)
+            return f"{stock.value}, ordered"
+
+        return await ctx.step("order", order, who.lower())
+
+    workflow = define_flipped_branches(app, gates, crashing, inner)
+    with pytest.raises(Crash):
+        app.run(workflow, run_id="orders")
+    assert sorted(reserved) == ["a", "b"]
+    crashing["on"] = False
+    # Resumed, A asks for "order" first. Before, it took B's scope (order#0), whose reserve_stock record
+    # is B's: a ReplayDivergence, and the run could not be resumed.
+    run = app.resume("orders")
+    assert run.status == RunStatus.COMPLETED
+    assert run.output == ["a reserved, ordered", "b reserved, ordered"]
+    assert sorted(reserved) == ["a", "b"]  # served inside each step's own scope, not made again

@@ -82,3 +82,44 @@ def test_sigkill_mid_run_then_resume_in_a_new_process_runs_completed_steps_once(
         assert app.verify("crash-run") is None
     assert recorded_after[: len(recorded_before)] == recorded_before  # nothing recorded was lost or changed
     assert [k for k, *_ in recorded_after] == ["uuid#0"] + [f"work#{i}" for i in range(STEPS)]
+
+
+PAYMENTS = Path(__file__).with_name("payments_crash_workflow.py")
+
+
+def test_gathered_payments_in_flight_at_a_sigkill_are_made_again_under_their_own_keys(
+    db_url: str, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "ledger.txt"
+    proc = subprocess.Popen(
+        [sys.executable, str(PAYMENTS), "run", db_url, "pay-run", str(ledger)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 120)  # an upper bound, not a wait for time to pass
+    line = proc.stdout.readline() if ready else ""
+    if line.strip() != "in flight":
+        proc.kill()
+        raise AssertionError(f"the payments did not start: {line!r} {proc.communicate()[1]}")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    made = dict(entry.split() for entry in ledger.read_text().splitlines())
+    assert sorted(made.values()) == ["10", "20"]  # both payments went through; neither was recorded
+
+    resumed = subprocess.run(
+        [sys.executable, str(PAYMENTS), "resume", db_url, "pay-run", str(ledger)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout.strip().splitlines()[-1]) == {
+        "status": "completed",
+        "output": ["A paid 10", "B paid 20"],
+    }
+    again = [entry.split() for entry in ledger.read_text().splitlines()[2:]]
+    # A reached the engine first on resume; each payment still went out under the key it was made with.
+    assert sorted(amount for _, amount in again) == ["10", "20"]
+    assert all(made[key] == amount for key, amount in again), again

@@ -35,7 +35,7 @@ from agentflow.errors import (
 )
 
 AGENTFLOW_TABLES = {
-    *("runs", "steps", "blobs", "facts", "events", "evals", "eval_cases", "leases", "rate_buckets"),
+    *("runs", "steps", "blobs", "facts", "events", "evals", "eval_cases", "leases", "rate_buckets", "reservations"),
     VERSION_TABLE,
 }
 
@@ -607,3 +607,18 @@ def test_the_journal_builds_step_records_as_their_constructor_would(db_url: str)
         assert store.load_steps("r") == [made]
     finally:
         store.close()
+
+
+def test_a_reserved_key_keeps_its_first_request_and_a_restart_drops_the_runs_reservations(app: AgentFlow) -> None:
+    store = app._store
+    first, second = "a" * 64, "b" * 64
+    store.reserve_key("r1", "pay#0", first, 1.0)
+    store.reserve_key("r1", "pay#0", second, 2.0)  # taken again (a retry, a resume): the first stands
+    store.reserve_key("r1", "pay#1", second, 2.0)
+    store.reserve_key("r2", "pay#0", second, 2.0)
+    assert store.load_reservations("r1") == {"pay#0": first, "pay#1": second}
+    store.delete_steps_from("r1", 0)
+    assert store.load_reservations("r1") == {}
+    assert store.load_reservations("r2") == {"pay#0": second}
+    store.drop_reservations("r2")
+    assert store.load_reservations("r2") == {}

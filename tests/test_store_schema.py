@@ -116,6 +116,7 @@ def test_empty_database_is_migrated_to_head_at_open(db_url: str) -> None:
         "rate_buckets",
         "evals",
         "eval_cases",
+        "reservations",
         VERSION_TABLE,
     }
 

@@ -153,6 +153,19 @@ class Store(EvalStore, Protocol):
         """
         ...
 
+    def reserve_key(self, run_id: str, key: str, fingerprint: str, reserved_at: float) -> None:
+        """Keep, in its own commit, that the call about to run at ``key`` asks for ``fingerprint``; a key
+        reserved already keeps its first reservation."""
+        ...
+
+    def load_reservations(self, run_id: str) -> dict[str, str]:
+        """The run's reserved keys and the fingerprints they were reserved for."""
+        ...
+
+    def drop_reservations(self, run_id: str) -> None:
+        """Forget the run's reserved keys (it has ended: nothing of it is in flight any more)."""
+        ...
+
     def send_event(self, run_id: str, type: str, payload: str, sent_at: float) -> int:
         """Keep an event for ``run_id``; a run waiting for ``type`` becomes due at ``sent_at``. Its id."""
         ...
@@ -185,7 +198,8 @@ class Store(EvalStore, Protocol):
         ...
 
     def delete_steps_from(self, run_id: str, seq: int) -> int:
-        """Remove the run's step records from ``seq`` on (a restart); how many there were."""
+        """Remove the run's step records from ``seq`` on, and its reservations (a restart); how many
+        step records there were."""
         ...
 
     def put_blobs(self, blobs: Mapping[str, bytes]) -> None:

@@ -30,9 +30,12 @@ REVISIONS: tuple[str, ...] = (
     "0006_evals",
     "0007_packed_steps",
     "0008_packed_blobs",
+    "0009_reservations",
 )
 HEAD = REVISIONS[-1]
-OUR_TABLES = frozenset({"runs", "steps", "blobs", "facts", "events", "leases", "rate_buckets", "evals", "eval_cases"})
+OUR_TABLES = frozenset(
+    {"runs", "steps", "blobs", "facts", "events", "leases", "rate_buckets", "evals", "eval_cases", "reservations"}
+)
 _MIGRATIONS = Path(__file__).parent / "migrations"
 # Arbitrary constant: Postgres advisory lock held while one process migrates.
 _PG_MIGRATION_LOCK = 0x61676E74666C6F77 % (2**63)

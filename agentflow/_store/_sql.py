@@ -27,10 +27,10 @@ from ..errors import ConfigurationError, LeaseLost, NotAnAgentFlowDatabase, RunC
 from ._blob_packing import packed_blob_rows, unpack_blob, unpack_blob_hash
 from ._checkpointer import WalCheckpointer
 from ._eval_sql import EvalSQL
-from ._packing import packed_step, raw_hash, unpacked_step
+from ._packing import pack_digest, packed_step, raw_hash, unpack_digest, unpacked_step
 from ._records import STEP_COLUMNS, RunRecord, StepRecord
 from ._schema import VERSION_TABLE, check_revision, ensure_schema
-from ._tables import BlobRow, EventRow, FactRow, RunRow, StepRow
+from ._tables import BlobRow, EventRow, FactRow, ReservationRow, RunRow, StepRow
 
 __all__ = ["Durability", "SQLStore", "normalize_url", "open_store"]
 
@@ -119,6 +119,10 @@ class SQLStore(EvalSQL):
         self._insert_step_sql = (
             f"INSERT INTO {StepRow.__tablename__} ({', '.join(STEP_COLUMNS)}) "
             f"VALUES ({', '.join([placeholder] * len(STEP_COLUMNS))})"
+        )
+        self._reserve_sql = (
+            f"INSERT INTO {ReservationRow.__tablename__} (run_id, key, fingerprint, reserved_at) "
+            f"VALUES ({', '.join([placeholder] * 4)}) ON CONFLICT (run_id, key) DO NOTHING"
         )
         # A run held by a worker under a lease: the row goes in only while the run's lease_token is still
         # the worker's (fencing). FOR SHARE holds off a claim by another worker until this commit, so a
@@ -307,6 +311,30 @@ class SQLStore(EvalSQL):
         if fenced_off:
             raise LeaseLost(lease_of or step.run_id, lease_token or 0, f"step {step.key!r} of run {step.run_id!r}")
 
+    def reserve_key(self, run_id: str, key: str, fingerprint: str, reserved_at: float) -> None:
+        # Through the step writer's connection, as a step: a gathered step reserves its key before it runs.
+        with self._writer_lock:
+            dbapi = self._writer_dbapi()
+            try:
+                self._writer_cur.execute(self._reserve_sql, (run_id, key, pack_digest(fingerprint), reserved_at))
+                dbapi.commit()
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    dbapi.rollback()
+                self._drop_writer()
+                raise StoreError(f"could not reserve key {key!r} of run {run_id!r}: {exc}") from exc
+
+    def load_reservations(self, run_id: str) -> dict[str, str]:
+        table = ReservationRow.__table__  # type: ignore[attr-defined]
+        with self._connect() as conn:
+            rows = conn.execute(select(table.c.key, table.c.fingerprint).where(table.c.run_id == run_id)).all()
+        return {key: unpack_digest(fp) for key, fp in rows}
+
+    def drop_reservations(self, run_id: str) -> None:
+        table = ReservationRow.__table__  # type: ignore[attr-defined]
+        with self._connect(begin=True) as conn:
+            conn.execute(delete(table).where(table.c.run_id == run_id))
+
     def _dialect_insert(self, table: Any) -> Any:
         """An ``INSERT`` with ``ON CONFLICT`` support: both dialects spell it the same way."""
         if self._engine.dialect.name == "postgresql":
@@ -398,6 +426,7 @@ class SQLStore(EvalSQL):
         table = StepRow.__table__  # type: ignore[attr-defined]
         with self._connect(begin=True) as conn:
             result = conn.execute(delete(table).where(table.c.run_id == run_id, table.c.seq >= seq))
+        self.drop_reservations(run_id)  # for the calls after ``seq``, which run again
         return int(result.rowcount or 0)
 
     def get_blobs(self, hashes: Iterable[str]) -> dict[str, bytes]:

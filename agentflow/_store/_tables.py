@@ -9,7 +9,18 @@ from sqlalchemy import Boolean, Column, Float, Index, Integer, LargeBinary, Stri
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
-__all__ = ["BlobRow", "EvalCaseRow", "EvalRow", "FactRow", "LeaseRow", "RateBucketRow", "RunRow", "StepRow", "metadata"]
+__all__ = [
+    "BlobRow",
+    "EvalCaseRow",
+    "EvalRow",
+    "FactRow",
+    "LeaseRow",
+    "RateBucketRow",
+    "ReservationRow",
+    "RunRow",
+    "StepRow",
+    "metadata",
+]
 
 
 # The rows the deduplication index covers: a dedup id is unique among the runs of a queue not yet finished.
@@ -102,6 +113,23 @@ class StepRow(_AgentFlowTable, table=True):
     completion_tokens: int = Field(default=0, sa_column=Column(Integer, nullable=False))
     cost: float = Field(default=0.0, sa_column=Column(Float, nullable=False))
     chain: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class ReservationRow(_AgentFlowTable, table=True):
+    """A key taken by a call that was about to run, with the fingerprint of its request: written before
+    the call when another execution could hand the key to a sibling (``asyncio.gather``), so that a call
+    in flight when the process died keeps its key on resume (``Journal.reserved_match``).
+
+    Not a step record: outside the hash chain, never served. Written for non-idempotent tools and tools
+    that take their ``IdempotencyKey``, and for steps and child runs made in a gathered coroutine.
+    """
+
+    __tablename__ = "reservations"
+
+    run_id: str = Field(sa_column=Column(String, primary_key=True))
+    key: str = Field(sa_column=Column(String, primary_key=True))
+    fingerprint: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    reserved_at: float = Field(sa_column=Column(Float, nullable=False))
 
 
 class BlobRow(_AgentFlowTable, table=True):
