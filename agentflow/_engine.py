@@ -318,12 +318,12 @@ class RunEngine:
             self.control()
         return key, request_json, fp, rec
 
-    def reserve(self, key: str, fp: str, *, always: bool = False) -> None:
-        """Before a call runs live: keep its key with its request when another execution could hand the
-        key to a sibling, that is when it runs in a gathered coroutine (or ``always``: a call whose key
-        leaves the process, a payment's idempotency key). See ``Journal.reserved_match``."""
-        if always or _in_sibling_task():
-            self.journal.reserve(key, fp, self.clock.time())
+    def reserve(self, key: str, fp: str, *, leaves: bool = False) -> None:
+        """Before a call runs live: keep its key with its request when another execution could hand the key
+        to a sibling, that is when it runs in a gathered coroutine; and, committed before it runs, when its
+        key ``leaves`` the process (a payment's idempotency key, a child run's id). See ``Journal.reserve``."""
+        if leaves or _in_sibling_task():
+            self.journal.reserve(key, fp, self.clock.time(), now=leaves)
 
     def _take_again(self, key: str, fp: str, rec: StepRecord | None) -> tuple[str, StepRecord | None]:
         """A call inside a step tried again whose slot did not complete with this request. Its records are
@@ -604,7 +604,10 @@ class RunEngine:
                 raise StepFailed(rec.key, err.get("type", "Error"), err.get("message", ""), rec.attempt)
             return self.codec.decode(rec.output)
         child_id = f"{self.run_id}/{key}"
-        self.reserve(key, fp)  # the child run's id is made of its key
+        if _in_sibling_task():
+            self.reserve(key, fp, leaves=True)  # the child run's id is made of its key
+        else:  # inside a gathered step maybe: the step's key must be kept before the child records anything
+            self.journal.flush_reservations()
         started = self.clock.time()
         original = self.source.get(key)
         origin = None
@@ -722,7 +725,7 @@ class RunEngine:
         if tool.key_parameter is not None:
             # The key of the slot this call takes again when an earlier attempt of its step failed it there.
             call_args[tool.key_parameter] = IdempotencyKey(self._idempotency_key(key, fp, original))
-        self.reserve(key, fp, always=not tool.idempotent or tool.key_parameter is not None)
+        self.reserve(key, fp, leaves=not tool.idempotent or tool.key_parameter is not None)
         done = await self.attempts(key, retry or self.default_retry, lambda: _call(tool.fn, (), call_args))
         if done.error is not None:
             keep_secrets_out(done.error, secret_values)  # an error that echoes a secret argument

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
 from ._codec import sha256
 from ._store import StepRecord, Store
@@ -69,6 +70,9 @@ class Journal:
         # died), with their fingerprints; a key leaves when it is handed out (see ``reserved_match``).
         self._reserved = {k: fp for k, fp in (reservations or {}).items() if k not in self._recorded}
         self.holds_reservations = bool(reservations)  # the store keeps some for this run (to drop at its end)
+        # Reservations of calls running now, not written yet: they go with the run's next write (a call's
+        # own record makes its reservation needless: it leaves here then). See ``reserve``.
+        self._pending: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()  # a sync workflow's thread and the event loop may both append
         # Set when a worker holds the run under a lease: every write is fenced by this token, the token of
         # the run ``lease_of`` when that is another run (a child run is executed under its root's lease).
@@ -169,10 +173,32 @@ class Journal:
             n += 1
         return f"{base}#{n}"
 
-    def reserve(self, key: str, fingerprint: str, at: float) -> None:
-        """Keep, before the call at ``key`` runs, that it is this request's (see ``reserved_match``)."""
-        self._store.reserve_key(self.run_id, key, fingerprint, at)
+    def reserve(self, key: str, fingerprint: str, at: float, *, now: bool) -> None:
+        """Keep that the call about to run at ``key`` is this request's (see ``reserved_match``).
+
+        ``now``: committed before this returns, for a call whose key leaves the process (a payment's
+        idempotency key, a child run's id). Else it goes with the run's next write, which is soon enough
+        for a step: only what the step records inside needs its scope, and that is such a write; a step
+        that records nothing inside runs again in any free slot alike. A call recorded first needs none.
+        """
+        with self._lock:
+            self._pending[key] = (fingerprint, at)
+            if now:
+                self._store.reserve_keys(self.run_id, self._take_pending())
+
+    def flush_reservations(self) -> None:
+        """Commit the reservations waiting for the run's next write now (before a child run, whose records
+        are its own run's, starts inside a gathered step)."""
+        with self._lock:
+            if self._pending:
+                self._store.reserve_keys(self.run_id, self._take_pending())
+
+    def _take_pending(self) -> list[tuple[str, str, float]]:
+        """The reservations waiting to be written, handed over (hold ``_lock``)."""
+        pending = [(key, fp, at) for key, (fp, at) in self._pending.items()]
+        self._pending.clear()
         self.holds_reservations = True
+        return pending
 
     def reserved_match(self, key: str, fingerprint: str) -> str | None:
         """The key of ``key``'s ``scope/name`` that a call with ``fingerprint`` reserved in an earlier
@@ -256,10 +282,14 @@ class Journal:
                 "chain": chain,
             }
             record = build_frozen(StepRecord, values)
-            if self.lease_token is None:
-                self._store.write_step(record, blobs)
-            else:  # a worker's run: written only while the worker still holds its lease
-                self._store.write_step(record, blobs, lease_token=self.lease_token, lease_of=self.lease_of)
+            extra: dict[str, Any] = {}
+            if self.lease_token is not None:  # a worker's run: written only while the worker holds its lease
+                extra.update(lease_token=self.lease_token, lease_of=self.lease_of)
+            if self._pending:  # gathered steps running now: kept before anything they record inside
+                self._pending.pop(key, None)
+                if self._pending:
+                    extra["reservations"] = self._take_pending()
+            self._store.write_step(record, blobs, **extra)
             self._next_seq += 1
             self._chain = chain
             self._recorded[key] = record
@@ -283,6 +313,7 @@ class Journal:
                 self._store.write_step(copy, None)
             self.run_id = run_id
             self._reserved.clear()  # the old run's: the new one runs the rest live, under its own keys
+            self._pending.clear()
             self.holds_reservations = False
             self._recorded = {c.key: c for c in copies}
             self._unclaimed &= set(self._recorded)

@@ -238,8 +238,9 @@ def test_gathered_payments_in_flight_at_a_crash_keep_their_idempotency_keys_on_r
         app.run(workflow, run_id="payments")
     made = dict(ledger)
     assert sorted(made.values()) == [10, 20]  # both made, neither recorded
-    # Each reserved its key before it ran (as did the steps, made in gathered coroutines).
-    assert set(app._store.load_reservations("payments")) == {"check#0", "prepare#0", "pay#0", "pay#1"}
+    # Each payment reserved its key before it ran. The gathered steps' reservations went along with the
+    # run's next record (check#0's with prepare#0's); prepare#0 was recorded before any other write.
+    assert set(app._store.load_reservations("payments")) == {"check#0", "pay#0", "pay#1"}
     crashing["on"] = False
     run = app.resume("payments")
     assert run.status == RunStatus.COMPLETED
@@ -280,3 +281,48 @@ def test_a_gathered_step_in_flight_at_a_crash_keeps_its_scope_on_resume(app: Age
     assert run.status == RunStatus.COMPLETED
     assert run.output == ["a reserved, ordered", "b reserved, ordered"]
     assert sorted(reserved) == ["a", "b"]  # served inside each step's own scope, not made again
+
+
+@pytest.mark.parametrize("where", ["gathered", "inside a gathered step"])
+def test_a_child_run_in_flight_at_a_crash_is_resumed_by_its_own_parent_call(app: AgentFlow, where: str) -> None:
+    stocked: list[str] = []
+    gates, crashing = Gates(), {"on": True}
+
+    def reserve_stock(item: str) -> str:
+        stocked.append(item)
+        return item
+
+    reserved_at_start: dict[str, set[str]] = {}
+
+    @app.workflow(name="sub")
+    async def sub(ctx: Context, who: str) -> str:
+        reserved_at_start.setdefault(who, set(app._store.load_reservations("parent")))
+        item = await ctx.step("stock", reserve_stock, who.lower())
+        if crashing["on"]:
+            await die_in_flight(gates, who)
+        return f"{who} got {item}"
+
+    async def inner(ctx: Context, who: str) -> Any:
+        if where == "gathered":
+            return await ctx.child(sub, who)
+
+        async def order(customer: str) -> Any:  # the argument tells A's step from B's (the fingerprint)
+            return await ctx.child(sub, customer)
+
+        return await ctx.step("order", order, who)
+
+    workflow = define_flipped_branches(app, gates, crashing, inner)
+    with pytest.raises(Crash):
+        app.run(workflow, run_id="parent")
+    assert sorted(stocked) == ["a", "b"]
+    # Each child started only once its parent call's key was kept (B's call took the first key).
+    parent_key = "child" if where == "gathered" else "order"
+    assert f"{parent_key}#0" in reserved_at_start["B"]
+    assert f"{parent_key}#1" in reserved_at_start["A"]
+    crashing["on"] = False
+    # Resumed, A asks first. Before, it took B's key, so its child run's id was B's: A resumed B's child
+    # and got "B got b" back.
+    run = app.resume("parent")
+    assert run.status == RunStatus.COMPLETED
+    assert run.output == ["A got a", "B got b"]
+    assert sorted(stocked) == ["a", "b"]  # each child resumed, its step served

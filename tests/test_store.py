@@ -612,10 +612,9 @@ def test_the_journal_builds_step_records_as_their_constructor_would(db_url: str)
 def test_a_reserved_key_keeps_its_first_request_and_a_restart_drops_the_runs_reservations(app: AgentFlow) -> None:
     store = app._store
     first, second = "a" * 64, "b" * 64
-    store.reserve_key("r1", "pay#0", first, 1.0)
-    store.reserve_key("r1", "pay#0", second, 2.0)  # taken again (a retry, a resume): the first stands
-    store.reserve_key("r1", "pay#1", second, 2.0)
-    store.reserve_key("r2", "pay#0", second, 2.0)
+    store.reserve_keys("r1", [("pay#0", first, 1.0)])
+    store.reserve_keys("r1", [("pay#0", second, 2.0), ("pay#1", second, 2.0)])  # pay#0 again: the first stands
+    store.reserve_keys("r2", [("pay#0", second, 2.0)])
     assert store.load_reservations("r1") == {"pay#0": first, "pay#1": second}
     store.delete_steps_from("r1", 0)
     assert store.load_reservations("r1") == {}

@@ -143,19 +143,21 @@ class Store(EvalStore, Protocol):
         blobs: Mapping[str, bytes] | None = None,
         lease_token: int | None = None,
         lease_of: str | None = None,
+        reservations: Sequence[tuple[str, str, float]] = (),
     ) -> None:
         """Append one step record, and the blobs it refers to, in one commit: the hot path.
 
         Blobs already stored are left as they are. Safe from several threads. With ``lease_token`` (a run
         held by a worker) the record is written only while the lease token of the run ``lease_of`` (the
         step's own run by default; for a child run, the root run the worker holds) is still that one; else
-        ``LeaseLost`` is raised and nothing is written.
+        ``LeaseLost`` is raised and nothing is written. ``reservations`` (``(key, fingerprint, at)`` of the
+        step's run, see ``reserve_keys``) are kept in the same commit.
         """
         ...
 
-    def reserve_key(self, run_id: str, key: str, fingerprint: str, reserved_at: float) -> None:
-        """Keep, in its own commit, that the call about to run at ``key`` asks for ``fingerprint``; a key
-        reserved already keeps its first reservation."""
+    def reserve_keys(self, run_id: str, reservations: Sequence[tuple[str, str, float]]) -> None:
+        """Keep, in one commit, that the calls about to run at these keys ask for these fingerprints:
+        ``(key, fingerprint, reserved at)``. A key reserved already keeps its first reservation."""
         ...
 
     def load_reservations(self, run_id: str) -> dict[str, str]:

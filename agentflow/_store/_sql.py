@@ -270,6 +270,7 @@ class SQLStore(EvalSQL):
         blobs: Mapping[str, bytes] | None = None,
         lease_token: int | None = None,
         lease_of: str | None = None,
+        reservations: Sequence[tuple[str, str, float]] = (),
     ) -> None:
         values = packed_step(step)
         packed_blobs = packed_blob_rows(blobs or {})
@@ -288,6 +289,8 @@ class SQLStore(EvalSQL):
                     cur.execute("BEGIN IMMEDIATE")
                 for row in packed_blobs:  # usually one: a call's new message node
                     cur.execute(self._insert_blob_sql, row)
+                if reservations:  # keys of gathered steps still running, kept along (see reserve_keys)
+                    cur.executemany(self._reserve_sql, self._reservation_rows(step.run_id, reservations))
                 cur.execute(sql, values)
                 fenced_off = lease_token is not None and cur.rowcount == 0
                 if fenced_off:
@@ -311,18 +314,32 @@ class SQLStore(EvalSQL):
         if fenced_off:
             raise LeaseLost(lease_of or step.run_id, lease_token or 0, f"step {step.key!r} of run {step.run_id!r}")
 
-    def reserve_key(self, run_id: str, key: str, fingerprint: str, reserved_at: float) -> None:
-        # Through the step writer's connection, as a step: a gathered step reserves its key before it runs.
+    def reserve_keys(self, run_id: str, reservations: Sequence[tuple[str, str, float]]) -> None:
+        # Through the step writer's connection, with its prepared statements, as a step record.
         with self._writer_lock:
             dbapi = self._writer_dbapi()
+            cur = self._writer_cur
             try:
-                self._writer_cur.execute(self._reserve_sql, (run_id, key, pack_digest(fingerprint), reserved_at))
-                dbapi.commit()
+                explicit = self._sqlite and not dbapi.in_transaction
+                if explicit:
+                    cur.execute("BEGIN IMMEDIATE")
+                cur.executemany(self._reserve_sql, self._reservation_rows(run_id, reservations))
+                if explicit:
+                    cur.execute("COMMIT")
+                else:
+                    dbapi.commit()
+                if self.checkpointer is not None:
+                    self.checkpointer.committed()
             except Exception as exc:
                 with contextlib.suppress(Exception):
                     dbapi.rollback()
                 self._drop_writer()
-                raise StoreError(f"could not reserve key {key!r} of run {run_id!r}: {exc}") from exc
+                keys = ", ".join(repr(key) for key, _, _ in reservations)
+                raise StoreError(f"could not reserve key(s) {keys} of run {run_id!r}: {exc}") from exc
+
+    @staticmethod
+    def _reservation_rows(run_id: str, reservations: Sequence[tuple[str, str, float]]) -> list[tuple[Any, ...]]:
+        return [(run_id, key, pack_digest(fingerprint), at) for key, fingerprint, at in reservations]
 
     def load_reservations(self, run_id: str) -> dict[str, str]:
         table = ReservationRow.__table__  # type: ignore[attr-defined]

@@ -120,8 +120,9 @@ class ReservationRow(_AgentFlowTable, table=True):
     the call when another execution could hand the key to a sibling (``asyncio.gather``), so that a call
     in flight when the process died keeps its key on resume (``Journal.reserved_match``).
 
-    Not a step record: outside the hash chain, never served. Written for non-idempotent tools and tools
-    that take their ``IdempotencyKey``, and for steps and child runs made in a gathered coroutine.
+    Not a step record: outside the hash chain, never served; a run's are dropped when it ends. Written
+    before the call for non-idempotent tools, tools that take their ``IdempotencyKey`` and child runs
+    started in a gathered coroutine; for a gathered step, with the run's next record.
     """
 
     __tablename__ = "reservations"
