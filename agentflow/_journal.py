@@ -6,6 +6,10 @@ and nothing re-reads the history, so step 10,000 costs what step 10 costs.
 Keys are ``scope/name#n``: ``scope`` is the key of the enclosing step (empty at the top), ``n`` counts the
 earlier uses of ``name`` in that scope. The hash chain links each record to the one before it:
 ``chain = sha256(previous chain, key, kind, fingerprint, status, output, error)``.
+
+Reservations are not records: a call about to run keeps its key with its fingerprint (``reserve``), so
+that if the process dies while it is in flight, the resumed call takes that key again even when a
+concurrent sibling reaches the engine first (``reserved_match``). They are outside the chain.
 """
 
 from __future__ import annotations
