@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from ._clock import Clock, SystemClock
 from ._codec import Codec
 from ._context import Context, SyncContext
-from ._engine import CancelRequested, ChildOrigin, RunEngine, Suspend, run_task
+from ._engine import CancelRequested, ChildOrigin, RunEngine, Suspend, top_level
 from ._journal import Journal, first_broken_link
 from ._lifecycle import BackgroundLoop
 from ._llm import Budget
@@ -354,7 +354,7 @@ class AppCore:
     async def _invoke(self, wf: Workflow, engine: RunEngine, record: RunRecord) -> str:
         """Call the workflow on the run's input; its output as JSON."""
         args, kwargs = wf.decode_input(record.input)
-        with run_task():
+        with top_level():
             if wf.is_async:
                 output = await wf.fn(Context(engine), *args, **kwargs)
             else:

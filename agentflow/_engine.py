@@ -71,6 +71,20 @@ def run_task() -> Iterator[None]:
         _scope_task.reset(token)
 
 
+@contextlib.contextmanager
+def top_level() -> Iterator[None]:
+    """Run a workflow's top-level code in the running task: at the top scope, which the task owns. A
+    child run's task is made inside its parent's step and would otherwise take that step's scope: its
+    keys would then depend on where it was started from, and a resume of the child on its own (``recover``)
+    would find none of its records."""
+    token = _scope.set("")
+    try:
+        with run_task():
+            yield
+    finally:
+        _scope.reset(token)
+
+
 async def owning(call: Awaitable[T]) -> T:
     """Await ``call`` in a task that owns its scope: a graph node (one key of its own), or a sync
     workflow's call (sequential code), so that it is not taken for a sibling under asyncio.gather."""
@@ -332,16 +346,32 @@ class RunEngine:
         is served; else it is made again in a free slot (or its slot, if free), keeping the idempotency
         key and the scope of the slot where it first failed (``taken_again``): what it did inside is
         served, not made anew."""
-        first_failed, pending, completed = self.journal.retried_matches(key, fp)
+        first_failed, pending, completed = self.journal.retried_matches(key, fp, self._in_served_attempt)
         if completed is not None:
             return completed.key, completed
         if pending is not None:
             return pending.key, pending
-        if rec is not None or first_failed is not None:
+        reserved = self.journal.reserved_match(key, fp)  # made again when the process died: its key again
+        if reserved is not None:
+            key = reserved
+        elif rec is not None or first_failed is not None:
             key = self.journal.free_key(key)
         if first_failed is not None:
             self.taken_again[key] = first_failed.key
         return key, None
+
+    def _in_served_attempt(self, rec: StepRecord) -> bool:
+        """Whether ``rec`` was recorded inside a step this execution served from its record (a step that
+        contains it, recorded after it): an earlier attempt's, not one this execution made or makes."""
+        key = rec.key
+        at = key.find("/")
+        while at != -1:
+            if key[:at] in self.served:
+                enclosing = self.journal.recorded(key[:at])
+                if enclosing is not None and enclosing.seq > rec.seq:
+                    return True
+            at = key.find("/", at + 1)
+        return False
 
     def _diverge(
         self, key: str, rec: StepRecord | None, request_json: str, reason: str, blobs: Mapping[str, bytes] | None

@@ -15,7 +15,7 @@ concurrent sibling reaches the engine first (``reserved_match``). They are outsi
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -143,12 +143,13 @@ class Journal:
         return bool(self._retried) and any(key.startswith(prefix) for prefix in self._retried)
 
     def retried_matches(
-        self, key: str, fingerprint: str
+        self, key: str, fingerprint: str, served_around: Callable[[StepRecord], bool]
     ) -> tuple[StepRecord | None, StepRecord | None, StepRecord | None]:
         """Inside a step tried again, the records of ``key``'s ``scope/name`` with the same request:
-        ``(the first that failed, the first that failed and no call of this execution was handed yet,
-        the one that completed)``. Gathered calls may reach the engine in another order in each attempt,
-        so a call's records are found by its request, not its slot."""
+        ``(the first that failed, the first that failed and no call of this execution was handed yet
+        nor ``served_around`` (inside a step served whole), the one that completed)``. Gathered calls may
+        reach the engine in another order in each attempt, so a call's records are found by its request,
+        not its slot."""
         base = key.rpartition("#")[0]
         first_failed: StepRecord | None = None
         pending: StepRecord | None = None
@@ -159,8 +160,8 @@ class Journal:
             if rec.status != "failed":
                 return first_failed, pending, rec
             first_failed = first_failed or rec
-            if pending is None and rec.key in self._unclaimed:  # loaded, and no call was handed it yet
-                pending = rec
+            if pending is None and rec.key in self._unclaimed and not served_around(rec):
+                pending = rec  # loaded, and no call was handed it yet: this attempt's, before a crash
         return first_failed, pending, None
 
     def _raise_top(self, key: str) -> None:

@@ -347,6 +347,46 @@ def test_a_child_run_has_a_deterministic_id_suspends_its_parent_and_wakes_it(app
     assert parent.id == "p" and parent.output == "refund: approved 80.0"
 
 
+def test_a_child_run_started_inside_a_step_keeps_its_own_keys_and_recover_resumes_it(app: AgentFlow) -> None:
+    prepared: list[str] = []
+    payments: list[str] = []
+    dying = {"on": True}
+
+    def prepare(who: str) -> str:
+        prepared.append(who)
+        return who
+
+    def pay(who: str) -> str:
+        payments.append(who)
+        if dying["on"]:
+            raise Crash  # in flight in the child when the process dies
+        return f"{who} paid"
+
+    @app.workflow(name="sub")
+    async def sub(ctx: Context, who: str) -> str:
+        await ctx.step("prepare", prepare, who)
+        return str(await ctx.step("pay", pay, who))
+
+    @app.workflow(name="orders")
+    async def orders(ctx: Context) -> str:
+        async def order(who: str) -> str:
+            return str(await ctx.child(sub, who))
+
+        return str(await ctx.step("order", order, "A"))
+
+    with pytest.raises(Crash):
+        app.run(orders, run_id="o")
+    child_id = "o/order#0/child#0"
+    # The child's keys are its own, not those of the parent's step it was started from (before:
+    # order#0/prepare#0, and a resume of the child on its own found none of its records).
+    assert [s.key for s in app.get_run(child_id).steps] == ["prepare#0"]
+    dying["on"] = False
+    app.recover()  # resumes every run a dead process left running: the child on its own, and its parent
+    assert app.get_run("o").output == "A paid"
+    assert prepared == ["A"]  # served, not run again
+    assert payments == ["A", "A"]  # in flight at the crash: made again, once
+
+
 def test_cancelling_a_parent_cancels_its_children(app: AgentFlow) -> None:
     @app.workflow(name="approve")
     async def approve(ctx: Context) -> str:

@@ -408,3 +408,77 @@ def test_a_resumed_retry_serves_the_failures_its_attempts_recorded_before_the_cr
     assert len(attempts_of_order) == 6
     assert runs_of_check == [1, 2, 3, 4]
     assert app.replay("o1").matched
+
+
+def test_a_payment_in_flight_inside_a_retried_step_is_made_again_under_the_key_it_had(app: AgentFlow) -> None:
+    ledger: list[tuple[str, str]] = []  # the payment service: (idempotency key, payment)
+    state = {"declined": False, "crashing": True}
+
+    @tool(idempotent=False)
+    def pay(who: str, key: IdempotencyKey) -> str:
+        if who == "P1" and not state["declined"]:
+            state["declined"] = True
+            raise RuntimeError("card declined, try again")
+        ledger.append((str(key), who))
+        if who == "P2" and state["crashing"]:
+            raise Crash  # paid; the process dies before the payment is recorded
+        return f"{who} paid"
+
+    @app.workflow(name="two_payments")
+    async def two_payments(ctx: Context) -> list[str]:
+        async def order() -> list[str]:
+            paid = []
+            for who in ("P1", "P2"):
+                result = await ctx.tool(pay, who=who)
+                if not result.ok:
+                    raise ConnectionError(result.error)  # the order is tried again
+                paid.append(str(result.value))
+            return paid
+
+        return list(await ctx.step("order", order, retry=RetryPolicy(max_attempts=2, delay=0)))
+
+    with pytest.raises(Crash):
+        app.run(two_payments, run_id="p1")
+    state["crashing"] = False
+    run = app.resume("p1")
+    assert run.status == RunStatus.COMPLETED and run.output == ["P1 paid", "P2 paid"]
+    # P2 took order#0/pay#2 in the second attempt and reserved it: resumed, it takes it again (before
+    # reservations were looked for there, a free slot: pay#3, another idempotency key).
+    assert [key for key, who in ledger if who == "P2"] == ["p1:order#0/pay#2", "p1:order#0/pay#2"]
+
+
+def test_a_crash_inside_a_retried_step_does_not_use_up_one_of_its_attempts(app: AgentFlow) -> None:
+    state = {"calls": 0, "crashing": True}
+
+    @tool(idempotent=False)
+    def pay(who: str, key: IdempotencyKey) -> str:
+        state["calls"] += 1
+        if state["calls"] == 1:
+            raise RuntimeError("declined, try again")
+        if state["crashing"]:
+            raise Crash  # the payment of the second attempt is in flight when the process dies
+        return f"{who} paid"
+
+    @app.workflow(name="nested_payment")
+    async def nested_payment(ctx: Context) -> str:
+        async def inner(who: str) -> str:
+            result = await ctx.tool(pay, who=who)
+            if not result.ok:
+                raise ConnectionError(result.error)
+            return str(result.value)
+
+        async def outer(who: str) -> str:
+            return str(await ctx.step("inner", inner, who, retry=RetryPolicy(max_attempts=1)))
+
+        return str(await ctx.step("outer", outer, "A", retry=RetryPolicy(max_attempts=2, delay=0)))
+
+    with pytest.raises(Crash):
+        app.run(nested_payment, run_id="n2")
+    state["crashing"] = False
+    run = app.resume("n2")
+    # Resumed, the first attempt is served as inner#0's failure. The failed payment recorded inside it
+    # belongs to that attempt: the second attempt makes its payment again. Before, it was served that
+    # failure as its own, and the run failed where a run without the crash completes in two attempts.
+    assert run.status == RunStatus.COMPLETED, run.error
+    assert run.output == "A paid"
+    assert app.replay("n2").matched
