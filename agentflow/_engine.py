@@ -246,6 +246,9 @@ class RunEngine:
     served: set[str] = field(default_factory=set)  # the keys served from the record (a replay checks them)
     # Calls that a retried step made again after they failed in its earlier attempt: key -> that slot.
     taken_again: dict[str, str] = field(default_factory=dict)
+    # Per step being tried again: the highest seq among the records served inside it before its current
+    # attempt began. A record at or below it belongs to an earlier attempt (see ``_earlier_attempts``).
+    attempt_floor: dict[str, int] = field(default_factory=dict)
     # The source run's records, for a fork or a live replay: a non-idempotent tool call found there (same
     # key, same request) is served from it instead of being made a second time.
     source: dict[str, StepRecord] = field(default_factory=dict)
@@ -346,7 +349,7 @@ class RunEngine:
         is served; else it is made again in a free slot (or its slot, if free), keeping the idempotency
         key and the scope of the slot where it first failed (``taken_again``): what it did inside is
         served, not made anew."""
-        first_failed, pending, completed = self.journal.retried_matches(key, fp, self._in_served_attempt)
+        first_failed, pending, completed = self.journal.retried_matches(key, fp, self._earlier_attempts)
         if completed is not None:
             return completed.key, completed
         if pending is not None:
@@ -360,18 +363,21 @@ class RunEngine:
             self.taken_again[key] = first_failed.key
         return key, None
 
-    def _in_served_attempt(self, rec: StepRecord) -> bool:
-        """Whether ``rec`` was recorded inside a step this execution served from its record (a step that
-        contains it, recorded after it): an earlier attempt's, not one this execution made or makes."""
+    def _earlier_attempts(self, rec: StepRecord) -> bool:
+        """Whether ``rec`` belongs to an earlier attempt of a step being tried again that holds it: it was
+        recorded before what this execution served of that step before its current attempt began.
+
+        Such a record may not have been handed to any call yet and still not be this attempt's: the
+        earlier attempt was served whole, as a nested step's failure, without going inside it (or inside
+        the slot it worked in, a failed slot taken again)."""
         key = rec.key
-        at = key.find("/")
-        while at != -1:
-            if key[:at] in self.served:
-                enclosing = self.journal.recorded(key[:at])
-                if enclosing is not None and enclosing.seq > rec.seq:
-                    return True
-            at = key.find("/", at + 1)
-        return False
+        return any(rec.seq <= floor for scope, floor in self.attempt_floor.items() if key.startswith(scope + "/"))
+
+    def _served_within(self, scope: str) -> int:
+        """The highest seq among the records this execution served inside the step ``scope`` (-1: none)."""
+        prefix = scope + "/"
+        seqs = (self.journal.recorded(k) for k in self.served if k.startswith(prefix))
+        return max((rec.seq for rec in seqs if rec is not None), default=-1)
 
     def _diverge(
         self, key: str, rec: StepRecord | None, request_json: str, reason: str, blobs: Mapping[str, bytes] | None
@@ -517,12 +523,14 @@ class RunEngine:
                 if attempt > 1:  # the calls made inside take their first attempt's keys again
                     self.journal.retry_scope(key)
                     self.extras.message_chain.forget(key)
+                    self.attempt_floor[key] = self._served_within(key)
                 done = await self._attempt(key, policy, invoke, attempt, retryable, wait_at_least)
                 if done is not None:
                     return done
         finally:
             if attempt > 1:
                 self.journal.retry_scope_done(key)
+                self.attempt_floor.pop(key, None)
 
     async def _attempt(
         self,

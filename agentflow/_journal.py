@@ -143,11 +143,11 @@ class Journal:
         return bool(self._retried) and any(key.startswith(prefix) for prefix in self._retried)
 
     def retried_matches(
-        self, key: str, fingerprint: str, served_around: Callable[[StepRecord], bool]
+        self, key: str, fingerprint: str, earlier: Callable[[StepRecord], bool]
     ) -> tuple[StepRecord | None, StepRecord | None, StepRecord | None]:
         """Inside a step tried again, the records of ``key``'s ``scope/name`` with the same request:
-        ``(the first that failed, the first that failed and no call of this execution was handed yet
-        nor ``served_around`` (inside a step served whole), the one that completed)``. Gathered calls may
+        ``(the first that failed, the first that failed that no call of this execution was handed yet and
+        that is not ``earlier`` (an earlier attempt's), the one that completed)``. Gathered calls may
         reach the engine in another order in each attempt, so a call's records are found by its request,
         not its slot."""
         base = key.rpartition("#")[0]
@@ -160,7 +160,7 @@ class Journal:
             if rec.status != "failed":
                 return first_failed, pending, rec
             first_failed = first_failed or rec
-            if pending is None and rec.key in self._unclaimed and not served_around(rec):
+            if pending is None and rec.key in self._unclaimed and not earlier(rec):
                 pending = rec  # loaded, and no call was handed it yet: this attempt's, before a crash
         return first_failed, pending, None
 

@@ -447,13 +447,14 @@ def test_a_payment_in_flight_inside_a_retried_step_is_made_again_under_the_key_i
     assert [key for key, who in ledger if who == "P2"] == ["p1:order#0/pay#2", "p1:order#0/pay#2"]
 
 
-def test_a_crash_inside_a_retried_step_does_not_use_up_one_of_its_attempts(app: AgentFlow) -> None:
+@pytest.mark.parametrize("declines", [1, 2])
+def test_a_crash_inside_a_retried_step_does_not_use_up_one_of_its_attempts(app: AgentFlow, declines: int) -> None:
     state = {"calls": 0, "crashing": True}
 
     @tool(idempotent=False)
     def pay(who: str, key: IdempotencyKey) -> str:
         state["calls"] += 1
-        if state["calls"] == 1:
+        if state["calls"] <= declines:
             raise RuntimeError("declined, try again")
         if state["crashing"]:
             raise Crash  # the payment of the second attempt is in flight when the process dies
@@ -470,15 +471,16 @@ def test_a_crash_inside_a_retried_step_does_not_use_up_one_of_its_attempts(app: 
         async def outer(who: str) -> str:
             return str(await ctx.step("inner", inner, who, retry=RetryPolicy(max_attempts=1)))
 
-        return str(await ctx.step("outer", outer, "A", retry=RetryPolicy(max_attempts=2, delay=0)))
+        return str(await ctx.step("outer", outer, "A", retry=RetryPolicy(max_attempts=declines + 1, delay=0)))
 
     with pytest.raises(Crash):
         app.run(nested_payment, run_id="n2")
     state["crashing"] = False
     run = app.resume("n2")
-    # Resumed, the first attempt is served as inner#0's failure. The failed payment recorded inside it
-    # belongs to that attempt: the second attempt makes its payment again. Before, it was served that
-    # failure as its own, and the run failed where a run without the crash completes in two attempts.
+    # Resumed, the earlier attempts are served as inner's failures (the second one's inner worked in the
+    # first one's scope, a failed slot taken again). The failed payments recorded inside them belong to
+    # those attempts: the last attempt makes its payment again. Before, it was served one of those
+    # failures as its own, and the run failed where a run without the crash completes.
     assert run.status == RunStatus.COMPLETED, run.error
     assert run.output == "A paid"
     assert app.replay("n2").matched
