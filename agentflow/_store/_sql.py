@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -278,44 +278,48 @@ class SQLStore(EvalSQL):
         if lease_token is not None:
             sql = self._insert_fenced_step_sql
             values = (*values, lease_of or step.run_id, lease_token)
-        with self._writer_lock:
-            dbapi = self._writer_dbapi()
-            cur = self._writer_cur
-            try:
-                # On SQLite, BEGIN and COMMIT as statements: sqlite3's statement cache keeps them prepared,
-                # where its implicit BEGIN and commit() parse them again for every step.
-                explicit = self._sqlite and not dbapi.in_transaction
-                if explicit:
-                    cur.execute("BEGIN IMMEDIATE")
-                for row in packed_blobs:  # usually one: a call's new message node
-                    cur.execute(self._insert_blob_sql, row)
-                if reservations:  # keys of gathered steps still running, kept along (see reserve_keys)
-                    cur.executemany(self._reserve_sql, self._reservation_rows(step.run_id, reservations))
-                cur.execute(sql, values)
-                fenced_off = lease_token is not None and cur.rowcount == 0
-                if fenced_off:
-                    dbapi.rollback()
-                elif explicit:
-                    cur.execute("COMMIT")
-                else:
-                    dbapi.commit()
-                if self.checkpointer is not None and not fenced_off:
-                    self.checkpointer.committed()
-            except Exception as exc:
-                with contextlib.suppress(Exception):
-                    dbapi.rollback()
-                if _is_integrity_error(exc):
-                    raise StoreError(
-                        f"step {step.key!r} of run {step.run_id!r} is recorded already: another process is "
-                        "running this run at the same time. Let one process run it"
-                    ) from exc
-                self._drop_writer()
-                raise StoreError(f"could not record step {step.key!r} of run {step.run_id!r}: {exc}") from exc
-        if fenced_off:
+
+        def statements(cur: Any) -> bool:
+            for row in packed_blobs:  # usually one: a call's new message node
+                cur.execute(self._insert_blob_sql, row)
+            if reservations:  # keys of gathered steps still running, kept along (see reserve_keys)
+                cur.executemany(self._reserve_sql, self._reservation_rows(step.run_id, reservations))
+            cur.execute(sql, values)
+            return lease_token is None or cur.rowcount != 0  # else fenced off: another worker holds the run
+
+        try:
+            written = self._writer_transaction(statements)
+        except Exception as exc:
+            if _is_integrity_error(exc):
+                raise StoreError(
+                    f"step {step.key!r} of run {step.run_id!r} is recorded already: another process is "
+                    "running this run at the same time. Let one process run it"
+                ) from exc
+            raise StoreError(f"could not record step {step.key!r} of run {step.run_id!r}: {exc}") from exc
+        if not written:
             raise LeaseLost(lease_of or step.run_id, lease_token or 0, f"step {step.key!r} of run {step.run_id!r}")
 
     def reserve_keys(self, run_id: str, reservations: Sequence[tuple[str, str, float]]) -> None:
-        # Through the step writer's connection, with its prepared statements, as a step record.
+        rows = self._reservation_rows(run_id, reservations)
+
+        def statements(cur: Any) -> bool:
+            cur.executemany(self._reserve_sql, rows)
+            return True
+
+        try:
+            self._writer_transaction(statements)
+        except Exception as exc:
+            keys = ", ".join(repr(key) for key, _, _ in reservations)
+            raise StoreError(f"could not reserve key(s) {keys} of run {run_id!r}: {exc}") from exc
+
+    def _writer_transaction(self, statements: Callable[[Any], bool]) -> bool:
+        """Run ``statements(cursor)`` in one transaction on the step writer's connection: committed when
+        they return True, rolled back when False; whether it was committed. A failure is rolled back and
+        raised as it came; the connection is not used again, unless the failure was a row already there.
+
+        On SQLite, BEGIN and COMMIT are statements: sqlite3's statement cache keeps them prepared, where
+        its implicit BEGIN and commit() parse them again for every step.
+        """
         with self._writer_lock:
             dbapi = self._writer_dbapi()
             cur = self._writer_cur
@@ -323,7 +327,9 @@ class SQLStore(EvalSQL):
                 explicit = self._sqlite and not dbapi.in_transaction
                 if explicit:
                     cur.execute("BEGIN IMMEDIATE")
-                cur.executemany(self._reserve_sql, self._reservation_rows(run_id, reservations))
+                if not statements(cur):
+                    dbapi.rollback()
+                    return False
                 if explicit:
                     cur.execute("COMMIT")
                 else:
@@ -333,9 +339,10 @@ class SQLStore(EvalSQL):
             except Exception as exc:
                 with contextlib.suppress(Exception):
                     dbapi.rollback()
-                self._drop_writer()
-                keys = ", ".join(repr(key) for key, _, _ in reservations)
-                raise StoreError(f"could not reserve key(s) {keys} of run {run_id!r}: {exc}") from exc
+                if not _is_integrity_error(exc):
+                    self._drop_writer()
+                raise
+        return True
 
     @staticmethod
     def _reservation_rows(run_id: str, reservations: Sequence[tuple[str, str, float]]) -> list[tuple[Any, ...]]:
