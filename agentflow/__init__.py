@@ -25,7 +25,7 @@ from ._context import Context, SyncContext, SyncLLMStream
 from ._graph import Graph, Node, SyncGraph
 from ._llm import Budget, LLMResponse, StreamChunk, ToolCall
 from ._llm_calls import LLMStream
-from ._models import ErrorInfo, Replay, Run, RunStatus, Step, StepKind, StepStatus, Usage
+from ._models import ErrorInfo, Replay, Run, RunStatus, Step, StepKind, StepStatus, SupersededStep, Usage
 from ._queue import Lease, Queue, QueuedRun, RateLimit, WorkerReport
 from ._retry import Backoff, RetryPolicy
 from ._tool import IdempotencyKey, Tool, ToolArgumentsError, ToolResult, tool
@@ -122,6 +122,7 @@ __all__ = [
     "StoreError",
     "StreamChunk",
     "StructuredOutputError",
+    "SupersededStep",
     "SyncContext",
     "SyncGraph",
     "SyncLLMStream",

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from ._clock import Clock, SystemClock
 from ._codec import Codec
 from ._context import Context, SyncContext
+from ._derived import FORK, counterfactual_kind, inherit
 from ._engine import CancelRequested, ChildOrigin, RunEngine, Suspend, top_level
 from ._journal import Journal, first_broken_link
 from ._lifecycle import BackgroundLoop
@@ -301,8 +302,14 @@ class AppCore:
             store = self._store
             journal = Journal(run_id, store, store.load_steps(run_id), store.load_reservations(run_id))
         engine = RunEngine(run_id, journal, self._codec, self._clock, self._default_retry)
-        if setup is not None:  # a fork's source record, a counterfactual's world
+        if setup is not None:  # a child's lease, and the world it shares with its parent
             setup(engine)
+        if not fresh or record.derived_as is not None:  # a fork's source records, a counterfactual's world...
+            inherited = inherit(self._store, record, world=engine.world is None)
+            engine.source = inherited.source
+            if inherited.world is not None:
+                engine.world, engine.world_missing = inherited.world, inherited.world_missing
+            engine.world_source = record.forked_from if engine.world is not None else None
         engine.extras.llm_retry, engine.extras.budget = self._llm_retry, wf.budget
         if self._step_listeners:
             engine.listeners.append(lambda rec: self._tell_listeners(run_id, rec))
@@ -436,6 +443,7 @@ class AppCore:
         parent_id: str | None = None,
         forked_from: str | None = None,
         forked_at: str | None = None,
+        derived_as: str | None = None,
     ) -> RunRecord:
         """A new run of ``wf`` made now, under the workflow's current code version and ref; ``deadline`` in
         seconds from now. Not stored yet."""
@@ -453,6 +461,7 @@ class AppCore:
             parent_id=parent_id,
             forked_from=forked_from,
             forked_at=forked_at,
+            derived_as=derived_as,
         )
 
     def _require(self, run_id: str) -> RunRecord:
@@ -509,13 +518,22 @@ class AppCore:
         def setup(engine: RunEngine) -> None:
             if lease is not None:
                 engine.journal.lease_of, engine.journal.lease_token = lease
-            if origin is not None:
-                origin.apply(engine)
+            if origin is not None and origin.world is not None:  # the one its parent serves from, as it is
+                engine.world, engine.world_missing = origin.world, origin.world_missing
 
         record = self._store.get_run(child_id)
         if record is None:
             input_json = wf.encode_input(args, kwargs)
-            record = self._new_record(wf, child_id, RunStatus.RUNNING, input_json, parent_id=parent_id)
+            # What it inherits, kept in its row: resumed on its own (``recover``), it inherits the same.
+            derived_from, derived_as = None, None
+            if origin is not None and origin.world is not None:
+                derived_from, derived_as = origin.world_source, counterfactual_kind(origin.world_missing)
+            elif origin is not None and origin.source_run is not None:
+                derived_from, derived_as = origin.source_run, FORK
+            record = self._new_record(
+                wf, child_id, RunStatus.RUNNING, input_json, parent_id=parent_id, forked_from=derived_from,
+                derived_as=derived_as,
+            )  # fmt: skip
             if self._store.insert_run(record):
                 await self._execute(wf, record, fresh=True, setup=setup)
         else:

@@ -13,7 +13,7 @@ from typing import Any
 from ._app_core import RESUMABLE, SUSPENDED, AppCore
 from ._lifecycle import BackgroundLoop, RunHandle
 from ._loop import run_sync
-from ._models import Run, RunStatus
+from ._models import Run, RunStatus, Step, SupersededStep, _utc
 from ._store import RunRecord
 from .errors import (
     AgentFlowError,
@@ -111,10 +111,21 @@ class LifecyclePart(AppCore):
 
     def restart(self, run_id: str, from_key: str | None = None) -> Run:
         """Run a run again from the step ``from_key`` on (from the start when None): the records from
-        that step on are removed, the ones before it are served, and the rest runs live. A
-        non-idempotent tool call that the removed part made with the same request is served from its
-        old record, not made again; made with another request, it gets an idempotency key of its own."""
+        that step on are taken out of the run, the ones before it are served, and the rest runs live.
+        What is taken out is kept (``superseded_steps``). A non-idempotent tool call that a superseded
+        part made with the same request is served from its old record, not made again, also when the
+        restarted run is resumed after a crash; made with another request, it gets an idempotency key of
+        its own."""
         return run_sync(lambda: self.restart_async(run_id, from_key))
+
+    def superseded_steps(self, run_id: str) -> list[SupersededStep]:
+        """The step records the run's restarts took out of it, restart by restart, each in the order it
+        was recorded: the run's history before each restart, for the audit trail."""
+        self._require(run_id)
+        return [
+            SupersededStep(kept.restart, _utc(kept.superseded_at), Step.from_record(kept.record))
+            for kept in self._store.load_superseded(run_id)
+        ]
 
     async def restart_async(self, run_id: str, from_key: str | None = None) -> Run:
         """``restart`` for async callers."""
@@ -130,10 +141,11 @@ class LifecyclePart(AppCore):
                                      f"{', '.join(r.key for r in steps[:12])}")  # fmt: skip
             seq = found[0]
         wf = self._lookup(record.workflow)
-        # What is removed stays the run's source: a non-idempotent tool call made again with the same request
-        # is served from it (a payment is not made twice), one with another request gets its own key.
-        removed = {r.key: r for r in self._store.load_steps(run_id) if r.seq >= seq}
-        self._store.delete_steps_from(run_id, seq)
+        # What is taken out is kept (``superseded_steps``): the audit trail keeps it, and the run inherits
+        # it (``_derived.inherit``), on every resume too: a non-idempotent tool call made again with the
+        # same request is served from it (a payment is not made twice), one with another request gets a
+        # key of its own.
+        self._store.supersede_steps_from(run_id, seq, self._clock.time())
         self._requests.pop(run_id, None)
         fresh = replace(record, status=RunStatus.RUNNING.value, output=None, error=None, control=None, rollback=None)
         self._store.update_run(
@@ -141,7 +153,7 @@ class LifecyclePart(AppCore):
             {"status": fresh.status, "output": None, "error": None, "control": None, "rollback": None,
              "wake_at": None, "waiting_for": None, "updated_at": self._clock.time()},
         )  # fmt: skip
-        return await self._execute(wf, fresh, fresh=False, setup=lambda engine: setattr(engine, "source", removed))
+        return await self._execute(wf, fresh, fresh=False)
 
     def send_event(self, run_id: str, type: str, payload: Any = None) -> int:
         """Send an event to a run: kept in its inbox until a ``wait_for_event(type=...)`` takes it, each

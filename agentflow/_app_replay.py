@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Any, Literal
 
 from ._app_core import FINISHED, AppCore
+from ._derived import FORK, SourceRecords, counterfactual_kind
 from ._engine import RunEngine
 from ._journal import Journal
 from ._loop import run_sync
@@ -63,7 +64,7 @@ class ReplayPart(AppCore):
         )
         engine.extras.llm_retry, engine.extras.budget = self._llm_retry, wf.budget
         engine.children = self  # a live replay's child runs go on live too, from the source's children
-        engine.source = {r.key: r for r in steps}
+        engine.source = SourceRecords(steps)
         engine.code_versions = (record.code_version, wf.current_version())
         diverged: list[ReplayDivergence] = []
         if mode == "live":
@@ -135,7 +136,9 @@ class ReplayPart(AppCore):
 
     def _insert_derived(self, source: RunRecord, wf: Workflow, new_id: str, at: str) -> RunRecord:
         """Insert a run made from ``source`` (a fork, or the live part of a replay), linked to it."""
-        derived = self._new_record(wf, new_id, RunStatus.RUNNING, source.input, forked_from=source.id, forked_at=at)
+        derived = self._new_record(
+            wf, new_id, RunStatus.RUNNING, source.input, forked_from=source.id, forked_at=at, derived_as=FORK
+        )
         if not self._store.insert_run(derived):
             raise RunConflict(new_id, "a run with this id exists already")
         return derived
@@ -167,8 +170,7 @@ class ReplayPart(AppCore):
             )
         wf = self._lookup(record.workflow)
         steps = self._store.load_steps(run_id)
-        by_key = {r.key: r for r in steps}
-        target = by_key.get(at)
+        target = next((r for r in steps if r.key == at), None)
         if target is None:
             keys = ", ".join(r.key for r in steps[:12])
             raise AgentFlowError(f"run {run_id!r} has no step {at!r} to fork at; its steps: {keys}")
@@ -177,7 +179,8 @@ class ReplayPart(AppCore):
             keep.append(replace(target, status="completed", error=None, output=override_output(target, override)))
         derived = self._insert_derived(record, wf, new_run_id or f"{run_id}-fork-{uuid.uuid4().hex[:8]}", at)
         Journal(derived.id, self._store, []).rebase(derived.id, keep)
-        return await self._execute(wf, derived, fresh=False, setup=lambda engine: setattr(engine, "source", by_key))
+        # It inherits the source run's records (``_derived.inherit``), the payments among them.
+        return await self._execute(wf, derived, fresh=False)
 
     def counterfactual(
         self,
@@ -215,23 +218,13 @@ class ReplayPart(AppCore):
         if source is None:
             raise RunNotFound(source_run_id)
         wf = self._unregistered(workflow)
-        world: dict[str, list[StepRecord]] = {}
-        runs, pending = [], [source_run_id]
-        while pending:  # the source run and its child runs, whose tool calls are part of its world
-            run = pending.pop(0)
-            runs.append(run)
-            pending += [child.id for child in self._store.child_runs(run)]
-        for run in runs:
-            for rec in self._store.load_steps(run):
-                if rec.kind == "tool":
-                    world.setdefault(rec.fingerprint, []).append(rec)
         new_id = run_id or f"{source_run_id}-cf-{uuid.uuid4().hex[:8]}"
-        record = self._new_record(wf, new_id, RunStatus.RUNNING, source.input, forked_from=source_run_id)
+        record = self._new_record(
+            wf, new_id, RunStatus.RUNNING, source.input, forked_from=source_run_id,
+            derived_as=counterfactual_kind(missing),
+        )  # fmt: skip
         if not self._store.insert_run(record):
             raise RunConflict(record.id, "a run with this id exists already")
-
-        def setup(engine: RunEngine) -> None:
-            engine.world = world
-            engine.world_missing = missing
-
-        return await self._execute(wf, record, fresh=True, setup=setup)
+        # It inherits the source's recorded world (``_derived.inherit``): the source's and its children's
+        # tool results.
+        return await self._execute(wf, record, fresh=True)

@@ -159,6 +159,10 @@ def show_command(
             help="Show this one step in full instead: request, response, tokens, cost, served or live.",
         ),
     ] = None,
+    superseded: Annotated[
+        bool,
+        typer.Option("--superseded", help="Also list the records its restarts took out of it (the audit trail)."),
+    ] = False,
     db: DbOption = None,
 ) -> None:
     """Show one run: its status, times, usage and output or error, then its recorded steps in order."""
@@ -171,6 +175,7 @@ def show_command(
         run = flow.get_run(run_id)
         steps = sorted(run.steps, key=lambda s: s.seq)
         leases = flow.leases(run_id) if run.queue is not None else []
+        kept = flow.superseded_steps(run_id)
     out = _console()
     out.print(_header(run, len(steps)))
     if leases:
@@ -181,6 +186,16 @@ def show_command(
         out.print(_steps_listing(steps, out.width))
     else:
         out.print(Text("no steps recorded", style="dim"))
+    if kept:
+        restarts = sorted({k.restart for k in kept})
+        if not superseded:
+            out.print(Text(f"{len(kept)} record(s) superseded by {len(restarts)} restart(s): --superseded lists them",
+                           style="dim"))  # fmt: skip
+        for restart in restarts if superseded else ():
+            taken = [k for k in kept if k.restart == restart]
+            when = taken[0].superseded_at.strftime("%Y-%m-%d %H:%M:%S")
+            out.print(Rule(Text(f"superseded by restart {restart} at {when} UTC"), style="dim"))
+            out.print(_steps_listing([k.step for k in taken], out.width))
     failures: list[tuple[str, ErrorInfo]] = [(f"step {s.key}", s.error) for s in steps if s.error is not None]
     if run.error is not None:
         failures.append((f"run {run.id}", run.error))

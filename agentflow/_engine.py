@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from ._clock import Clock
 from ._codec import Codec, canonical_json, fingerprint
+from ._derived import SourceRecords
 from ._journal import Journal
 from ._llm import Budget, MessageChains
 from ._models import ErrorInfo, keep_secrets_out
@@ -138,17 +139,14 @@ class CancelRequested(BaseException):
 class ChildOrigin:
     """What a child run of a derived run (a fork, a live replay, a counterfactual) inherits, so that the
     non-idempotent tool calls made inside the source's child are not made again: the source's child run
-    (its records serve them, as ``RunEngine.source`` does), or the recorded world."""
+    (its records serve them, as ``RunEngine.source`` does), or the recorded world (shared with its
+    parent, each answer served once). Kept in the child's row too (``forked_from``, ``derived_as``), so
+    that the child inherits the same when it is resumed on its own."""
 
     source_run: str | None = None
     world: dict[str, list[StepRecord]] | None = None
     world_missing: Literal["live", "missing"] = "live"
-
-    def apply(self, engine: RunEngine) -> None:
-        if self.source_run is not None:
-            engine.source = {r.key: r for r in engine.journal.store.load_steps(self.source_run)}
-        if self.world is not None:
-            engine.world, engine.world_missing = self.world, self.world_missing
+    world_source: str | None = None  # the run whose recorded world ``world`` is
 
 
 class ChildRunner(Protocol):
@@ -249,15 +247,17 @@ class RunEngine:
     # Per step being tried again: the highest seq among the records served inside it before its current
     # attempt began. A record at or below it belongs to an earlier attempt (see ``_earlier_attempts``).
     attempt_floor: dict[str, int] = field(default_factory=dict)
-    # The source run's records, for a fork or a live replay: a non-idempotent tool call found there (same
-    # key, same request) is served from it instead of being made a second time.
-    source: dict[str, StepRecord] = field(default_factory=dict)
+    # The source run's records, for a fork or a live replay, and the records the run's restarts superseded:
+    # a non-idempotent tool call found there (same key, same request) is served from it instead of being
+    # made a second time (``_derived``).
+    source: SourceRecords = field(default_factory=SourceRecords)
     code_versions: tuple[str | None, str | None] | None = None  # (recorded, current), for reports
     # A counterfactual run's recorded world: tool results by request fingerprint, each served once, in
     # order. A call the world has no answer for runs live ("live"; never a non-idempotent tool) or gets
     # an error result ("missing"); its key goes to world_misses.
     world: dict[str, list[StepRecord]] | None = None
     world_missing: Literal["live", "missing"] = "live"
+    world_source: str | None = None  # the run whose recorded world it is
     world_misses: list[str] = field(default_factory=list)
     # Called before each step that is about to run live: raises to pause (Suspend), to cancel
     # (CancelRequested) or at the run's deadline. Served steps never check it, so that a resumed run
@@ -647,13 +647,14 @@ class RunEngine:
         else:  # inside a gathered step maybe: the step's key must be kept before the child records anything
             self.journal.flush_reservations()
         started = self.clock.time()
-        original = self.source.get(key)
+        original = self.source.latest(key)
         origin = None
-        if (original is not None and original.kind == "child") or self.world is not None:
-            source_run = (
-                f"{original.run_id}/{original.key}" if original is not None and original.kind == "child" else None
-            )
-            origin = ChildOrigin(source_run, self.world, self.world_missing)
+        # A child its source run made (not one of its own, which a restart serves as the child run it is).
+        source_run = None
+        if original is not None and original.kind == "child" and original.run_id != self.run_id:
+            source_run = f"{original.run_id}/{original.key}"
+        if source_run is not None or self.world is not None:
+            origin = ChildOrigin(source_run, self.world, self.world_missing, self.world_source)
         status, output, error = await self.children.run_child(
             workflow, child_id, args, kwargs, self.run_id, self.journal.lease, origin
         )
@@ -737,9 +738,9 @@ class RunEngine:
         if rec is not None:
             await yield_to_siblings()
             return self._serve_tool(tool, rec)
-        original = self.source.get(key)
-        if not tool.idempotent and original is not None and original.fingerprint == fp:
-            # A fork or a live replay reaching a payment the source run made: never make it twice.
+        original = self.source.matching(key, fp)
+        if not tool.idempotent and original is not None:
+            # A fork, a live replay or a restart reaching a payment made before: never make it twice.
             return self._serve_tool(tool, self.adopt(original))
         if self.world is not None:  # a counterfactual run: the recorded world answers what it can
             answers = self.world.get(fp)
@@ -762,7 +763,7 @@ class RunEngine:
             return ToolResult(tool.name, key, ok=False, error=str(exc))
         if tool.key_parameter is not None:
             # The key of the slot this call takes again when an earlier attempt of its step failed it there.
-            call_args[tool.key_parameter] = IdempotencyKey(self._idempotency_key(key, fp, original))
+            call_args[tool.key_parameter] = IdempotencyKey(self._idempotency_key(key, fp))
         self.reserve(key, fp, leaves=not tool.idempotent or tool.key_parameter is not None)
         done = await self.attempts(key, retry or self.default_retry, lambda: _call(tool.fn, (), call_args))
         if done.error is not None:
@@ -776,13 +777,14 @@ class RunEngine:
                     attempts=done.count, output=output)  # fmt: skip
         return ToolResult(tool.name, key, ok=True, value=done.value, recorded=output)
 
-    def _idempotency_key(self, key: str, fp: str, original: StepRecord | None) -> str:
+    def _idempotency_key(self, key: str, fp: str) -> str:
         """``<run id>:<key>``: the same for every attempt, resume and retry of one call. A call that takes
         again the slot of a call that failed in an earlier attempt of its step has that slot's key; a call
-        whose key a restarted run's removed record had, with another request, gets the request's
-        fingerprint too (the key was used for that other request)."""
+        at a key whose first call in this run (before a restart) had another request gets the request's
+        fingerprint too (the plain key was used for that other request)."""
         slot = self.taken_again.get(key, key)
-        if original is not None and original.run_id == self.run_id and original.fingerprint != fp:
+        first = self.source.first_of_run(key, self.run_id)
+        if first is not None and first.fingerprint != fp:
             return f"{self.run_id}:{slot}:{fp[:16]}"
         return f"{self.run_id}:{slot}"
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from ._store import RunRecord, StepRecord, Store
     from .errors import ReplayDivergence
 
-__all__ = ["ErrorInfo", "Run", "RunStatus", "Step", "StepKind", "StepStatus", "Usage"]
+__all__ = ["ErrorInfo", "Run", "RunStatus", "Step", "StepKind", "StepStatus", "SupersededStep", "Usage"]
 
 
 class RunStatus(str, enum.Enum):
@@ -192,6 +192,16 @@ class Step:
             cost=rec.cost,
             request=None if rec.request is None else json.loads(rec.request),
         )
+
+
+@dataclass(frozen=True)
+class SupersededStep:
+    """A step record a restart took out of its run (``AgentFlow.restart``), kept: by the run's ``restart``-th
+    restart (1 for its first), at ``superseded_at``."""
+
+    restart: int
+    superseded_at: datetime
+    step: Step
 
 
 @dataclass(frozen=True)

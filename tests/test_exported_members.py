@@ -18,6 +18,7 @@ EXPECTED = {
     "ToolCall",
     "SyncLLMStream",
     "StructuredOutputError",
+    "SupersededStep",
     "StreamChunk",
     "LLMStream",
     "LLMResponse",

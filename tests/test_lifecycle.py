@@ -453,6 +453,9 @@ def test_the_lifecycle_verbs_of_the_cli(db_url: str) -> None:
     assert "run c1: completed" in invoke("restart", "c1", "--from", "decision#0")
     with AgentFlow(db_url) as app:
         assert app.get_run("c1").output == "approved 10.0"
+    assert "1 record(s) superseded by 1 restart(s)" in invoke("show", "c1")
+    listed = invoke("show", "c1", "--superseded")
+    assert "superseded by restart 1 at" in listed and listed.count("decision#0") == 2  # the run's, the old one
 
 
 def test_cancel_interrupts_an_async_step_running_in_this_process(app: AgentFlow) -> None:

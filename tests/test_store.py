@@ -36,6 +36,7 @@ from agentflow.errors import (
 
 AGENTFLOW_TABLES = {
     *("runs", "steps", "blobs", "facts", "events", "evals", "eval_cases", "leases", "rate_buckets", "reservations"),
+    "superseded_steps",
     VERSION_TABLE,
 }
 
@@ -616,7 +617,7 @@ def test_a_reserved_key_keeps_its_first_request_and_a_restart_drops_the_runs_res
     store.reserve_keys("r1", [("pay#0", second, 2.0), ("pay#1", second, 2.0)])  # pay#0 again: the first stands
     store.reserve_keys("r2", [("pay#0", second, 2.0)])
     assert store.load_reservations("r1") == {"pay#0": first, "pay#1": second}
-    store.delete_steps_from("r1", 0)
+    store.supersede_steps_from("r1", 0, 3.0)
     assert store.load_reservations("r1") == {}
     assert store.load_reservations("r2") == {"pay#0": second}
     store.drop_reservations("r2")

@@ -117,6 +117,7 @@ def test_empty_database_is_migrated_to_head_at_open(db_url: str) -> None:
         "evals",
         "eval_cases",
         "reservations",
+        "superseded_steps",
         VERSION_TABLE,
     }
 

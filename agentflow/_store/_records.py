@@ -8,7 +8,7 @@ from typing import Any, Protocol, TypeVar
 
 from ._eval_records import EvalStore
 
-__all__ = ["STEP_COLUMNS", "RunRecord", "StepRecord", "Store", "build_frozen"]
+__all__ = ["STEP_COLUMNS", "RunRecord", "StepRecord", "Store", "SupersededStep", "build_frozen"]
 
 _T = TypeVar("_T")
 
@@ -42,6 +42,7 @@ class RunRecord:
     parent_id: str | None = None
     forked_from: str | None = None
     forked_at: str | None = None
+    derived_as: str | None = None  # "fork", "counterfactual:live" or "counterfactual:missing" (see RunRow)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
@@ -84,6 +85,16 @@ class StepRecord:
     completion_tokens: int
     cost: float
     chain: str
+
+
+@dataclass(frozen=True)
+class SupersededStep:
+    """A step record a restart took out of its run: the run's ``restart``-th restart (1, 2, ...), at
+    ``superseded_at``."""
+
+    restart: int
+    superseded_at: float
+    record: StepRecord
 
 
 # Column order of the hot-path insert; StepRecord's fields in declaration order.
@@ -199,9 +210,14 @@ class Store(EvalStore, Protocol):
         """Waiting runs whose ``wake_at`` has come, the earliest first."""
         ...
 
-    def delete_steps_from(self, run_id: str, seq: int) -> int:
-        """Remove the run's step records from ``seq`` on, and its reservations (a restart); how many
-        step records there were."""
+    def supersede_steps_from(self, run_id: str, seq: int, at: float) -> int:
+        """A restart: move the run's step records from ``seq`` on, in one transaction, out of the run and
+        into its superseded records (kept, see ``load_superseded``), and forget its reservations. Returns
+        the restart's number: 1 for the run's first, 2 for the next..."""
+        ...
+
+    def load_superseded(self, run_id: str) -> list[SupersededStep]:
+        """The records the run's restarts took out of it, by restart, then in the order they were made."""
         ...
 
     def put_blobs(self, blobs: Mapping[str, bytes]) -> None:

@@ -31,10 +31,23 @@ REVISIONS: tuple[str, ...] = (
     "0007_packed_steps",
     "0008_packed_blobs",
     "0009_reservations",
+    "0010_superseded_steps",
 )
 HEAD = REVISIONS[-1]
 OUR_TABLES = frozenset(
-    {"runs", "steps", "blobs", "facts", "events", "leases", "rate_buckets", "evals", "eval_cases", "reservations"}
+    {
+        "runs",
+        "steps",
+        "blobs",
+        "facts",
+        "events",
+        "leases",
+        "rate_buckets",
+        "evals",
+        "eval_cases",
+        "reservations",
+        "superseded_steps",
+    }
 )
 _MIGRATIONS = Path(__file__).parent / "migrations"
 # Arbitrary constant: Postgres advisory lock held while one process migrates.

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, create_engine, delete, event, insert, select, update
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, literal, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.exc import DatabaseError as SADatabaseError
@@ -28,9 +28,9 @@ from ._blob_packing import packed_blob_rows, unpack_blob, unpack_blob_hash
 from ._checkpointer import WalCheckpointer
 from ._eval_sql import EvalSQL
 from ._packing import pack_digest, packed_step, raw_hash, unpack_digest, unpacked_step
-from ._records import STEP_COLUMNS, RunRecord, StepRecord
+from ._records import STEP_COLUMNS, RunRecord, StepRecord, SupersededStep
 from ._schema import VERSION_TABLE, check_revision, ensure_schema
-from ._tables import BlobRow, EventRow, FactRow, ReservationRow, RunRow, StepRow
+from ._tables import BlobRow, EventRow, FactRow, ReservationRow, RunRow, StepRow, superseded_steps
 
 __all__ = ["Durability", "SQLStore", "normalize_url", "open_store"]
 
@@ -446,12 +446,27 @@ class SQLStore(EvalSQL):
         with self._connect() as conn:
             return [RunRecord(**row) for row in conn.execute(query).mappings()]
 
-    def delete_steps_from(self, run_id: str, seq: int) -> int:
-        table = StepRow.__table__  # type: ignore[attr-defined]
+    def supersede_steps_from(self, run_id: str, seq: int, at: float) -> int:
+        steps, kept = StepRow.__table__, superseded_steps  # type: ignore[attr-defined]
+        mine = (steps.c.run_id == run_id, steps.c.seq >= seq)
         with self._connect(begin=True) as conn:
-            result = conn.execute(delete(table).where(table.c.run_id == run_id, table.c.seq >= seq))
+            if not self._sqlite:  # one restart of a run at a time: the next restart number is taken here
+                runs = RunRow.__table__  # type: ignore[attr-defined]
+                conn.execute(select(runs.c.id).where(runs.c.id == run_id).with_for_update())
+            last = conn.execute(select(func.max(kept.c.restart)).where(kept.c.run_id == run_id)).scalar()
+            restart = (last or 0) + 1
+            copied = select(*(steps.c[name] for name in STEP_COLUMNS), literal(restart), literal(at)).where(*mine)
+            conn.execute(insert(kept).from_select([*STEP_COLUMNS, "restart", "superseded_at"], copied))
+            conn.execute(delete(steps).where(*mine))
         self.drop_reservations(run_id)  # for the calls after ``seq``, which run again
-        return int(result.rowcount or 0)
+        return restart
+
+    def load_superseded(self, run_id: str) -> list[SupersededStep]:
+        kept = superseded_steps
+        query = select(kept.c.restart, kept.c.superseded_at, *(kept.c[name] for name in STEP_COLUMNS))
+        with self._connect() as conn:
+            rows = conn.execute(query.where(kept.c.run_id == run_id).order_by(kept.c.restart, kept.c.seq)).all()
+        return [SupersededStep(row[0], row[1], unpacked_step(row[2:])) for row in rows]
 
     def get_blobs(self, hashes: Iterable[str]) -> dict[str, bytes]:
         wanted = [raw for raw in map(raw_hash, dict.fromkeys(hashes)) if raw is not None]  # others: never stored

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Column, Float, Index, Integer, LargeBinary, String, Text, text
+from sqlalchemy import Boolean, Column, Float, Index, Integer, LargeBinary, String, Table, Text, text
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
@@ -20,6 +20,7 @@ __all__ = [
     "RunRow",
     "StepRow",
     "metadata",
+    "superseded_steps",
 ]
 
 
@@ -53,6 +54,11 @@ class RunRow(_AgentFlowTable, table=True):
     parent_id: str | None = Field(default=None, sa_column=Column(String, index=True))
     forked_from: str | None = Field(default=None, sa_column=Column(String))
     forked_at: str | None = Field(default=None, sa_column=Column(String))
+    # How a run derived from ``forked_from`` uses it, so that a resume after a crash uses it the same way:
+    # "fork" (a fork or a live replay: its non-idempotent calls are served from the source's records),
+    # "counterfactual:live" or "counterfactual:missing" (its tool calls are answered from the source's
+    # recorded world). None for a run derived from nothing.
+    derived_as: str | None = Field(default=None, sa_column=Column(String))
     created_at: float = Field(sa_column=Column(Float, nullable=False, index=True))
     updated_at: float = Field(sa_column=Column(Float, nullable=False))
     prompt_tokens: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
@@ -243,3 +249,19 @@ class EvalCaseRow(_AgentFlowTable, table=True):
 
 
 metadata = _AgentFlowTable.metadata
+
+# The records a restart took out of a run (``AgentFlow.restart``): kept for the audit trail, and so that a
+# restarted run, resumed after a crash too, serves a non-idempotent call its superseded part made. The
+# columns of ``steps`` as they are there (packed), plus which restart of the run took them out and when.
+superseded_steps = Table(
+    "superseded_steps",
+    metadata,
+    Column("run_id", String, primary_key=True),
+    Column("restart", Integer, primary_key=True),  # 1 for the run's first restart, 2 for the next...
+    *(
+        Column(column.name, column.type, primary_key=column.primary_key, nullable=column.nullable)
+        for column in StepRow.__table__.columns  # type: ignore[attr-defined]
+        if column.name != "run_id"
+    ),
+    Column("superseded_at", Float, nullable=False),
+)
