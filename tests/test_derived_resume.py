@@ -249,3 +249,54 @@ def test_a_counterfactual_resumed_after_a_crash_serves_each_recorded_answer_once
     # The second call gets the second recorded answer, not the first one again, nor a live call.
     assert run.output == ["A: in stock (1)", "A: in stock (2)"]
     assert looked_up == ["A", "A"]
+
+
+def test_a_counterfactuals_child_run_resumed_on_its_own_serves_the_shared_world(db_url: str, clock: FakeClock) -> None:
+    looked_up: list[str] = []
+    charges: list[str] = []
+    dying = {"on": False}
+
+    @tool
+    def lookup(sku: str) -> str:
+        looked_up.append(sku)
+        return f"{sku}: in stock ({len(looked_up)})"
+
+    @tool(idempotent=False)
+    def charge(value: int, key: IdempotencyKey) -> str:
+        charges.append(str(key))
+        return f"charged {value}"
+
+    def check() -> str:
+        if dying["on"]:
+            raise Crash
+        return "ok"
+
+    def register(flow: AgentFlow) -> Any:
+        @flow.workflow(name="buy")
+        async def buy(ctx: Context) -> list[str]:
+            second = (await ctx.tool(lookup, sku="A")).content
+            await ctx.step("check", check)
+            paid = (await ctx.tool(charge, value=5)).content
+            return [second, paid]
+
+        @flow.workflow(name="shop")
+        async def shop(ctx: Context) -> list[str]:
+            first = (await ctx.tool(lookup, sku="A")).content
+            return [first, *await ctx.child(buy)]
+
+        return shop
+
+    expected = ["A: in stock (1)", "A: in stock (2)", "charged 5"]
+    with AgentFlow(db_url, clock=clock) as app:
+        shop = register(app)
+        assert app.run(shop, run_id="s").output == expected
+        dying["on"] = True
+        with pytest.raises(Crash):  # its child run dies after its lookup, before its payment
+            app.counterfactual(shop, "s", run_id="cf", missing="missing")
+    dying["on"] = False
+    with AgentFlow(db_url, clock=clock) as again:
+        register(again)
+        # The child on its own first (as recover may): it must serve the answers its parent did not use.
+        assert again.resume("cf/child#0").output == expected[1:]
+        assert again.resume("cf").output == expected
+    assert looked_up == ["A", "A"] and charges == ["s/child#0:charge#0"]  # nothing live in the counterfactual
