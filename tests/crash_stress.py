@@ -35,10 +35,48 @@ Modes (``Mode``):
                 own record) instead of ``app.resume("x")``
   --sabotage    a resumed run does not see the keys its calls reserved (the store's reservations are
                 hidden from it): the checker must then report failures
+  --derived K   then a derived run of the finished run "x" crashes and is resumed (below); K is restart,
+                fork, counterfactual, live or all (one of the four per seed)
+  --sabotage-derived
+                a resumed derived run inherits nothing from its source (``inherit`` sabotaged): the
+                derived checks must then report failures
+  --any-point   fork or restart at any top-level record of "x", also one where other steps were in
+                flight (by default, only where none was: see ``_prepare_derived``)
+
+Derived runs (``--derived``; choices from the seed's own rng, ``make_derived``, not the plan's): once "x"
+has completed (and was checked), a derived run of it is made: ``app.restart("x", from_key=K)``,
+``app.fork("x", at=K)`` (K: a random top-level record of "x"), ``app.counterfactual(wf, "x", missing=...)``
+or ``app.replay("x", mode="live")``. It may run another variant of the code: a global ``variant`` (1) that
+some calls' requests read (a step gets another argument, a payment another amount), never a call recorded
+before K (that is a divergence, by design); a live replay always has one, so that it diverges somewhere.
+Calls a counterfactual's world has no answer for give "missing ..." instead of failing the run.
+The expectation: the same derived run made without crashes in a copy of the database (SQLite backup,
+same records, and the same timing as the first execution of the crashing one: ``DERIVED``); the calls that
+ran live there are the crash targets of the derived run, which crashes 1-N times (executions ``DERIVED``,
+``DERIVED`` + 1, ...) with calls blocked in flight, and is resumed (``app.resume`` or ``app.recover()``)
+until it completes. The output of a restart, a fork or a counterfactual is also known from the plan alone
+(``plan_output``: every call gives its value under its variant; a counterfactual's "missing ..." for the
+varied calls its world cannot answer); a live replay's is not (a child run served whole before the
+divergence gives its old output, so it depends on when the divergence came). Failure types (``d-``: the
+crashed derived run; ``e-``: the one made without crashes, which needs no crash to fail):
+  d-output      the derived run does not end as the one made without crashes (status, output, error);
+                e-output: that one's output is not the plan's
+  d-paid-twice  a payment executed live by a fork, live replay or restart (recorded in it, not a copy of
+                its source's record) at a key where its source run (for a restart: a superseded record
+                of the run) has a record of the same request
+  d-paid-live   a counterfactual executed a non-idempotent tool
+  d-key-reuse   an idempotency key used for two different requests, across the source and derived runs
+  d-key-changed, d-rerun, d-divergence, d-replay (strict replay of the finished derived run),
+  d-reservations, d-hang, d-error: as above, for the derived run (and its child runs)
+Not a failure, but counted (``Result.notes``): moved-payment, a payment the derived run makes live with
+the very request its source paid, at another key (concurrent calls reached the engine in another order,
+so the source's record is not at the same key; the documented rule serves by key).
 
 By hand (from the repository root; seeds run in parallel processes, one per CPU unless --jobs):
   .venv/bin/python tests/crash_stress.py --seeds 0:500 [--retries] [--crashes N] [--recover] [--no-child]
   .venv/bin/python tests/crash_stress.py --seeds 0:500 --sabotage      # expect failures
+  .venv/bin/python tests/crash_stress.py --seeds 0:500 --derived all [--recover] [--retries]
+  .venv/bin/python tests/crash_stress.py --seeds 0:100 --derived all --sabotage-derived  # expect failures
   .venv/bin/python tests/crash_stress.py -v SEED [mode options]        # one seed: its plan, log and records
 """
 
@@ -51,28 +89,37 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import sys
 import tempfile
 import time
 import traceback
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # before anything imports litellm
 
+import agentflow._app_core as app_core
 from agentflow import AgentFlow, Context, IdempotencyKey, ReplayDivergence, RetryPolicy, Run, RunStatus, tool
+from agentflow._derived import Inherited, SourceRecords
 
 CLEAN = 100  # the clean run's execution number (crashing executions of run "x" are 0, 1, ...)
+# The derived run's executions: DERIVED, DERIVED + 1, ... (its crashes, then the final one). The one made
+# without crashes (the expectation) is DERIVED too: the same timing until the first crash.
+DERIVED = 200
+DERIVED_KINDS = ("restart", "fork", "counterfactual", "live")
+NO_ANSWER = "the recorded world has no result"  # a counterfactual's tool call its world has no answer for
 BLOCKED_PASSES = 400  # a call blocked in flight crashes itself after this many loop passes
 HANG_PASSES = 100_000  # loop passes (while no sync call is in a worker thread) an execution may take
 NO_RETRY = RetryPolicy(max_attempts=1)
 RETRY = RetryPolicy(max_attempts=6, delay=0)
 
 Failure = tuple[str, str]  # (failure type, details)
+_T = TypeVar("_T")
 
 
 class Crash(BaseException):
@@ -90,11 +137,17 @@ class Mode:
     crashes: int = 2  # most crashes per seed
     recover: bool = False  # resume with app.recover()
     sabotage: bool = False  # resumed runs do not see their reservations
+    derived: str = ""  # "" | restart | fork | counterfactual | live | all: then a derived run crashes too
+    sabotage_derived: bool = False  # resumed derived runs inherit nothing from their source
+    any_point: bool = False  # fork or restart at any top-level record, also with steps in flight there
 
     def describe(self) -> str:
         parts = [f"child runs {'on' if self.child else 'off'}", f"retries {'on' if self.retries else 'off'}"]
         parts.append(f"crashes<={self.crashes}")
         parts += [name for name in ("recover", "sabotage") if getattr(self, name)]
+        if self.derived:
+            parts.append(f"derived {self.derived}" + (" sabotaged" if self.sabotage_derived else ""))
+            parts += ["any point"] if self.any_point else []
         return ", ".join(parts)
 
 
@@ -234,6 +287,8 @@ class World:
         self.in_thread: set[str] = set()  # sync calls that may be running in a worker thread
         self.watched: asyncio.AbstractEventLoop | None = None
         self.hung = False
+        self.variant = 0  # read by the requests of the calls in ``varied`` (derived runs)
+        self.varied: frozenset[str] = frozenset()
 
     # -- crash control
 
@@ -253,7 +308,11 @@ class World:
 
     @property
     def lineage(self) -> str:
-        return "clean" if self.execution >= CLEAN else "x"
+        return "derived" if self.execution >= DERIVED else "clean" if self.execution >= CLEAN else "x"
+
+    def variant_of(self, tag: str) -> int:
+        """The variant the call ``tag`` reads (0: as the source run made it)."""
+        return self.variant if tag in self.varied else 0
 
     def k(self, tag: str, salt: str) -> int:
         if self.plan.maxk == 0:
@@ -265,14 +324,14 @@ class World:
         for _ in range(self.k(tag, salt)):
             await asyncio.sleep(0)
 
-    def effect(self, op: Op, key: IdempotencyKey | None = None) -> None:
+    def effect(self, op: Op, key: IdempotencyKey | None = None, amount: int = 0) -> None:
         """The call's body runs (a flaky one failing first, once per lineage, before its effect)."""
         if op.flaky == "before" and (self.lineage, op.tag) not in self.failed_once:
             self.failed_once.add((self.lineage, op.tag))
             raise RuntimeError(f"flaky {op.tag} (before)")
         self.log.append(Effect(self.execution, op.tag))
         if key is not None:
-            self.ledger.append((self.execution, str(key), op.tag, op.amount))
+            self.ledger.append((self.execution, str(key), op.tag, amount))
 
     def fail_once_after(self, op: Op) -> None:
         """A flaky call failing after its effect, once per lineage."""
@@ -291,11 +350,11 @@ class World:
                 await asyncio.sleep(0)
             self.crash(op.tag + "(blocked)")
 
-    def sync_body(self, op: Op, key: IdempotencyKey | None = None) -> None:
+    def sync_body(self, op: Op, key: IdempotencyKey | None = None, amount: int = 0) -> None:
         """A sync call's body, in a worker thread: its effect, then fail (flaky), crash here, or go on."""
         self.in_thread.add(op.tag)  # run_seq added it before the first attempt; a retried attempt adds it again
         try:
-            self.effect(op, key)
+            self.effect(op, key, amount)
             self.fail_once_after(op)
             if op.tag == self.crash_target:
                 self.crash(op.tag)
@@ -336,14 +395,19 @@ class World:
 
     # -- what happened
 
-    def completed_tags(self) -> set[str]:
-        """The tags of the calls of run "x" (children included) recorded completed."""
-        records = (ev for ev in self.log if isinstance(ev, Record) and _of_x(ev.run_id))
+    def completed_tags(self, root: str = "x") -> set[str]:
+        """The tags of the calls of run ``root`` (children included) recorded completed."""
+        records = (ev for ev in self.log if isinstance(ev, Record) and _of(root, ev.run_id))
         return {ev.tag for ev in records if ev.status == "completed" and ev.tag is not None}
 
 
+def _of(root: str, run_id: str) -> bool:
+    """Whether ``run_id`` is the run ``root`` or one of its child runs."""
+    return run_id == root or run_id.startswith(root + "/")
+
+
 def _of_x(run_id: str) -> bool:
-    return run_id == "x" or run_id.startswith("x/")
+    return _of("x", run_id)
 
 
 def _tag_of(step: Any) -> str | None:
@@ -369,13 +433,13 @@ def build(app: AgentFlow, world: World) -> Any:
 
             async def call_async(tag: str, amount: int, key: IdempotencyKey) -> str:
                 op = ops[tag]
-                world.effect(op, key)
+                world.effect(op, key, amount)
                 await world.wait(tag, "in")
                 await world.after_effect(op)
                 return f"{kind} {tag} {amount}"
 
             def call_sync(tag: str, amount: int, key: IdempotencyKey) -> str:
-                world.sync_body(ops[tag], key)
+                world.sync_body(ops[tag], key, amount)
                 return f"{kind} {tag} {amount}"
 
         else:
@@ -400,19 +464,19 @@ def build(app: AgentFlow, world: World) -> Any:
         "look": make_tools("look", idempotent=True, keyed=False),
     }
 
-    def sync_step(tag: str) -> str:
+    def sync_step(tag: str, variant: int = 0) -> str:
         world.sync_body(ops[tag])
-        return f"S({tag})"
+        return f"S({tag}{f'~{variant}' if variant else ''})"
 
-    def async_step(ctx: Context) -> Callable[[str], Any]:
-        async def step(tag: str) -> str:
+    def async_step(ctx: Context) -> Callable[..., Any]:
+        async def step(tag: str, variant: int = 0) -> str:
             op = ops[tag]
             world.effect(op)
             await world.wait(tag, "in")
             inner = await run_group(ctx, op.nested, op.nested_gather, inside_step=True) if op.nested else []
             await world.wait(tag, "in2")
             await world.after_effect(op)
-            return f"S({tag}|{json.dumps(inner)})"
+            return f"S({tag}{f'~{variant}' if variant else ''}|{json.dumps(inner)})"
 
         return step
 
@@ -441,15 +505,20 @@ def build(app: AgentFlow, world: World) -> Any:
         return out
 
     async def run_op(ctx: Context, op: Op, inside_step: bool) -> Any:
+        variant = world.variant_of(op.tag)  # 0 but in some derived runs; then the request changes
         if op.kind == "step":
             fn = sync_step if op.sync else async_step(ctx)
-            return await ctx.step(op.name, fn, op.tag, retry=RETRY if not inside_step or op.own_retry else NO_RETRY)
+            step_args = (op.tag, variant) if variant else (op.tag,)
+            return await ctx.step(op.name, fn, *step_args, retry=RETRY if not inside_step or op.own_retry else NO_RETRY)
         if op.kind in tools:
             fn = tools[op.kind][1 if op.sync else 0]
-            args: dict[str, Any] = {"tag": op.tag} if op.kind == "look" else {"tag": op.tag, "amount": op.amount}
+            amount = op.amount + 100 * variant
+            args: dict[str, Any] = {"tag": op.tag} if op.kind == "look" else {"tag": op.tag, "amount": amount}
             # inside a step a failure fails the step's attempt (the step is tried again); outside it is retried
             result = await ctx.tool(fn, args, retry=NO_RETRY if inside_step else RETRY)
             if not result.ok:
+                if NO_ANSWER in (result.error or ""):  # a counterfactual's: the run goes on, the output says so
+                    return f"missing {op.kind} {op.tag}"
                 raise RuntimeError(f"{op.tag} failed: {result.error}")
             return result.value
         if op.kind == "child":
@@ -487,6 +556,8 @@ class Result:
     plan: str
     failures: list[Failure] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
+    notes: list[Failure] = field(default_factory=list)  # counted, not failures (moved-payment)
+    verbose: bool = False  # log the records and the world of the derived run made without crashes too
 
     @property
     def kinds(self) -> list[str]:
@@ -496,7 +567,7 @@ class Result:
 def run_one(seed: int, directory: str | os.PathLike[str], mode: Mode = Mode(), verbose: bool = False) -> Result:
     """Run seed ``seed`` in ``mode`` in a new SQLite database under ``directory`` (left there) and check it."""
     plan = make_plan(seed, mode)
-    result = Result(seed, mode, plan.describe())
+    result = Result(seed, mode, plan.describe(), verbose=verbose)
     db = Path(tempfile.mkdtemp(prefix=f"seed{seed}-", dir=directory)) / "db.sqlite"
     app = AgentFlow(str(db))
     world = World(plan)
@@ -510,11 +581,17 @@ def run_one(seed: int, directory: str | os.PathLike[str], mode: Mode = Mode(), v
             why = "it crashed" if clean is None else f"{clean.status}: {clean.error}"
             result.failures.append(("error", f"the clean run did not complete: {why}"))
             return result
+        if clean.output != plan_output(plan, world):  # the harness's own check of plan_output
+            result.failures.append(("error", f"the clean run's output is not the plan's: {clean.output}"))
         world.log.clear()
         world.ledger.clear()
         if _crash_and_resume(app, wf, world, mode, result):
             result.failures += _check_run(app, clean.output, mode)
         result.failures += _check_ledger(world) + _check_reruns(world)
+        if mode.derived and app.get_run("x").status == RunStatus.COMPLETED:
+            if verbose:
+                _dump(app, world, result)
+            _derived_phase(app, wf, world, db, mode, result)
         if verbose:
             _dump(app, world, result)
     except Exception as exc:
@@ -525,7 +602,7 @@ def run_one(seed: int, directory: str | os.PathLike[str], mode: Mode = Mode(), v
     return result
 
 
-def _go(world: World, call: Callable[[], Run]) -> Run | None:
+def _go(world: World, call: Callable[[], _T]) -> _T | None:
     """Run, resume or recover: the run, or None when it crashed."""
     try:
         return call()
@@ -588,42 +665,53 @@ def _check_run(app: AgentFlow, expected: Any, mode: Mode) -> list[Failure]:
         except ReplayDivergence as exc:
             failures.append(("replay", str(exc).splitlines()[0][:300]))
     if not mode.sabotage:  # (sabotaged, the reservations are hidden)
-        for r in app.list_runs(status=RunStatus.COMPLETED, limit=None):
-            left = app._store.load_reservations(r.id)
-            if left:
-                failures.append(("reservations", f"{r.id}: {left}"))
+        failures += _check_reservations(app)
     return failures
 
 
-def _check_ledger(world: World) -> list[Failure]:
-    """key-reuse and key-changed, on the ledger (the tools taking an IdempotencyKey: pay and send)."""
+def _check_reservations(app: AgentFlow, prefix: str = "") -> list[Failure]:
+    """reservations: none left by a run that completed."""
+    failures: list[Failure] = []
+    for r in app.list_runs(status=RunStatus.COMPLETED, limit=None):
+        left = app._store.load_reservations(r.id)
+        if left:
+            failures.append((prefix + "reservations", f"{r.id}: {left}"))
+    return failures
+
+
+def _check_ledger(world: World, before: Sequence[tuple[int, str, str, int]] = (), prefix: str = "") -> list[Failure]:
+    """key-reuse and key-changed, on the ledger (the tools taking an IdempotencyKey: pay and send); key-reuse
+    also across the entries ``before`` (a derived run's source's), key-changed not."""
     failures: list[Failure] = []
     by_key: dict[str, set[tuple[str, int]]] = defaultdict(set)
     by_tag: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for execution, key, tag, amount in world.ledger:
+    for _, key, tag, amount in [*before, *world.ledger]:
         by_key[key].add((tag, amount))
+    for execution, key, tag, _ in world.ledger:
         by_tag[tag].append((execution, key))
     for key, calls in by_key.items():
         if len(calls) > 1:
-            failures.append(("key-reuse", f"key {key} used for {sorted(calls)}"))
+            failures.append((prefix + "key-reuse", f"key {key} used for {sorted(calls)}"))
     for tag, uses in by_tag.items():
         if len({key for _, key in uses}) > 1:
-            failures.append(("key-changed", f"{world.plan.op(tag).kind} {tag} made under keys {uses}"))
+            failures.append((prefix + "key-changed", f"{world.plan.op(tag).kind} {tag} made under keys {uses}"))
     return failures
 
 
-def _check_reruns(world: World) -> list[Failure]:
-    """paid-twice and rerun: nothing recorded completed (in run "x" and its children) is executed again."""
+def _check_reruns(world: World, root: str = "x", prefix: str = "") -> list[Failure]:
+    """paid-twice and rerun: nothing recorded completed (in run ``root`` and its children) is executed again."""
     failures: list[Failure] = []
     done: set[str] = set()
     for ev in world.log:
         if isinstance(ev, Record):
-            if _of_x(ev.run_id) and ev.status == "completed" and ev.tag is not None:
+            if _of(root, ev.run_id) and ev.status == "completed" and ev.tag is not None:
                 done.add(ev.tag)
         elif ev.tag in done:
             kind = world.plan.op(ev.tag).kind
             what = "paid-twice" if kind == "pay" else "rerun"
-            failures.append((what, f"{kind} {ev.tag} recorded completed, executed again in exec {ev.execution}"))
+            failures.append(
+                (prefix + what, f"{kind} {ev.tag} recorded completed, executed again in exec {ev.execution}")
+            )
     return failures
 
 
@@ -634,6 +722,338 @@ def _dump(app: AgentFlow, world: World, result: Result) -> None:
         steps = [f"{s.key}={_tag_of(s)}" + ("" if s.status.value == "completed" else f"({s.status.value})")
                  for s in app.get_run(r.id).steps]  # fmt: skip
         result.log.append(f"run {r.id}: {', '.join(steps)}")
+
+
+# ------------------------------------------------------------------------------------------------ derived runs
+
+
+@dataclass(frozen=True)
+class DerivedPlan:
+    """A seed's derived run (see the module docstring), drawn from its own rng."""
+
+    kind: str  # restart | fork | counterfactual | live
+    variant: int  # what the calls in ``varied`` read (0: the source run's code)
+    varied: frozenset[str]  # before those recorded ahead of the fork or restart point are left out
+    at: float  # where a fork or restart starts: this fraction of the top-level records of "x"
+    missing: str  # a counterfactual's ``missing``
+    crashes: int
+
+    def describe(self, at_key: str | None = None) -> str:
+        where = f" at {at_key}" if at_key else ""
+        extra = f" missing={self.missing}" if self.kind == "counterfactual" else ""
+        varied = f"variant={self.variant} varied={sorted(self.varied)}"
+        return f"derived {self.kind}{where}{extra} {varied} crashes={self.crashes}"
+
+
+def make_derived(seed: int, plan: Plan, mode: Mode) -> DerivedPlan:
+    rng = random.Random(f"derived:{seed}")
+    drawn = rng.choice(DERIVED_KINDS)  # drawn whatever the mode, so that the other draws do not depend on it
+    kind = drawn if mode.derived == "all" else mode.derived
+    variant = 1 if kind == "live" or rng.random() < 0.6 else 0
+    candidates = [op.tag for op in plan.ops() if op.kind in ("step", "pay", "send")]
+    varied = {tag for tag in candidates if rng.random() < 0.3}
+    if not varied and candidates and (variant or rng.random() < 0.5):
+        varied.add(rng.choice(candidates))
+    at = rng.random()
+    missing = rng.choice(["live", "missing"])
+    crashes = rng.choice([1, 1, 2]) if mode.crashes == 2 else rng.randint(1, mode.crashes)
+    return DerivedPlan(kind, variant if varied else 0, frozenset(varied), at, missing, crashes)
+
+
+def plan_output(plan: Plan, world: World, missing: str | None = None) -> list[list[Any]]:
+    """The workflow's output when every call gives its value under its variant. ``missing``: a
+    counterfactual's mode (its world answers the calls its source made, and no varied call)."""
+
+    def value(op: Op) -> Any:
+        variant = world.variant_of(op.tag)
+        unanswered = op.kind in ("pay", "send", "look") and missing is not None and variant
+        if unanswered and (op.kind == "pay" or missing == "missing"):  # a pay never runs live in a counterfactual
+            return f"missing {op.kind} {op.tag}"
+        mark = f"~{variant}" if variant else ""
+        if op.kind == "step":
+            return f"S({op.tag}{mark})" if op.sync else f"S({op.tag}{mark}|{json.dumps([value(n) for n in op.nested])})"
+        if op.kind in ("pay", "send"):
+            return f"{op.kind} {op.tag} {op.amount + 100 * variant}"
+        if op.kind == "look":
+            return f"look {op.tag}"
+        return {"child": op.tag, "inner": [value(n) for n in op.nested]}
+
+    return [[value(op) for op in branch] for branch in plan.branches]
+
+
+def _prepare_derived(app: AgentFlow, plan: Plan, dplan: DerivedPlan, any_point: bool) -> tuple[DerivedPlan, str | None]:
+    """The fork or restart point, and the plan without the varied calls that are served from before it.
+
+    The point is a top-level record of "x" before which no step was in flight (every record before it is
+    of a top-level call recorded before it too), unless ``any_point``: a fork or restart keeps the records
+    of a step in flight at that point, but not which of its concurrent siblings made them, and a sibling
+    that reaches the engine first in the derived run takes its key and meets records that are not its
+    own (a divergence, or a payment made again; see ``--any-point``). With no such point a restart starts
+    from the beginning (None) and a fork is not made (None).
+    A call recorded before the point is served (as are the calls inside it), and so is, in a restart, a
+    child run with all its calls: another request there would be a divergence of the code, not something
+    to check, so none of them is varied."""
+    if dplan.kind not in ("fork", "restart"):
+        return dplan, None
+    steps = app.get_run("x").steps
+    top = [s for s in steps if "/" not in s.key]
+    if not any_point:
+        top_seq = {s.key: s.seq for s in top}
+        top = [t for t in top if all(top_seq.get(s.key.split("/")[0], t.seq) < t.seq for s in steps if s.seq < t.seq)]
+    target = top[min(int(dplan.at * len(top)), len(top) - 1)] if top else None
+    served = {str(_tag_of(s)) for s in steps if target is not None and s.seq < target.seq}
+    if dplan.kind == "restart":
+        served |= {op.tag for op in plan.ops() if op.kind == "child"}
+    varied = frozenset(t for t in dplan.varied if not any(t == s or t.startswith(s + ".") for s in served))
+    return replace(dplan, varied=varied, variant=dplan.variant if varied else 0), target and target.key
+
+
+class Outcome(NamedTuple):
+    """How a derived run ended."""
+
+    run_id: str
+    status: str
+    output: Any
+    error: str | None
+
+
+def _outcome(app: AgentFlow, run_id: str) -> Outcome:
+    run = app.get_run(run_id)
+    error = None if run.error is None else f"{run.error.type}: {run.error.message}"
+    return Outcome(run_id, run.status.value, run.output, error)
+
+
+def _start_derived(app: AgentFlow, wf: Any, dplan: DerivedPlan, at_key: str | None) -> str | None:
+    """Make the derived run of "x"; its id (None: a live replay that never diverged, so made none)."""
+    if dplan.kind == "restart":
+        app.restart("x", from_key=at_key)
+        return "x"
+    if dplan.kind == "fork":
+        return app.fork("x", at=at_key or "", new_run_id="d").id
+    if dplan.kind == "counterfactual":
+        return app.counterfactual(wf, "x", run_id="d", missing=dplan.missing).id  # type: ignore[arg-type]
+    return app.replay("x", mode="live").live_run_id
+
+
+def _derived_id(app: AgentFlow, kind: str) -> str | None:
+    """The derived run's id, after its first execution crashed."""
+    if kind == "restart":
+        return "x"
+    if kind in ("fork", "counterfactual"):
+        return "d" if any(r.id == "d" for r in app.list_runs(limit=None)) else None
+    live = [r.id for r in app.list_runs(limit=None) if r.forked_from == "x" and r.parent_id is None]
+    return live[0] if live else None
+
+
+def _derived_phase(app: AgentFlow, wf: Any, world: World, db: Path, mode: Mode, result: Result) -> None:
+    """Make a derived run of the finished run "x" without crashes in a copy of the database (the
+    expectation), then in this one with crashes, resume it, and check it."""
+    plan = world.plan
+    source_ledger = list(world.ledger)  # what "x" paid (after its crashes)
+    world.log.clear()
+    world.ledger.clear()
+    dplan, at_key = _prepare_derived(app, plan, make_derived(plan.seed, plan, mode), mode.any_point)
+    result.plan += "\n" + dplan.describe(at_key)
+    if dplan.kind == "fork" and at_key is None:
+        result.log.append("derived: no point to fork at (a step was in flight at each)")
+        return
+    expected, live = _expect_derived(db, plan, dplan, at_key, source_ledger, result)
+    if expected is None:
+        return
+    world.variant, world.varied = dplan.variant, dplan.varied
+    try:
+        did = _derived_crash_and_resume(app, wf, world, mode, dplan, at_key, live, result)
+    except Exception as exc:
+        result.failures.append(("d-hang" if world.hung else "d-error", f"{type(exc).__name__}: {str(exc)[:300]}"))
+        result.log.append(traceback.format_exc())
+        did = None
+    if did is not None:
+        got = _outcome(app, did)
+        if got.status != RunStatus.COMPLETED.value:
+            result.failures.append(("d-error", f"derived run {did} ended {got.status}: {got.error}"))
+        elif got[1:] != expected[1:]:
+            result.failures.append(("d-output", f"got {got[1:]}\n   expected {expected[1:]}"))
+        else:
+            try:
+                replay = app.replay(did)
+                if replay.output != expected.output:
+                    result.failures.append(("d-replay", f"replay output {replay.output}"))
+            except ReplayDivergence as exc:
+                result.failures.append(("d-replay", str(exc).splitlines()[0][:300]))
+        failures, notes = _check_payments(app, world, dplan, did, source_ledger, "d-")
+        result.failures += failures
+        result.notes += notes
+    result.failures += _check_ledger(world, source_ledger, "d-") + _check_reruns(world, did or "x", "d-")
+    if not mode.sabotage:
+        result.failures += _check_reservations(app, "d-")
+
+
+def _expect_derived(
+    db: Path, plan: Plan, dplan: DerivedPlan, at_key: str | None, source_ledger: list[Any], result: Result
+) -> tuple[Outcome | None, set[str]]:
+    """The derived run made without crashes, in a copy of the database: how it ended, and the calls it made
+    live (the crash targets). Its own checks are ``e-`` failures. (None, ...) when there is no derived run
+    to check (a live replay that did not diverge) or the expectation failed."""
+    copy = db.with_name("expected.sqlite")
+    with sqlite3.connect(db) as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+    source.close()
+    target.close()
+    app = AgentFlow(str(copy))
+    world = World(plan)
+    world.variant, world.varied, world.execution = dplan.variant, dplan.varied, DERIVED
+    try:
+        wf = build(app, world)
+        try:
+            did = _go(world, lambda: _start_derived(app, wf, dplan, at_key))
+        except ReplayDivergence as exc:
+            result.failures.append(("e-divergence", str(exc).splitlines()[0][:300]))
+            return None, set()
+        if world.crashed:
+            result.failures.append(("e-error", f"a Crash with crashing off, at {world.crashed_at[-1]}"))
+            return None, set()
+        if did is None:
+            result.log.append("derived: the live replay matched, no derived run")
+            return None, set()
+        expected = _outcome(app, did)
+        result.log.append(f"derived expectation: {did} {expected.status}")
+        if expected.status != RunStatus.COMPLETED.value:
+            result.failures.append(("e-error", f"derived run {did} ended {expected.status}: {expected.error}"))
+            return None, set()
+        if dplan.kind != "live":
+            logical = plan_output(plan, world, dplan.missing if dplan.kind == "counterfactual" else None)
+            if expected.output != logical:
+                result.failures.append(
+                    ("e-output", f"got {json.dumps(expected.output)}\n   expected {json.dumps(logical)}")
+                )
+        failures, notes = _check_payments(app, world, dplan, did, source_ledger, "e-")
+        result.failures += failures + _check_ledger(world, source_ledger, "e-") + _check_reruns(world, did, "e-")
+        result.notes += notes
+        return expected, {ev.tag for ev in world.log if isinstance(ev, Effect)}
+    except Exception as exc:
+        result.failures.append(("e-hang" if world.hung else "e-error", f"{type(exc).__name__}: {str(exc)[:300]}"))
+        result.log.append(traceback.format_exc())
+        return None, set()
+    finally:
+        if result.verbose:
+            result.log.append("--- the derived run made without crashes (expectation):")
+            _dump(app, world, result)
+            result.log.append("---")
+        app.close()
+
+
+def _arm_derived(world: World, e: int, pool: set[str], rng: random.Random) -> None:
+    """Set up execution ``e`` of the derived run: crash in a call of ``pool`` (calls the run made live
+    without crashes, not recorded completed yet), block 0-2 others in flight."""
+    plan = world.plan
+    candidates = sorted(pool)
+    target = rng.choice(candidates) if candidates else ""
+    blockable = [
+        t for t in candidates
+        if t != target and not t.startswith(target + ".") and not plan.op(t).sync and plan.op(t).kind != "child"
+    ]  # fmt: skip
+    blocked = rng.sample(blockable, min(len(blockable), rng.choice([0, 0, 1, 1, 2])))
+    world.execution, world.crash_target, world.blocked, world.crashed = DERIVED + e, target, set(blocked), False
+
+
+def _no_inheritance(*_: Any, **__: Any) -> Inherited:
+    return Inherited(SourceRecords())
+
+
+def _derived_crash_and_resume(
+    app: AgentFlow,
+    wf: Any,
+    world: World,
+    mode: Mode,
+    dplan: DerivedPlan,
+    at_key: str | None,
+    live: set[str],
+    result: Result,
+) -> str | None:
+    """Make the derived run, crash it ``dplan.crashes`` times and resume it after each, then resume it with
+    crashing off (unless it completed already). Its id, or None when it did not end (failures added)."""
+    rng = random.Random(f"derived-crash:{world.plan.seed}")
+    did: str | None = None
+    recorded: set[str] = set()
+
+    def resume() -> None:
+        real = app_core.inherit
+        if mode.sabotage_derived:  # a resumed derived run inherits nothing from its source
+            app_core.inherit = _no_inheritance  # type: ignore[assignment]
+        try:
+            if mode.recover:
+                app.recover()
+            else:
+                app.resume(did or "")
+        finally:
+            app_core.inherit = real
+
+    for e in range(dplan.crashes + 1):
+        final = e == dplan.crashes
+        _arm_derived(world, e, set() if final else live - recorded, rng)
+        result.log.append(f"derived exec {e}: " + ("final resume" if final else (
+            f"target={world.crash_target} blocked={sorted(world.blocked)}"
+        )))  # fmt: skip
+        try:
+            if e == 0:
+                did = _go(world, lambda: _start_derived(app, wf, dplan, at_key)) or _derived_id(app, dplan.kind)
+                if did is None:
+                    result.failures.append(("d-error", "no derived run was made"))
+                    return None
+            else:
+                _go(world, resume)
+        except ReplayDivergence as exc:
+            result.failures.append(("d-divergence", f"exec {e}: {str(exc).splitlines()[0][:300]}"))
+            result.log.append(traceback.format_exc())
+            return None
+        if final and world.crashed:
+            result.failures.append(("d-error", f"a Crash with crashing off, at {world.crashed_at[-1]}"))
+            return None
+        result.log.append(f"  derived run crashed at {world.crashed_at[-1] if world.crashed else None}")
+        recorded |= world.completed_tags(did)
+        if not world.crashed:
+            break
+    return did
+
+
+def _check_payments(
+    app: AgentFlow, world: World, dplan: DerivedPlan, did: str, source_ledger: list[Any], prefix: str
+) -> tuple[list[Failure], list[Failure]]:
+    """paid-live (a counterfactual executed a payment) and paid-twice (a fork, live replay or restart executed
+    one at a key where its source has a record of the same request); notes: moved-payment."""
+    failures: list[Failure] = []
+    notes: list[Failure] = []
+    paid = [ev for ev in world.log if isinstance(ev, Effect) and world.plan.op(ev.tag).kind == "pay"]
+    if dplan.kind == "counterfactual":
+        for ev in paid:
+            failures.append((prefix + "paid-live", f"pay {ev.tag} executed in exec {ev.execution}"))
+        return failures, notes
+    source_paid = {(tag, amount) for _, _, tag, amount in source_ledger}
+    tree = [r for r in app.list_runs(limit=None) if _of(did, r.id)]
+    twice: set[str] = set()
+    for run in tree:
+        if dplan.kind == "restart":
+            source = [kept.step for kept in app.superseded_steps(run.id)]
+        elif run.forked_from is not None:
+            source = app.get_run(run.forked_from).steps
+        else:
+            source = []
+        pays = [s for s in source if s.kind.value == "tool" and s.name == "pay"]
+        made = {(s.key, s.fingerprint) for s in pays}
+        copies = {(s.key, s.fingerprint, s.started_at) for s in pays}  # what a fork keeps, a served payment
+        for step in app.get_run(run.id).steps:
+            tag = _tag_of(step)
+            if step.name != "pay" or (step.key, step.fingerprint, step.started_at) in copies:
+                continue
+            if (step.key, step.fingerprint) in made and any(ev.tag == tag for ev in paid):
+                twice.add(str(tag))
+                failures.append((prefix + "paid-twice", f"pay {tag} executed in {run.id} at {step.key}, "
+                                 "where its source has the same request"))  # fmt: skip
+    for ev in paid:
+        op = world.plan.op(ev.tag)
+        if ev.tag not in twice and (ev.tag, op.amount + 100 * world.variant_of(ev.tag)) in source_paid:
+            notes.append((prefix + "moved-payment", f"pay {ev.tag} paid by the source, executed again"))
+    return failures, notes
 
 
 # ------------------------------------------------------------------------------------------------ by hand
@@ -676,15 +1096,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crashes", type=int, default=2, help="most crashes per seed (2: 1 or 2, mostly 1)")
     parser.add_argument("--recover", action="store_true", help="resume with app.recover() instead of app.resume")
     parser.add_argument("--sabotage", action="store_true", help="hide reservations from resumed runs")
+    parser.add_argument("--derived", default="", choices=["", *DERIVED_KINDS, "all"], help="derived runs too")
+    parser.add_argument("--sabotage-derived", action="store_true", help="resumed derived runs inherit nothing")
+    parser.add_argument("--any-point", action="store_true", help="fork/restart also where steps were in flight")
     parser.add_argument("-v", "--verbose", type=int, metavar="SEED", help="run one seed and print everything")
     parser.add_argument("--examples", type=int, default=2, help="failing seeds shown per failure type")
     args = parser.parse_args(argv)
-    mode = Mode(not args.no_child, args.retries, args.crashes, args.recover, args.sabotage)
+    mode = Mode(
+        not args.no_child, args.retries, args.crashes, args.recover, args.sabotage, args.derived,
+        args.sabotage_derived, args.any_point,
+    )  # fmt: skip
 
     with tempfile.TemporaryDirectory(prefix="agentflow-stress-") as directory:
         if args.verbose is not None:
             res = run_one(args.verbose, directory, mode, verbose=True)
-            print(res.plan, *res.log, *(f"FAIL {kind}: {msg}" for kind, msg in res.failures), sep="\n")
+            print(res.plan, *res.log, *(f"NOTE {kind}: {msg}" for kind, msg in res.notes), sep="\n")
+            print(*(f"FAIL {kind}: {msg}" for kind, msg in res.failures), sep="\n")
             if not res.failures:
                 print("OK")
             return 1 if res.failures else 0
@@ -701,6 +1128,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(failing)} failing")  # fmt: skip
     for kind, seeds in sorted(by_kind.items()):
         print(f"  {kind:13s} {len(seeds):4d}  seeds {seeds[:25]}{' ...' if len(seeds) > 25 else ''}")
+    noted: dict[str, list[int]] = defaultdict(list)
+    for res in results:
+        for kind in sorted({kind for kind, _ in res.notes}):
+            noted[kind].append(res.seed)
+    for kind, seeds in sorted(noted.items()):
+        print(f"  note {kind:16s} {len(seeds):4d}  seeds {seeds[:25]}{' ...' if len(seeds) > 25 else ''}")
     shown: dict[str, int] = defaultdict(int)
     for res in results:
         for kind, msg in res.failures:

@@ -1,9 +1,10 @@
 """The randomized crash/resume stress test (``crash_stress.py``) on a fixed set of seeds, in this process.
 
 Each seed is a workflow of gathered calls (steps, payments under idempotency keys, child runs) that crashes
-with calls in flight and is resumed; the checks are listed in ``crash_stress.py``. A failure names the
-seeds and their failure types; ``python tests/crash_stress.py -v SEED [mode options]`` shows one in full,
-and ``--seeds 0:500`` runs many more.
+with calls in flight and is resumed; the checks are listed in ``crash_stress.py``. In the derived modes a
+run derived from the finished one (a restart, a fork, a counterfactual or a live replay) then crashes and
+is resumed too. A failure names the seeds and their failure types; ``python tests/crash_stress.py -v SEED
+[mode options]`` shows one in full, and ``--seeds 0:500`` runs many more.
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ from crash_stress import Mode, Result, run_one
 FAIL_UNDER_SABOTAGE = (43, 267, 294, 0, 46, 236)
 # what a broken key shows as (not "error" or "hang": the harness itself must work)
 KEY_FAILURES = {"key-changed", "key-reuse", "paid-twice", "rerun", "output", "divergence", "replay"}
+# Seeds whose derived run (of the kind ``make_derived`` draws for it: counterfactual 32, live 43, fork 46,
+# restart 18) fails when a resumed derived run inherits nothing from its source. 32 and 43 have no sync
+# call (nothing runs in a worker thread), so they take the same path every time.
+FAIL_UNDER_DERIVED_SABOTAGE = (32, 43, 46, 18)
+# what a derived run that lost its inheritance shows as: a payment made again, its key, its output
+DERIVED_FAILURES = {"d-" + kind for kind in KEY_FAILURES} | {"d-paid-live"}
 
 
 def run_seeds(seeds: range | tuple[int, ...], directory: Path, mode: Mode) -> list[Result]:
@@ -50,6 +57,30 @@ def report(results: list[Result]) -> str:
 def test_seeds_keep_their_keys_across_crashes(seeds: range, mode: Mode, tmp_path: Path) -> None:
     results = run_seeds(seeds, tmp_path, mode)
     assert not any(r.failures for r in results), report(results)
+
+
+@pytest.mark.parametrize(
+    ("seeds", "mode"),
+    [
+        (range(16), Mode(derived="all")),
+        (range(24, 36), Mode(derived="all", recover=True, retries=True, crashes=3)),
+    ],
+    ids=["derived", "derived-recover-retries"],
+)
+def test_derived_runs_keep_what_they_inherit_across_crashes(seeds: range, mode: Mode, tmp_path: Path) -> None:
+    results = run_seeds(seeds, tmp_path, mode)
+    assert not any(r.failures for r in results), report(results)
+    kinds = [r.plan.rsplit("\nderived ", 1)[1].split()[0] for r in results]
+    assert set(kinds) == {"restart", "fork", "counterfactual", "live"}, kinds  # each kind is exercised
+    crashed = [r.seed for r in results if any(line.startswith("  derived run crashed at b") for line in r.log)]
+    assert len(crashed) >= len(results) // 2, f"only seeds {crashed} crashed their derived run"
+
+
+def test_the_derived_checker_fails_when_resumed_derived_runs_inherit_nothing(tmp_path: Path) -> None:
+    results = run_seeds(FAIL_UNDER_DERIVED_SABOTAGE, tmp_path, Mode(derived="all", sabotage_derived=True))
+    failing = [r for r in results if r.failures]
+    assert failing, f"no seed of {FAIL_UNDER_DERIVED_SABOTAGE} failed with the derived runs' inheritance off"
+    assert {kind for r in failing for kind in r.kinds} <= DERIVED_FAILURES, report(results)
 
 
 def test_the_checker_fails_when_reservations_are_off(tmp_path: Path) -> None:
