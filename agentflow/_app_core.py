@@ -35,6 +35,7 @@ from ._retry import RetryPolicy
 from ._store import RunRecord, StepRecord, Store
 from ._workflow import Workflow
 from .errors import (
+    AgentFlowError,
     ConfigurationError,
     DeadlineExceeded,
     LeaseLost,
@@ -296,16 +297,16 @@ class AppCore:
         self, wf: Workflow, record: RunRecord, fresh: bool, setup: Callable[[RunEngine], None] | None = None
     ) -> Run:
         run_id = record.id
+        steps = [] if fresh else self._store.load_steps(run_id)
         if fresh:
-            journal = Journal(run_id, self._store, [])
+            journal = Journal(run_id, self._store, steps)
         else:  # resumed: what it recorded, and the keys its calls in flight at a crash had reserved
-            store = self._store
-            journal = Journal(run_id, store, store.load_steps(run_id), store.load_reservations(run_id))
+            journal = Journal(run_id, self._store, steps, self._store.load_reservations(run_id))
         engine = RunEngine(run_id, journal, self._codec, self._clock, self._default_retry)
         if setup is not None:  # a child's lease, and the world it shares with its parent
             setup(engine)
         if not fresh or record.derived_as is not None:  # a fork's source records, a counterfactual's world...
-            inherited = inherit(self._store, record, world=engine.world is None)
+            inherited = inherit(self._store, record, steps, world=engine.world is None)
             engine.source = inherited.source
             if inherited.world is not None:
                 engine.world, engine.world_missing = inherited.world, inherited.world_missing
@@ -537,6 +538,12 @@ class AppCore:
             if self._store.insert_run(record):
                 await self._execute(wf, record, fresh=True, setup=setup)
         else:
+            asked = wf.encode_input(args, kwargs)
+            if record.workflow != wf.name or record.input != asked:  # never another call's child run
+                raise AgentFlowError(
+                    f"child run {child_id!r} was started as {record.workflow} with {record.input}, not as "
+                    f"{wf.name} with {asked}: the parent's record and its child runs disagree"
+                )
             due = record.wake_at is not None and record.wake_at <= self._clock.time()
             if record.status in RESUMABLE or (record.status == RunStatus.WAITING.value and due):
                 await self._execute(wf, record, fresh=False, setup=setup)

@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from ._app_core import RESUMABLE, SUSPENDED, AppCore
+from ._derived import enclosed
 from ._lifecycle import BackgroundLoop, RunHandle
 from ._loop import run_sync
 from ._models import Run, RunStatus, Step, SupersededStep, _utc
@@ -133,19 +134,21 @@ class LifecyclePart(AppCore):
         if record.id in self._inflight:
             raise AgentFlowError(f"run {run_id!r} is executing; cancel or pause it before restarting it")
         seq = 0
+        steps = self._store.load_steps(run_id)
         if from_key is not None:
-            steps = self._store.load_steps(run_id)
             found = [r.seq for r in steps if r.key == from_key]
             if not found:
                 raise AgentFlowError(f"run {run_id!r} has no step {from_key!r}; its steps: "
                                      f"{', '.join(r.key for r in steps[:12])}")  # fmt: skip
             seq = found[0]
+        before = [r for r in steps if r.seq < seq]
+        in_flight = {r.key for r in before} - {r.key for r in enclosed(before)}  # inside a step not done by then
         wf = self._lookup(record.workflow)
         # What is taken out is kept (``superseded_steps``): the audit trail keeps it, and the run inherits
         # it (``_derived.inherit``), on every resume too: a non-idempotent tool call made again with the
         # same request is served from it (a payment is not made twice), one with another request gets a
         # key of its own.
-        self._store.supersede_steps_from(run_id, seq, self._clock.time())
+        self._store.supersede_steps_from(run_id, seq, self._clock.time(), also=sorted(in_flight))
         self._requests.pop(run_id, None)
         fresh = replace(record, status=RunStatus.RUNNING.value, output=None, error=None, control=None, rollback=None)
         self._store.update_run(

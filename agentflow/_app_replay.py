@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any, Literal
 
 from ._app_core import FINISHED, AppCore
-from ._derived import FORK, SourceRecords, counterfactual_kind
+from ._derived import FORK, SourceRecords, counterfactual_kind, enclosed
 from ._engine import RunEngine
 from ._journal import Journal
 from ._loop import run_sync
@@ -174,7 +174,7 @@ class ReplayPart(AppCore):
         if target is None:
             keys = ", ".join(r.key for r in steps[:12])
             raise AgentFlowError(f"run {run_id!r} has no step {at!r} to fork at; its steps: {keys}")
-        keep = [r for r in steps if r.seq < target.seq]
+        keep = enclosed([r for r in steps if r.seq < target.seq])
         if override is not NO_OVERRIDE:
             keep.append(replace(target, status="completed", error=None, output=override_output(target, override)))
         derived = self._insert_derived(record, wf, new_run_id or f"{run_id}-fork-{uuid.uuid4().hex[:8]}", at)

@@ -16,7 +16,7 @@ from typing import Literal
 
 from ._store import RunRecord, StepRecord, Store
 
-__all__ = ["FORK", "Inherited", "SourceRecords", "counterfactual_kind", "inherit", "recorded_world"]
+__all__ = ["FORK", "Inherited", "SourceRecords", "counterfactual_kind", "enclosed", "inherit", "recorded_world"]
 
 FORK = "fork"  # runs.derived_as of a fork, a live replay, and their child runs
 _COUNTERFACTUAL = "counterfactual:"  # + "live" or "missing": a counterfactual and its child runs
@@ -31,12 +31,22 @@ def counterfactual_kind(missing: Literal["live", "missing"]) -> str:
 
 class SourceRecords:
     """Records a derived run serves instead of making a call again, by key, oldest first: its source
-    run's, then what its restarts superseded (restart by restart)."""
+    run's, then what its restarts superseded (restart by restart).
+
+    A record serves one call: ``claim`` hands it out once. Concurrent calls (``asyncio.gather``) may
+    reach the engine in another order than in the source run, so their keys differ, and so do the keys
+    of the calls inside them: a call whose key holds no record of its request takes an unclaimed one of
+    the same request made elsewhere, by a call of the same name in the same scope first (a payment made
+    under ``work#2/pay#1`` is served to the call now at ``work#3/pay#0``).
+    """
 
     def __init__(self, records: Iterable[StepRecord] = ()) -> None:
         self._by_key: dict[str, list[StepRecord]] = {}
+        self._by_request: dict[str, list[StepRecord]] = {}  # by fingerprint, oldest first
+        self._claimed: set[int] = set()  # id() of the records handed out
         for rec in records:
             self._by_key.setdefault(rec.key, []).append(rec)
+            self._by_request.setdefault(rec.fingerprint, []).append(rec)
 
     def __bool__(self) -> bool:
         return bool(self._by_key)
@@ -46,17 +56,59 @@ class SourceRecords:
         found = self._by_key.get(key)
         return found[-1] if found else None
 
-    def matching(self, key: str, fp: str) -> StepRecord | None:
-        """The newest record at ``key`` of a call with the request ``fp``: the same call, made before."""
+    def claim(self, key: str, fp: str) -> StepRecord | None:
+        """The record that serves the call at ``key`` with the request ``fp``, now claimed: the newest
+        unclaimed one at ``key`` with that request, else the first unclaimed one of that request made by
+        a call of the same name in the same scope, else anywhere. None: the call was not made before."""
         for rec in reversed(self._by_key.get(key, ())):
-            if rec.fingerprint == fp:
+            if rec.fingerprint == fp and id(rec) not in self._claimed:
+                self._claimed.add(id(rec))
                 return rec
+        same: list[StepRecord] = self._by_request.get(fp, [])
+        family = _slot_family(key)
+        for other in [r for r in same if _slot_family(r.key) == family] + same:
+            if id(other) not in self._claimed:
+                self._claimed.add(id(other))
+                return other
         return None
+
+    def claimed_by(self, records: Iterable[StepRecord]) -> None:
+        """A resumed run's own ``records`` (in order) claim what they claimed before the crash: the record
+        at the same key with the same request, or, for a copy of a source record (served: same result,
+        same times), that record."""
+        for rec in records:
+            at_key = self._by_key.get(rec.key, ())
+            if any(r.fingerprint == rec.fingerprint and id(r) not in self._claimed for r in at_key):
+                self.claim(rec.key, rec.fingerprint)
+                continue
+            for original in self._by_request.get(rec.fingerprint, ()):
+                if id(original) not in self._claimed and _same_answer(original, rec):
+                    self._claimed.add(id(original))
+                    break
 
     def first_of_run(self, key: str, run_id: str) -> StepRecord | None:
         """The first record at ``key`` made by the run ``run_id`` itself (before a restart): the call that
         had the key's plain idempotency key."""
         return next((rec for rec in self._by_key.get(key, ()) if rec.run_id == run_id), None)
+
+
+def enclosed(records: list[StepRecord]) -> list[StepRecord]:
+    """``records`` (a run's, before some point) without those made inside a step that has no record among
+    them: a step still in flight at that point. A fork or a restart there runs such a step again whole;
+    keeping its nested records would hand them to whichever concurrent call takes its key first."""
+    keys = {rec.key for rec in records}
+    return [rec for rec in records if all(scope in keys for scope in _enclosing(rec.key))]
+
+
+def _enclosing(key: str) -> list[str]:
+    """The keys of the steps ``key`` was made inside, outermost first: ``a#0`` and ``a#0/b#1`` for ``a#0/b#1/c#0``."""
+    parts = key.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _slot_family(key: str) -> str:
+    """``scope/name`` of the key ``scope/name#n``: the calls of one name in one scope."""
+    return key.rpartition("#")[0]
 
 
 @dataclass
@@ -68,15 +120,17 @@ class Inherited:
     world_missing: Literal["live", "missing"] = "live"
 
 
-def inherit(store: Store, record: RunRecord, *, world: bool = True) -> Inherited:
-    """What the run ``record`` inherits, as it stands in the store now; its world only with ``world`` (a
-    child run resumed by its parent shares the parent's)."""
+def inherit(store: Store, record: RunRecord, own: Iterable[StepRecord] = (), *, world: bool = True) -> Inherited:
+    """What the run ``record``, holding the records ``own``, inherits, as it stands in the store now; its
+    world only with ``world`` (a child run resumed by its parent shares the parent's)."""
     kind = record.derived_as or ""
     records: list[StepRecord] = []
     if kind == FORK and record.forked_from is not None:
         records += store.load_steps(record.forked_from)
     records += [kept.record for kept in store.load_superseded(record.id)]
     inherited = Inherited(SourceRecords(records))
+    if inherited.source:
+        inherited.source.claimed_by(own)
     if world and kind.startswith(_COUNTERFACTUAL) and record.forked_from is not None:
         missing: Literal["live", "missing"] = "missing" if kind == counterfactual_kind("missing") else "live"
         answers_by_fp = recorded_world(store, record.forked_from)

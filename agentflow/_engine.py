@@ -641,18 +641,20 @@ class RunEngine:
                 err = json.loads(rec.error or "{}")
                 raise StepFailed(rec.key, err.get("type", "Error"), err.get("message", ""), rec.attempt)
             return self.codec.decode(rec.output)
-        child_id = f"{self.run_id}/{key}"
+        original = self.source.claim(key, fp)
+        child_id = self._child_id(key, fp, original)
         if _in_sibling_task():
             self.reserve(key, fp, leaves=True)  # the child run's id is made of its key
         else:  # inside a gathered step maybe: the step's key must be kept before the child records anything
             self.journal.flush_reservations()
         started = self.clock.time()
-        original = self.source.latest(key)
         origin = None
-        # A child its source run made (not one of its own, which a restart serves as the child run it is).
+        # A child its source run made (not one of its own, which a restart serves as the child run it is):
+        # the one made for this request, else the one made at this key (for another request).
+        source_child = original or self.source.latest(key)
         source_run = None
-        if original is not None and original.kind == "child" and original.run_id != self.run_id:
-            source_run = f"{original.run_id}/{original.key}"
+        if source_child is not None and source_child.kind == "child" and source_child.run_id != self.run_id:
+            source_run = f"{source_child.run_id}/{source_child.key}"
         if source_run is not None or self.world is not None:
             origin = ChildOrigin(source_run, self.world, self.world_missing, self.world_source)
         status, output, error = await self.children.run_child(
@@ -668,6 +670,16 @@ class RunEngine:
                         error=failure)  # fmt: skip
             raise StepFailed(key, type(failure).__qualname__, str(failure), 1) from failure
         raise Suspend(wake_at=None, waiting_for=f"child:{child_id}", why=f"{key} waits for child run {child_id}")
+
+    def _child_id(self, key: str, fp: str, original: StepRecord | None) -> str:
+        """``<run id>/<key>``, as ``_idempotency_key`` makes a key: a child run this run started before a
+        restart for the same request (``original``) is that run again; one at a key whose first child run
+        (before a restart) was started for another request gets the request's fingerprint too."""
+        slot = original.key if original is not None and original.run_id == self.run_id else key
+        first = self.source.first_of_run(slot, self.run_id)
+        if first is not None and first.fingerprint != fp:
+            return f"{self.run_id}/{slot}:{fp[:16]}"
+        return f"{self.run_id}/{slot}"
 
     # -- durable waits ----------------------------------------------------------------------------------
 
@@ -738,10 +750,10 @@ class RunEngine:
         if rec is not None:
             await yield_to_siblings()
             return self._serve_tool(tool, rec)
-        original = self.source.matching(key, fp)
+        original = self.source.claim(key, fp)
         if not tool.idempotent and original is not None:
             # A fork, a live replay or a restart reaching a payment made before: never make it twice.
-            return self._serve_tool(tool, self.adopt(original))
+            return self._serve_tool(tool, self.adopt(original, key))
         if self.world is not None:  # a counterfactual run: the recorded world answers what it can
             answers = self.world.get(fp)
             if answers:
@@ -763,7 +775,7 @@ class RunEngine:
             return ToolResult(tool.name, key, ok=False, error=str(exc))
         if tool.key_parameter is not None:
             # The key of the slot this call takes again when an earlier attempt of its step failed it there.
-            call_args[tool.key_parameter] = IdempotencyKey(self._idempotency_key(key, fp))
+            call_args[tool.key_parameter] = IdempotencyKey(self._idempotency_key(key, fp, original))
         self.reserve(key, fp, leaves=not tool.idempotent or tool.key_parameter is not None)
         done = await self.attempts(key, retry or self.default_retry, lambda: _call(tool.fn, (), call_args))
         if done.error is not None:
@@ -777,13 +789,16 @@ class RunEngine:
                     attempts=done.count, output=output)  # fmt: skip
         return ToolResult(tool.name, key, ok=True, value=done.value, recorded=output)
 
-    def _idempotency_key(self, key: str, fp: str) -> str:
+    def _idempotency_key(self, key: str, fp: str, original: StepRecord | None) -> str:
         """``<run id>:<key>``: the same for every attempt, resume and retry of one call. A call that takes
         again the slot of a call that failed in an earlier attempt of its step has that slot's key; a call
-        at a key whose first call in this run (before a restart) had another request gets the request's
-        fingerprint too (the plain key was used for that other request)."""
+        this run made before a restart (``original``, perhaps at another key) has the key it had then; a
+        call at a key whose first call in this run (before a restart) had another request gets the
+        request's fingerprint too (the plain key was used for that other request)."""
         slot = self.taken_again.get(key, key)
-        first = self.source.first_of_run(key, self.run_id)
+        if original is not None and original.run_id == self.run_id and original.key != key:
+            slot = original.key  # it reached the engine in another order than before the restart
+        first = self.source.first_of_run(slot, self.run_id)
         if first is not None and first.fingerprint != fp:
             return f"{self.run_id}:{slot}:{fp[:16]}"
         return f"{self.run_id}:{slot}"

@@ -68,9 +68,9 @@ crashed derived run; ``e-``: the one made without crashes, which needs no crash 
   d-key-reuse   an idempotency key used for two different requests, across the source and derived runs
   d-key-changed, d-rerun, d-divergence, d-replay (strict replay of the finished derived run),
   d-reservations, d-hang, d-error: as above, for the derived run (and its child runs)
-Not a failure, but counted (``Result.notes``): moved-payment, a payment the derived run makes live with
-the very request its source paid, at another key (concurrent calls reached the engine in another order,
-so the source's record is not at the same key; the documented rule serves by key).
+  d-moved-payment  a payment the derived run makes live with the very request its source paid, at
+                another key (concurrent calls reached the engine in another order, so the source's
+                record is not at the same key: it must be served all the same)
 
 By hand (from the repository root; seeds run in parallel processes, one per CPU unless --jobs):
   .venv/bin/python tests/crash_stress.py --seeds 0:500 [--retries] [--crashes N] [--recover] [--no-child]
@@ -556,7 +556,7 @@ class Result:
     plan: str
     failures: list[Failure] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
-    notes: list[Failure] = field(default_factory=list)  # counted, not failures (moved-payment)
+    notes: list[Failure] = field(default_factory=list)  # counted, not failures (none at the moment)
     verbose: bool = False  # log the records and the world of the derived run made without crashes too
 
     @property
@@ -1020,7 +1020,8 @@ def _check_payments(
     app: AgentFlow, world: World, dplan: DerivedPlan, did: str, source_ledger: list[Any], prefix: str
 ) -> tuple[list[Failure], list[Failure]]:
     """paid-live (a counterfactual executed a payment) and paid-twice (a fork, live replay or restart executed
-    one at a key where its source has a record of the same request); notes: moved-payment."""
+    one at a key where its source has a record of the same request), moved-payment (one its source made
+    with the same request at another key)."""
     failures: list[Failure] = []
     notes: list[Failure] = []
     paid = [ev for ev in world.log if isinstance(ev, Effect) and world.plan.op(ev.tag).kind == "pay"]
@@ -1052,7 +1053,7 @@ def _check_payments(
     for ev in paid:
         op = world.plan.op(ev.tag)
         if ev.tag not in twice and (ev.tag, op.amount + 100 * world.variant_of(ev.tag)) in source_paid:
-            notes.append((prefix + "moved-payment", f"pay {ev.tag} paid by the source, executed again"))
+            failures.append((prefix + "moved-payment", f"pay {ev.tag} paid by the source, executed again"))
     return failures, notes
 
 

@@ -8,6 +8,7 @@ crash is a BaseException raised inside a step, which leaves the run ``running`` 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -300,3 +301,101 @@ def test_a_counterfactuals_child_run_resumed_on_its_own_serves_the_shared_world(
         assert again.resume("cf/child#0").output == expected[1:]
         assert again.resume("cf").output == expected
     assert looked_up == ["A", "A"] and charges == ["s/child#0:charge#0"]  # nothing live in the counterfactual
+
+
+# -- concurrent calls in another order, steps in flight, child runs ----------------------------------------
+
+
+def test_a_fork_serves_its_sources_payments_when_concurrent_calls_come_in_another_order(app: AgentFlow) -> None:
+    first = {"item": "a"}
+    charges: list[tuple[str, str]] = []
+
+    @tool(idempotent=False)
+    async def charge(item: str, key: IdempotencyKey) -> str:
+        charges.append((str(key), item))
+        return f"charged {item}"
+
+    @app.workflow(name="two")
+    async def two(ctx: Context) -> list[str]:
+        await ctx.step("start", int, 1)
+
+        async def buy(item: str) -> str:
+            if first["item"] != item:  # the other one reaches the engine first
+                for _ in range(3):
+                    await asyncio.sleep(0)
+
+            async def pay() -> str:
+                return (await ctx.tool(charge, item=item)).content
+
+            return str(await ctx.step("buy", pay))
+
+        return list(await asyncio.gather(buy("a"), buy("b")))
+
+    assert app.run(two, run_id="p").output == ["charged a", "charged b"]
+    first["item"] = "b"  # only the order of the two concurrent purchases changes, not their requests
+    fork = app.fork("p", at="start#0", new_run_id="f")
+    assert fork.output == ["charged a", "charged b"]
+    # Both served, though each now runs in the other's step, under the other's keys (before: paid again).
+    assert charges == [("p:buy#0/charge#0", "a"), ("p:buy#1/charge#0", "b")]
+    assert app.restart("p", from_key="start#0").output == ["charged a", "charged b"]
+    assert len(charges) == 2
+
+
+def test_a_fork_where_a_concurrent_step_was_in_flight_runs_that_step_again_whole(app: AgentFlow) -> None:
+    first = {"item": "a"}
+    looked: list[str] = []
+
+    async def look(item: str) -> str:  # async: no worker thread, the same order every time
+        looked.append(item)
+        return item
+
+    @app.workflow(name="steps")
+    async def steps(ctx: Context) -> list[str]:
+        async def work(item: str) -> str:
+            if first["item"] != item:
+                await asyncio.sleep(0)
+
+            async def body() -> str:
+                seen = str(await ctx.step("look", look, item))
+                for _ in range(20):  # both nested records come before either step's own
+                    await asyncio.sleep(0)
+                return seen
+
+            return str(await ctx.step("work", body))
+
+        return list(await asyncio.gather(work("a"), work("b")))
+
+    app.run(steps, run_id="p")
+    assert [s.key for s in app.get_run("p").steps] == ["work#0/look#0", "work#1/look#0", "work#0", "work#1"]
+    first["item"] = "b"
+    # Forked at work#0, both nested records were made inside steps still in flight there: not kept, the
+    # steps run again whole (before: b's step took work#0 first and found a's nested record there, a
+    # ReplayDivergence).
+    assert app.fork("p", at="work#0", new_run_id="f").output == ["a", "b"]
+    assert looked == ["a", "b", "b", "a"]
+    assert app.restart("p", from_key="work#0").output == ["a", "b"]
+    assert [s.step.key for s in app.superseded_steps("p")] == ["work#0/look#0", "work#1/look#0", "work#0", "work#1"]
+
+
+def test_a_restart_starts_a_new_child_run_for_a_changed_request_and_reuses_the_old_one_for_the_same(
+    app: AgentFlow,
+) -> None:
+    arg = {"v": "a"}
+    started: list[str] = []
+
+    @app.workflow(name="sub")
+    async def sub(ctx: Context, v: str) -> str:
+        started.append(v)
+        return f"child of {v}"
+
+    @app.workflow(name="top")
+    async def top(ctx: Context) -> str:
+        return str(await ctx.child(sub, arg["v"]))
+
+    assert app.run(top, run_id="p").output == "child of a"
+    arg["v"] = "b"
+    assert app.restart("p").output == "child of b"  # before: "child of a", the old child run for another input
+    arg["v"] = "a"
+    assert app.restart("p").output == "child of a"
+    assert started == ["a", "b"]  # the first child run is the same request's: served, not run again
+    assert [r.id for r in app.list_runs() if r.parent_id == "p"] != []

@@ -210,10 +210,10 @@ class Store(EvalStore, Protocol):
         """Waiting runs whose ``wake_at`` has come, the earliest first."""
         ...
 
-    def supersede_steps_from(self, run_id: str, seq: int, at: float) -> int:
-        """A restart: move the run's step records from ``seq`` on, in one transaction, out of the run and
-        into its superseded records (kept, see ``load_superseded``), and forget its reservations. Returns
-        the restart's number: 1 for the run's first, 2 for the next..."""
+    def supersede_steps_from(self, run_id: str, seq: int, at: float, also: Sequence[str] = ()) -> int:
+        """A restart: move the run's step records from ``seq`` on, and those at the keys ``also``, in one
+        transaction, out of the run and into its superseded records (kept, see ``load_superseded``), and
+        forget its reservations. Returns the restart's number: 1 for the run's first, 2 for the next..."""
         ...
 
     def load_superseded(self, run_id: str) -> list[SupersededStep]:

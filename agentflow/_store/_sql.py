@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, literal, select, update
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, literal, or_, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.exc import DatabaseError as SADatabaseError
@@ -446,9 +446,10 @@ class SQLStore(EvalSQL):
         with self._connect() as conn:
             return [RunRecord(**row) for row in conn.execute(query).mappings()]
 
-    def supersede_steps_from(self, run_id: str, seq: int, at: float) -> int:
+    def supersede_steps_from(self, run_id: str, seq: int, at: float, also: Sequence[str] = ()) -> int:
         steps, kept = StepRow.__table__, superseded_steps  # type: ignore[attr-defined]
-        mine = (steps.c.run_id == run_id, steps.c.seq >= seq)
+        taken = steps.c.seq >= seq if not also else or_(steps.c.seq >= seq, steps.c.key.in_(list(also)))
+        mine = (steps.c.run_id == run_id, taken)
         with self._connect(begin=True) as conn:
             if not self._sqlite:  # one restart of a run at a time: the next restart number is taken here
                 runs = RunRow.__table__  # type: ignore[attr-defined]
