@@ -60,6 +60,8 @@ class SourceRecords:
         """The record that serves the call at ``key`` with the request ``fp``, now claimed: the newest
         unclaimed one at ``key`` with that request, else the first unclaimed one of that request made by
         a call of the same name in the same scope, else anywhere. None: the call was not made before."""
+        if not self._by_key:  # a run derived from nothing: every live tool call asks
+            return None
         for rec in reversed(self._by_key.get(key, ())):
             if rec.fingerprint == fp and id(rec) not in self._claimed:
                 self._claimed.add(id(rec))
