@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import replace
 from typing import Any, Literal
 
 from ._app_core import FINISHED, AppCore
@@ -176,7 +175,7 @@ class ReplayPart(AppCore):
             raise AgentFlowError(f"run {run_id!r} has no step {at!r} to fork at; its steps: {keys}")
         keep = enclosed([r for r in steps if r.seq < target.seq])
         if override is not NO_OVERRIDE:
-            keep.append(replace(target, status="completed", error=None, output=override_output(target, override)))
+            keep.append(target._replace(status="completed", error=None, output=override_output(target, override)))
         derived = self._insert_derived(record, wf, new_run_id or f"{run_id}-fork-{uuid.uuid4().hex[:8]}", at)
         Journal(derived.id, self._store, []).rebase(derived.id, keep)
         # It inherits the source run's records (``_derived.inherit``), the payments among them.

@@ -88,7 +88,7 @@ def export_bundle(store: Store, run_id: str) -> bytes:
                 "a bundle is a faithful copy, so it is not exported"
             )
         blobs.update(_referenced_blobs(store, record.id, steps))
-        runs.append({"record": asdict(record), "steps": [asdict(step) for step in steps]})
+        runs.append({"record": asdict(record), "steps": [step._asdict() for step in steps]})
     document: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -7,7 +7,6 @@ import base64
 import hashlib
 import json
 import random
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -147,10 +146,10 @@ def test_the_fingerprint_of_a_request_is_derived_not_stored_and_any_other_is_kep
     assert row[STEP_COLUMNS.index("fingerprint")] == b""
     assert unpacked_step(row) == step
     # A fingerprint that is not the request's (an import, a future scheme) is stored as it is.
-    other = replace(step, fingerprint=hashlib.sha256(b"another").hexdigest())
+    other = step._replace(fingerprint=hashlib.sha256(b"another").hexdigest())
     assert len(packed_step(other)[STEP_COLUMNS.index("fingerprint")]) == 32
     assert unpacked_step(packed_step(other)) == other
-    no_request = replace(step, request=None)
+    no_request = step._replace(request=None)
     assert unpacked_step(packed_step(no_request)) == no_request
 
 

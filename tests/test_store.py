@@ -7,13 +7,13 @@ hash chain over step records. Tests taking ``db_url`` or ``app`` run on SQLite a
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import random
 import shutil
 import sqlite3
 import threading
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -491,7 +491,7 @@ def test_a_refused_step_write_leaves_nothing_and_the_next_write_commits(app: Age
         app._store.write_step(first, {digest: data})
     assert app._store.get_blobs([digest]) == {}
 
-    later = replace(first, key="d#0", seq=3)
+    later = first._replace(key="d#0", seq=3)
     app._store.write_step(later, {digest: data})
     assert app._store.get_blobs([digest]) == {digest: data}
     assert _step_keys(app, "r1") == ["a#0", "b#0", "c#0", "d#0"]
@@ -590,6 +590,31 @@ def test_damage_found_only_when_reading_runs_is_a_store_error(tmp_path: Path) ->
         app.get_run("r1")
 
 
+def test_a_long_run_grows_no_heap_the_garbage_collector_walks(tmp_path: Path) -> None:
+    """The journal keeps a run's records as plain tuples, which the collector stops tracking: 500 more
+    steps leave no more objects for a full collection to walk (else one such collection, over a heap
+    that grows with the run, lands in a late step and makes it cost more than an early one)."""
+    tracked: dict[int, int] = {}
+
+    async def row(i: int) -> dict[str, Any]:
+        return {"index": i, "text": "x" * 150}
+
+    with AgentFlow(str(tmp_path / "long.db")) as app:
+
+        @app.workflow(name="long")
+        async def long(ctx: Context, n: int) -> int:
+            for i in range(n):
+                if i in (100, n - 1):
+                    gc.collect()
+                    tracked[i] = len(gc.get_objects())
+                await ctx.step("s", row, i)
+            return n
+
+        run = app.run(long, 600)
+        assert run.status == "completed" and len(run.steps) == 600
+    assert tracked[599] - tracked[100] < 100, tracked  # one tracked record a step would be 498 more
+
+
 def test_the_journal_builds_step_records_as_their_constructor_would(db_url: str) -> None:
     from agentflow._journal import Journal
     from agentflow._store import RunRecord, StepRecord
@@ -603,8 +628,9 @@ def test_the_journal_builds_step_records_as_their_constructor_would(db_url: str)
             attempt=1, output="2", error=None, started_at=1.0, finished_at=2.0, prompt_tokens=3,
             completion_tokens=4, cost=0.5,
         )  # fmt: skip
-        assert list(vars(made)) == list(StepRecord.__dataclass_fields__)
-        assert made == StepRecord(**vars(made)) and hash(made) == hash(StepRecord(**vars(made)))
+        assert type(made) is StepRecord and made == StepRecord(**made._asdict())
+        assert hash(made) == hash(StepRecord(**made._asdict()))
+        assert journal.recorded("s#0") == made and type(journal.recorded("s#0")) is StepRecord
         assert store.load_steps("r") == [made]
     finally:
         store.close()

@@ -10,7 +10,6 @@ import hashlib
 import json
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -211,7 +210,7 @@ def test_steps_written_before_0007_read_the_same_and_their_chain_verifies_after_
     old = _old_steps("old")
     columns = ", ".join(STEP_COLUMNS)
     for step in old:
-        execute(db_url, f"INSERT INTO steps ({columns}) VALUES (:{', :'.join(STEP_COLUMNS)})", **asdict(step))
+        execute(db_url, f"INSERT INTO steps ({columns}) VALUES (:{', :'.join(STEP_COLUMNS)})", **step._asdict())
 
     with AgentFlow(db_url) as app:
         assert app.verify("old") is None
