@@ -297,7 +297,7 @@ class AppCore:
         self, wf: Workflow, record: RunRecord, fresh: bool, setup: Callable[[RunEngine], None] | None = None
     ) -> Run:
         run_id = record.id
-        steps = [] if fresh else self._store.load_steps(run_id)
+        steps = [] if fresh else self._store.load_step_rows(run_id)
         if fresh:
             journal = Journal(run_id, self._store, steps)
         else:  # resumed: what it recorded, and the keys its calls in flight at a crash had reserved

@@ -15,7 +15,8 @@ from ._journal import Journal
 from ._loop import run_sync
 from ._models import ErrorInfo, Replay, ReplayMode, Run, RunStatus
 from ._overrides import NO_OVERRIDE, override_output
-from ._store import RunRecord, StepRecord
+from ._store import RunRecord
+from ._store._records import KEY, as_record
 from ._workflow import Workflow
 from .errors import (
     AgentFlowError,
@@ -57,7 +58,7 @@ class ReplayPart(AppCore):
                 f"run {run_id!r} is {record.status}, not finished: resume it (app.resume) before replaying it"
             )
         wf = self._lookup(record.workflow)
-        steps = self._store.load_steps(run_id)
+        steps = self._store.load_step_rows(run_id)  # plain tuples: see StepRow
         engine = RunEngine(
             run_id, Journal(run_id, self._store, steps), self._codec, self._clock, self._default_retry, mode=mode
         )
@@ -71,7 +72,7 @@ class ReplayPart(AppCore):
             def go_live(report: ReplayDivergence) -> None:
                 new_id = f"{run_id}-live-{uuid.uuid4().hex[:8]}"
                 self._insert_derived(record, wf, new_id, report.key)
-                engine.journal.rebase(new_id, [r for r in steps if r.key in engine.served])
+                engine.journal.rebase(new_id, [as_record(r) for r in steps if r[KEY] in engine.served])
                 engine.run_id = new_id
                 diverged.append(report)
 
@@ -94,7 +95,7 @@ class ReplayPart(AppCore):
             status = RunStatus.COMPLETED if error is None else RunStatus.FAILED
             output = None if output_json is None else self._codec.decode(output_json, wf.return_type)
             return Replay(run_id, status, output, len(engine.served), mode, diverged[0], engine.run_id)
-        self._check_ending(record, steps, engine, output_json, error)
+        self._check_ending(record, [r[KEY] for r in steps], engine, output_json, error)
         output = None if output_json is None else self._codec.decode(output_json, wf.return_type)
         recorded_version, current_version = engine.code_versions
         note = None
@@ -105,19 +106,19 @@ class ReplayPart(AppCore):
     def _check_ending(
         self,
         record: RunRecord,
-        steps: list[StepRecord],
+        keys: list[str],
         engine: RunEngine,
         output_json: str | None,
         error: Exception | None,
     ) -> None:
-        """A replay that took every recorded step must also end as the run did."""
+        """A replay must have taken every recorded step (their ``keys``, in order) and end as the run did."""
         run_id = record.id
 
         def taken(key: str) -> bool:  # a step served from the record is served whole, the steps inside it too
             parts = key.split("/")
             return any("/".join(parts[:i]) in engine.served for i in range(1, len(parts) + 1))
 
-        missed = [r.key for r in steps if not taken(r.key)]
+        missed = [key for key in keys if not taken(key)]
         if missed:
             raise ReplayDivergence(
                 run_id, missed[0], "recorded", "never asked for",

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ._store import RunRecord, StepRecord, Store
+from ._store._records import KEY, StepRow, as_record
 
 __all__ = ["FORK", "Inherited", "SourceRecords", "counterfactual_kind", "enclosed", "inherit", "recorded_world"]
 
@@ -40,58 +41,77 @@ class SourceRecords:
     under ``work#2/pay#1`` is served to the call now at ``work#3/pay#0``).
     """
 
-    def __init__(self, records: Iterable[StepRecord] = ()) -> None:
-        self._by_key: dict[str, list[StepRecord]] = {}
-        self._by_request: dict[str, list[StepRecord]] = {}  # by fingerprint, oldest first
-        self._claimed: set[int] = set()  # id() of the records handed out
-        for rec in records:
-            self._by_key.setdefault(rec.key, []).append(rec)
-            self._by_request.setdefault(rec.fingerprint, []).append(rec)
+    def __init__(self, records: Iterable[StepRow] = ()) -> None:
+        # Kept as they come (plain tuples from the store: nothing for the garbage collector to walk), by
+        # their index in ``_rows``; a StepRecord is made of one when it is handed out. Indexed on the first
+        # question: a replay that diverges nowhere asks none, and 20,000 lists are not made for nothing.
+        self._rows: list[StepRow] = list(records)
+        self._by_key: dict[str, list[int]] = {}
+        self._by_request: dict[str, list[int]] = {}  # by fingerprint, oldest first
+        self._indexed = False
+        self._claimed: set[int] = set()  # the indexes of the records handed out
+
+    def _index(self) -> None:
+        self._indexed = True
+        for i, rec in enumerate(map(as_record, self._rows)):
+            self._by_key.setdefault(rec.key, []).append(i)
+            self._by_request.setdefault(rec.fingerprint, []).append(i)
 
     def __bool__(self) -> bool:
-        return bool(self._by_key)
+        return bool(self._rows)
+
+    def _take(self, i: int) -> StepRecord:
+        self._claimed.add(i)
+        return as_record(self._rows[i])
 
     def latest(self, key: str) -> StepRecord | None:
         """The newest record at ``key``."""
+        if not self._indexed:
+            self._index()
         found = self._by_key.get(key)
-        return found[-1] if found else None
+        return as_record(self._rows[found[-1]]) if found else None
 
     def claim(self, key: str, fp: str) -> StepRecord | None:
         """The record that serves the call at ``key`` with the request ``fp``, now claimed: the newest
         unclaimed one at ``key`` with that request, else the first unclaimed one of that request made by
         a call of the same name in the same scope, else anywhere. None: the call was not made before."""
-        if not self._by_key:  # a run derived from nothing: every live tool call asks
+        if not self._rows:  # a run derived from nothing: every live tool call asks
             return None
-        for rec in reversed(self._by_key.get(key, ())):
-            if rec.fingerprint == fp and id(rec) not in self._claimed:
-                self._claimed.add(id(rec))
-                return rec
-        same: list[StepRecord] = self._by_request.get(fp, [])
+        if not self._indexed:
+            self._index()
+        for i in reversed(self._by_key.get(key, ())):
+            if as_record(self._rows[i]).fingerprint == fp and i not in self._claimed:
+                return self._take(i)
+        same = self._by_request.get(fp, [])
         family = _slot_family(key)
-        for other in [r for r in same if _slot_family(r.key) == family] + same:
-            if id(other) not in self._claimed:
-                self._claimed.add(id(other))
-                return other
+        for i in [i for i in same if _slot_family(self._rows[i][KEY]) == family] + same:
+            if i not in self._claimed:
+                return self._take(i)
         return None
 
-    def claimed_by(self, records: Iterable[StepRecord]) -> None:
+    def claimed_by(self, records: Iterable[StepRow]) -> None:
         """A resumed run's own ``records`` (in order) claim what they claimed before the crash: the record
         at the same key with the same request, or, for a copy of a source record (served: same result,
         same times), that record."""
-        for rec in records:
+        if not self._indexed:
+            self._index()
+        for rec in map(as_record, records):
             at_key = self._by_key.get(rec.key, ())
-            if any(r.fingerprint == rec.fingerprint and id(r) not in self._claimed for r in at_key):
+            if any(as_record(self._rows[i]).fingerprint == rec.fingerprint and i not in self._claimed for i in at_key):
                 self.claim(rec.key, rec.fingerprint)
                 continue
-            for original in self._by_request.get(rec.fingerprint, ()):
-                if id(original) not in self._claimed and _same_answer(original, rec):
-                    self._claimed.add(id(original))
+            for i in self._by_request.get(rec.fingerprint, ()):
+                if i not in self._claimed and _same_answer(as_record(self._rows[i]), rec):
+                    self._claimed.add(i)
                     break
 
     def first_of_run(self, key: str, run_id: str) -> StepRecord | None:
         """The first record at ``key`` made by the run ``run_id`` itself (before a restart): the call that
         had the key's plain idempotency key."""
-        return next((rec for rec in self._by_key.get(key, ()) if rec.run_id == run_id), None)
+        if not self._indexed:
+            self._index()
+        found = (as_record(self._rows[i]) for i in self._by_key.get(key, ()))
+        return next((rec for rec in found if rec.run_id == run_id), None)
 
 
 def enclosed(records: list[StepRecord]) -> list[StepRecord]:
@@ -122,13 +142,13 @@ class Inherited:
     world_missing: Literal["live", "missing"] = "live"
 
 
-def inherit(store: Store, record: RunRecord, own: Iterable[StepRecord] = (), *, world: bool = True) -> Inherited:
+def inherit(store: Store, record: RunRecord, own: Iterable[StepRow] = (), *, world: bool = True) -> Inherited:
     """What the run ``record``, holding the records ``own``, inherits, as it stands in the store now; its
     world only with ``world`` (a child run resumed by its parent shares the parent's)."""
     kind = record.derived_as or ""
-    records: list[StepRecord] = []
+    records: list[StepRow] = []
     if kind == FORK and record.forked_from is not None:
-        records += store.load_steps(record.forked_from)
+        records += store.load_step_rows(record.forked_from)
     records += [kept.record for kept in store.load_superseded(record.id)]
     inherited = Inherited(SourceRecords(records))
     if inherited.source:

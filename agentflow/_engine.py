@@ -267,10 +267,7 @@ class RunEngine:
     children: ChildRunner | None = None  # the app, which runs child workflows
 
     def __post_init__(self) -> None:
-        for rec in self.journal.records():
-            self.prompt_tokens += rec.prompt_tokens
-            self.completion_tokens += rec.completion_tokens
-            self.cost += rec.cost
+        self.prompt_tokens, self.completion_tokens, self.cost = self.journal.usage()
 
     # -- halting ----------------------------------------------------------------------------------------
 

@@ -1,10 +1,10 @@
 """The journal of one run: finds recorded steps by key, hands out keys, appends new records.
 
 It reads the run's record once when the run starts and keeps it in memory; each new step is one write
-and nothing re-reads the history, so step 10,000 costs what step 10 costs. The records it appends are kept
-as plain tuples of strings and numbers, which the garbage collector stops tracking after its next pass: a
-long run does not grow the heap that full collections walk (a ``StepRecord`` is made again, ~0.15 us, when
-one is asked for). The records it was started with stay as they came: their caller holds them anyway.
+and nothing re-reads the history, so step 10,000 costs what step 10 costs. The records are kept as plain
+tuples of strings and numbers (``StepRow``: the store loads them so, and the ones appended are kept so),
+which the garbage collector stops tracking after its next pass: a long run does not grow the heap that
+full collections walk. A ``StepRecord`` is made again, ~0.15 us, when one is asked for.
 
 Keys are ``scope/name#n``: ``scope`` is the key of the enclosing step (empty at the top), ``n`` counts the
 earlier uses of ``name`` in that scope. The hash chain links each record to the one before it:
@@ -18,21 +18,16 @@ concurrent sibling reaches the engine first (``reserved_match``). They are outsi
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ._codec import sha256
 from ._store import StepRecord, Store
+from ._store._records import KEY, StepRow, as_record
 
 __all__ = ["Journal", "chain_hash", "first_broken_link", "genesis"]
 
 _SEP = "\x1f"
-_Row = tuple[Any, ...]  # a StepRecord, or its fields as an exact tuple (see the module's docstring)
-_new_tuple = tuple.__new__
-
-
-def _record(row: _Row) -> StepRecord:
-    return row if type(row) is StepRecord else _new_tuple(StepRecord, row)
 
 
 def genesis(run_id: str) -> str:
@@ -60,13 +55,14 @@ def first_broken_link(run_id: str, records: list[StepRecord]) -> str | None:
 
 class Journal:
     def __init__(
-        self, run_id: str, store: Store, records: list[StepRecord], reservations: Mapping[str, str] | None = None
+        self, run_id: str, store: Store, records: Sequence[StepRow], reservations: Mapping[str, str] | None = None
     ) -> None:
         self.run_id = run_id
         self._store = store
-        self._recorded: dict[str, _Row] = {r.key: r for r in records}
-        self._next_seq = records[-1].seq + 1 if records else 0
-        self._chain = records[-1].chain if records else genesis(run_id)
+        self._recorded: dict[str, StepRow] = {r[KEY]: r for r in records}
+        last = as_record(records[-1]) if records else None
+        self._next_seq = last.seq + 1 if last else 0
+        self._chain = last.chain if last else genesis(run_id)
         # Per ``scope/name``: the lowest index not handed out yet, and the indexes above it handed out
         # out of turn (a call served from the record of a concurrent sibling's slot, see ``claim``).
         self._counters: dict[str, int] = {}
@@ -164,7 +160,7 @@ class Journal:
             row = self._recorded.get(f"{base}#{n}")
             if row is None:
                 continue
-            rec = _record(row)
+            rec = as_record(row)
             if rec.fingerprint != fingerprint:
                 continue
             if rec.status != "failed":
@@ -240,7 +236,7 @@ class Journal:
             return None
         if self._by_base is None:
             grouped: dict[str, list[StepRecord]] = {}
-            for rec in sorted(map(_record, self._recorded.values()), key=lambda r: r.seq):
+            for rec in sorted(map(as_record, self._recorded.values()), key=lambda r: r.seq):
                 grouped.setdefault(rec.key.rpartition("#")[0], []).append(rec)
             self._by_base = grouped
         for rec in self._by_base.get(key.rpartition("#")[0], ()):
@@ -250,11 +246,20 @@ class Journal:
 
     def recorded(self, key: str) -> StepRecord | None:
         row = self._recorded.get(key)
-        return None if row is None else _record(row)
+        return None if row is None else as_record(row)
+
+    def usage(self) -> tuple[int, int, float]:
+        """The prompt tokens, completion tokens and cost the records so far add up to."""
+        prompt, completion, cost = 0, 0, 0.0
+        for rec in map(as_record, self._recorded.values()):  # one at a time: no list of 10,000 records
+            prompt += rec.prompt_tokens
+            completion += rec.completion_tokens
+            cost += rec.cost
+        return prompt, completion, cost
 
     def records(self) -> list[StepRecord]:
         """The records of this run so far (loaded and appended), in no particular order."""
-        return list(map(_record, self._recorded.values()))
+        return list(map(as_record, self._recorded.values()))
 
     def append(
         self,
@@ -280,7 +285,7 @@ class Journal:
             chain = chain_hash(self._chain, key, kind, fingerprint, status, output, error)
             row = (self.run_id, key, self._next_seq, kind, name, fingerprint, request, status, attempt, output,
                    error, started_at, finished_at, prompt_tokens, completion_tokens, cost, chain)  # fmt: skip
-            record = _record(row)
+            record = as_record(row)
             extra: dict[str, Any] = {}
             if self.lease_token is not None:  # a worker's run: written only while the worker holds its lease
                 extra.update(lease_token=self.lease_token, lease_of=self.lease_of)

@@ -58,6 +58,7 @@ __all__ = [
     "unpack_json",
     "unpack_request",
     "unpacked_step",
+    "unpacked_step_row",
 ]
 
 _DEFLATED_V1 = b"\x01"
@@ -333,12 +334,17 @@ def packed_step(step: StepRecord) -> tuple[Any, ...]:
 
 def unpacked_step(row: Sequence[Any]) -> StepRecord:
     """A ``StepRecord`` from a row of the table read in ``STEP_COLUMNS`` order."""
+    return StepRecord._make(unpacked_step_row(row))
+
+
+def unpacked_step_row(row: Sequence[Any]) -> tuple[Any, ...]:
+    """``unpacked_step``'s fields as a plain tuple (a ``StepRow``), made without a ``StepRecord``."""
     (run_id, key, seq, kind, name, fingerprint, request, status, attempt, output, error, started_at, finished_at,
      prompt_tokens, completion_tokens, cost, chain) = row  # fmt: skip
     text = unpack_request(request)
     # An empty fingerprint is the request's (there is always a request then).
     fingerprint = unpack_digest(fingerprint) if fingerprint or text is None else _request_digest(text)
-    return StepRecord(
+    return (
         run_id, key, seq, kind, name, fingerprint, text, status, attempt,
         unpack_json(output), unpack_json(error), started_at, finished_at, prompt_tokens, completion_tokens, cost,
         unpack_digest(chain),

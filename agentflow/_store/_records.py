@@ -8,7 +8,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 from ._eval_records import EvalStore
 
-__all__ = ["STEP_COLUMNS", "RunRecord", "StepRecord", "Store", "SupersededStep", "build_frozen"]
+__all__ = ["STEP_COLUMNS", "RunRecord", "StepRecord", "StepRow", "Store", "SupersededStep", "as_record", "build_frozen"]
 
 _T = TypeVar("_T")
 
@@ -103,6 +103,18 @@ class SupersededStep:
 # Column order of the hot-path insert; StepRecord's fields in declaration order.
 STEP_COLUMNS: tuple[str, ...] = StepRecord._fields
 
+StepRow = tuple[Any, ...]
+"""A step record where the engine keeps many: a ``StepRecord``, or its fields as a plain tuple. A plain
+tuple of strings and numbers is not tracked by the garbage collector once a collection has seen it, so a
+run's 10,000 records add nothing to the heap that every full collection walks (``Store.load_step_rows``)."""
+KEY = STEP_COLUMNS.index("key")
+_new_tuple = tuple.__new__
+
+
+def as_record(row: StepRow) -> StepRecord:
+    """``row`` as a ``StepRecord`` (~0.15 us for a plain tuple)."""
+    return row if type(row) is StepRecord else _new_tuple(StepRecord, row)
+
 
 class Store(EvalStore, Protocol):
     """What the engine needs from a database (and, through ``EvalStore``, what the eval layer needs)."""
@@ -149,6 +161,11 @@ class Store(EvalStore, Protocol):
 
     def load_steps(self, run_id: str) -> list[StepRecord]:
         """All recorded steps of a run in ``seq`` order."""
+        ...
+
+    def load_step_rows(self, run_id: str) -> list[StepRow]:
+        """``load_steps`` as plain tuples (see ``StepRow``): for a run resumed or replayed, whose journal
+        keeps every record of it."""
         ...
 
     def write_step(
