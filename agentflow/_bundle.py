@@ -2,23 +2,28 @@
 
 A bundle holds the run's record, its step records (agent checkpoints are steps), the blobs its model calls
 refer to (message chain nodes, followed through their links, tool schemas and response formats), and its
-child runs with theirs, recursively. Every field of ``RunRecord`` and ``StepRecord`` is carried, so a new
-column travels without a change here. Secrets are not in a record, so they are not in a bundle either.
+child runs with theirs, recursively, and the records their restarts took out of them (``superseded``: the
+audit trail of a restarted run travels with it). Every field of ``RunRecord`` and ``StepRecord`` is
+carried, so a new column travels without a change here. Secrets are not in a record, so they are not in a
+bundle either.
 
     {
      "agentflow_version": "0.1.0",          the agentflow that exported it
      "blobs": {"<hash>": "<base64>", ...},  content-addressed: the key is blob_hash(data)
      "checksum": "sha256:<hex>",            over the canonical JSON of everything else in the file
      "format": "agentflow-bundle",
-     "format_version": 1,
+     "format_version": 1,                   2 when a run carries "superseded" (older agentflows refuse it)
      "root": "<run id>",                    the exported run; its children follow it in "runs"
-     "runs": [{"record": {...}, "steps": [{...}, ...]}, ...]
-    }
+     "runs": [{"record": {...}, "steps": [{...}, ...],
+               "superseded": [{"restart": 1, "superseded_at": <time>, "record": {...}}, ...]}, ...]
+    }                                       ("superseded" only for a run that was restarted)
 
 Keys are sorted and the order of runs and steps is fixed, so the same run exports the same bytes. An import
 checks everything before it writes anything: the format, the checksum (any changed value is caught), every
 blob's hash, every run's step hash chain, and that each blob a step refers to is there; then it writes all
 runs in one transaction. Importing a bundle again is a no-op; a run id that names another run is refused.
+Superseded records are checked for their run, their restart numbers and their blobs; their hash chain was
+the run's before the restart took them out, so it is not checked against the run's chain now.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import binascii
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -36,12 +41,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ._journal import first_broken_link
 from ._llm import blob_hash
 from ._store import RunRecord, StepRecord, Store
+from ._store._records import SupersededStep
 from .errors import BundleError, RunConflict, RunNotFound
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "BundleContents", "checksum", "export_bundle", "import_bundle", "read_bundle"]
 
 FORMAT = "agentflow-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this agentflow reads and writes; it writes 1 when no run carries "superseded"
+
+
+class _BundleSuperseded(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    restart: int = Field(ge=1)
+    superseded_at: float
+    record: StepRecord
 
 
 class _BundleRun(BaseModel):
@@ -49,6 +63,7 @@ class _BundleRun(BaseModel):
 
     record: RunRecord
     steps: list[StepRecord]
+    superseded: list[_BundleSuperseded] = []
 
 
 class _Bundle(BaseModel):
@@ -87,11 +102,19 @@ def export_bundle(store: Store, run_id: str) -> bytes:
                 f"run {record.id!r}: its record was changed at step {broken!r} (the hash chain is broken); "
                 "a bundle is a faithful copy, so it is not exported"
             )
-        blobs.update(_referenced_blobs(store, record.id, steps))
-        runs.append({"record": asdict(record), "steps": [step._asdict() for step in steps]})
+        superseded = store.load_superseded(record.id)
+        blobs.update(_referenced_blobs(store, record.id, [*steps, *(kept.record for kept in superseded)]))
+        entry: dict[str, Any] = {"record": asdict(record), "steps": [step._asdict() for step in steps]}
+        if superseded:
+            entry["superseded"] = [
+                {"restart": kept.restart, "superseded_at": kept.superseded_at, "record": kept.record._asdict()}
+                for kept in superseded
+            ]
+        runs.append(entry)
     document: dict[str, Any] = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        # 1 where it can be: an agentflow that does not know "superseded" still reads the bundle.
+        "format_version": FORMAT_VERSION if any("superseded" in entry for entry in runs) else 1,
         "agentflow_version": __version__,
         "root": run_id,
         "runs": runs,
@@ -190,6 +213,7 @@ class BundleContents:
     runs: list[RunRecord]
     steps: list[StepRecord]
     blobs: dict[str, bytes]
+    superseded: list[SupersededStep] = field(default_factory=list)
 
 
 def read_bundle(data: bytes, source: str = "the bundle") -> BundleContents:
@@ -251,6 +275,7 @@ def _check(bundle: _Bundle, source: str) -> BundleContents:
         raise BundleError(f"{source}: its runs ({', '.join(ids[:5])}) must start with the root run, each once")
     runs: list[RunRecord] = []
     steps: list[StepRecord] = []
+    superseded: list[SupersededStep] = []
     complete: set[str] = set()  # message chain nodes known to lead back to a first node inside the bundle
     for index, entry in enumerate(bundle.runs):
         run = entry.record
@@ -268,9 +293,24 @@ def _check(bundle: _Bundle, source: str) -> BundleContents:
                 f"{source}: the record of run {run.id!r} was changed at step {broken!r} (its hash chain is broken)"
             )
         _check_references(entry.steps, blobs, complete, source)
+        kept = [SupersededStep(k.restart, k.superseded_at, k.record) for k in entry.superseded]
+        _check_superseded(run.id, kept, source)
+        _check_references((k.record for k in kept), blobs, complete, source)
         runs.append(run)
         steps.extend(entry.steps)
-    return BundleContents(bundle.root, runs, steps, blobs)
+        superseded.extend(kept)
+    return BundleContents(bundle.root, runs, steps, blobs, superseded)
+
+
+def _check_superseded(run_id: str, kept: list[SupersededStep], source: str) -> None:
+    """A run's superseded records are its own, restart by restart in ``seq`` order, each key once a restart."""
+    if any(k.record.run_id != run_id for k in kept):
+        raise BundleError(f"{source}: run {run_id!r} holds superseded records of another run")
+    order = [(k.restart, k.record.seq) for k in kept]
+    if order != sorted(set(order)):
+        raise BundleError(f"{source}: the superseded records of run {run_id!r} are not in order (restart, seq)")
+    if len({(k.restart, k.record.key) for k in kept}) != len(kept):
+        raise BundleError(f"{source}: run {run_id!r} holds two records of one key superseded by the same restart")
 
 
 def _check_references(steps: Iterable[StepRecord], blobs: Mapping[str, bytes], complete: set[str], source: str) -> None:
@@ -302,7 +342,7 @@ def import_bundle(store: Store, data: bytes, source: str = "the bundle") -> list
     (imported now, or found already there with the same content)."""
     contents = read_bundle(data, source)
     try:
-        store.import_runs(contents.runs, contents.steps, contents.blobs)
+        store.import_runs(contents.runs, contents.steps, contents.blobs, contents.superseded)
     except RunConflict as exc:
         raise BundleError(
             f"{source}: run {exc.run_id!r} is in this database already, with other content; nothing was "

@@ -37,11 +37,13 @@ def export_command(
     ],
     db: DbOption = None,
 ) -> None:
-    """Write a run, its steps, the blobs they refer to and its child runs to a portable JSON bundle."""
+    """Write a run, its steps, the blobs they refer to and its child runs to a portable JSON bundle (with
+    the records its restarts took out of it)."""
     with _open(db) as flow:
         data = flow.export_run(run_id)
         run = flow.get_run(run_id)
         step_count = len(run.steps)
+        superseded = len(flow.superseded_steps(run_id))
     if output == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
@@ -53,7 +55,7 @@ def export_command(
     children = len(_run_ids(data)) - 1
     line = Text(f"exported run {run.id} ({run.workflow}, ")
     line.append_text(_status_text(run.status.value))
-    line.append(f", {step_count} steps")
+    line.append(f", {step_count} steps{_superseded(superseded)}")
     if children:
         line.append(f", and {children} child run{'s' if children != 1 else ''}")
     line.append(f") to {output} ({_size(len(data))})")
@@ -77,13 +79,13 @@ def import_command(
         with AgentFlow(db) as flow:  # unlike the other commands, this one may create the database
             before = {run_id for run_id in _run_ids(data) if _exists(flow, run_id)}
             run_ids = flow.import_runs(bundle)
-            runs = [flow.get_run(run_id) for run_id in run_ids]
+            runs = [(flow.get_run(run_id), len(flow.superseded_steps(run_id))) for run_id in run_ids]
     except AgentFlowError as exc:
         _fail(str(exc))
-    for run in runs:
+    for run, superseded in runs:
         line = Text(f"{'already here, unchanged' if run.id in before else 'imported'}: run {run.id} ({run.workflow}, ")
         line.append_text(_status_text(run.status.value))
-        line.append(f", {len(run.steps)} steps)")
+        line.append(f", {len(run.steps)} steps{_superseded(superseded)})")
         out.print(line)
     db_flag = "" if db is None else f" --db {db}" if "://" not in db else " --db URL"  # no password on screen
     out.print(Text(f"replay it offline: agentflow replay {run_ids[0]}{db_flag}", style="dim"))
@@ -104,6 +106,10 @@ def _exists(flow: AgentFlow, run_id: str) -> bool:
     except RunNotFound:
         return False
     return True
+
+
+def _superseded(count: int) -> str:
+    return f" and {count} superseded by restarts" if count else ""
 
 
 def _size(n: int) -> str:

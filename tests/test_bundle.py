@@ -26,6 +26,7 @@ from agentflow import (
     FakeClock,
     RunNotFound,
     RunStatus,
+    SupersededStep,
     tool,
 )
 from agentflow._bundle import checksum
@@ -250,8 +251,8 @@ def test_a_foreign_file_is_refused_with_a_clear_message(
 
 def test_a_bundle_from_a_newer_format_asks_for_an_upgrade(bundle: bytes, app: AgentFlow) -> None:
     document = json.loads(bundle)
-    document.update(format_version=2, agentflow_version="2.0.0")
-    with pytest.raises(BundleError, match=r"format 2, written by agentflow 2\.0\.0; this agentflow reads format 1 and"):
+    document.update(format_version=3, agentflow_version="2.0.0")
+    with pytest.raises(BundleError, match=r"format 3, written by agentflow 2\.0\.0; this agentflow reads format 2 and"):
         app.import_runs(reseal(document))
 
 
@@ -299,6 +300,91 @@ def test_a_run_id_that_names_another_run_is_refused_and_nothing_is_imported(tmp_
     assert app.get_run("child").input == {"args": [99], "kwargs": {}}
 
 
+# -- restarted runs: what the restarts took out travels too -----------------------------------------------------
+
+
+def register_asker(flow: AgentFlow, question: dict[str, str]) -> Any:
+    """A workflow that asks the model ``question["text"]`` (read when a run reaches it)."""
+
+    @flow.workflow(name="asker")
+    async def asker(ctx: Context) -> str:
+        text = await ctx.step("question", str, question["text"])
+        answer = await ctx.llm(model=MODEL, messages=[{"role": "user", "content": text}], **PARAMS)
+        return answer.text or ""
+
+    return asker
+
+
+@pytest.fixture
+def restarted(tmp_path: Path) -> tuple[bytes, list[SupersededStep]]:
+    """The bundle of a run restarted once: its first question and model call were taken out by the restart
+    (the call's message is a blob no current step refers to), and what the source database keeps of them."""
+    question = {"text": "Where is A-1?"}
+    with AgentFlow(str(tmp_path / "restarted.db"), clock=FakeClock()) as source:
+        asker = register_asker(source, question)
+        with FakeProvider() as fake:
+            fake.script(reply("A-1 has shipped."), reply("B-2 is on its way."))
+            assert source.run(asker, run_id="asked").output == "A-1 has shipped."
+            question["text"] = "Where is B-2?"
+            assert source.restart("asked", from_key="question#0").output == "B-2 is on its way."
+        return source.export_run("asked"), source.superseded_steps("asked")
+
+
+def test_the_records_a_restart_took_out_travel_with_the_run(
+    restarted: tuple[bytes, list[SupersededStep]], app: AgentFlow
+) -> None:
+    data, kept = restarted
+    document = json.loads(data)
+    assert document["format_version"] == 2  # an agentflow that knows nothing of restarts refuses it, not drops it
+    (entry,) = document["runs"]
+    assert [(k["restart"], k["record"]["key"]) for k in entry["superseded"]] == [(1, "question#0"), (1, "llm#0")]
+
+    assert app.import_runs(data) == ["asked"]
+    assert app.superseded_steps("asked") == kept
+    old_call = kept[1].step.request
+    [now_call] = [s.request for s in app.get_run("asked").steps if s.key == "llm#0"]
+    assert old_call["messages"] != now_call["messages"]
+    assert set(app._store.get_blobs([old_call["messages"]])) == {old_call["messages"]}  # its message came along
+    register_asker(app, {"text": "Where is B-2?"})
+    assert app.replay("asked").matched
+    assert app.import_runs(data) == ["asked"] and app.superseded_steps("asked") == kept  # again: a no-op
+
+
+def test_a_run_never_restarted_is_exported_in_the_format_older_agentflows_read(bundle: bytes) -> None:
+    document = json.loads(bundle)
+    assert document["format_version"] == 1 and all("superseded" not in entry for entry in document["runs"])
+
+
+def test_superseded_records_that_are_not_the_runs_or_miss_a_blob_are_refused(
+    restarted: tuple[bytes, list[SupersededStep]], app: AgentFlow
+) -> None:
+    data, kept = restarted
+    document = json.loads(data)
+    document["runs"][0]["superseded"][0]["record"]["run_id"] = "another"
+    with pytest.raises(BundleError, match="run 'asked' holds superseded records of another run"):
+        app.import_runs(reseal(document))
+
+    document = json.loads(data)
+    old_head = kept[1].step.request["messages"]
+    del document["blobs"][old_head]
+    with pytest.raises(BundleError, match=f"step 'llm#0' of run 'asked' refers to blob {old_head}"):
+        app.import_runs(reseal(document))
+    assert app.list_runs() == []
+
+
+def test_a_run_imported_without_its_superseded_records_conflicts_with_one_that_has_them(
+    restarted: tuple[bytes, list[SupersededStep]], app: AgentFlow
+) -> None:
+    data, _ = restarted
+    document = json.loads(data)
+    del document["runs"][0]["superseded"]
+    document["format_version"] = 1
+    assert app.import_runs(reseal(document)) == ["asked"]
+    with pytest.raises(BundleError, match="run 'asked' is in this database already, with other content"):
+        app.import_runs(data)
+    assert app.superseded_steps("asked") == []
+
+
 # -- the CLI --------------------------------------------------------------------------------------------------
 
 
@@ -324,6 +410,19 @@ def test_cli_export_then_import_into_a_new_database(tmp_path: Path, db_url: str)
     assert again.exit_code == 0 and "already here, unchanged: run ticket-1" in again.stdout
     with AgentFlow(str(target)) as copy:
         assert [s.key for s in copy.get_run("ticket-1").steps][:2] == ["llm#0", "lookup_order#0"]
+
+
+def test_cli_import_says_how_many_records_restarts_took_out(
+    restarted: tuple[bytes, list[SupersededStep]], tmp_path: Path
+) -> None:
+    bundle_file = tmp_path / "asked.json"
+    bundle_file.write_bytes(restarted[0])
+    imported = invoke("import", str(bundle_file), "--db", str(tmp_path / "copy.db"))
+    assert imported.exit_code == 0, imported.output
+    assert "imported: run asked (asker, completed, 2 steps and 2 superseded by restarts)" in imported.stdout
+    exported = invoke("export", "asked", "-o", str(tmp_path / "again.json"), "--db", str(tmp_path / "copy.db"))
+    assert "exported run asked (asker, completed, 2 steps and 2 superseded by restarts) to " in exported.stdout
+    assert (tmp_path / "again.json").read_bytes() == restarted[0]  # the same bytes, carried from database to database
 
 
 def test_cli_export_to_stdout_writes_the_bundle_itself(tmp_path: Path) -> None:

@@ -272,12 +272,18 @@ class Store(EvalStore, Protocol):
         ...
 
     def import_runs(
-        self, runs: Sequence[RunRecord], steps: Sequence[StepRecord], blobs: Mapping[str, bytes]
+        self,
+        runs: Sequence[RunRecord],
+        steps: Sequence[StepRecord],
+        blobs: Mapping[str, bytes],
+        superseded: Sequence[SupersededStep] = (),
     ) -> list[str]:
-        """Write runs, their steps and the blobs they refer to, in one transaction; the ids it inserted.
+        """Write runs, their steps, the records their restarts superseded and the blobs they refer to, in one
+        transaction; the ids it inserted.
 
-        A run already present with the same record and steps is skipped; one present with other content
-        raises ``RunConflict`` and nothing is written. Blobs already stored are left as they are.
+        A run already present with the same record, steps and superseded records is skipped; one present
+        with other content raises ``RunConflict`` and nothing is written. Blobs already stored are left as
+        they are.
         """
         ...
 

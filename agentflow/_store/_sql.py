@@ -465,10 +465,14 @@ class SQLStore(EvalSQL):
         return restart
 
     def load_superseded(self, run_id: str) -> list[SupersededStep]:
+        with self._connect() as conn:
+            return self._load_superseded(conn, run_id)
+
+    @staticmethod
+    def _load_superseded(conn: Connection, run_id: str) -> list[SupersededStep]:
         kept = superseded_steps
         query = select(kept.c.restart, kept.c.superseded_at, *(kept.c[name] for name in STEP_COLUMNS))
-        with self._connect() as conn:
-            rows = conn.execute(query.where(kept.c.run_id == run_id).order_by(kept.c.restart, kept.c.seq)).all()
+        rows = conn.execute(query.where(kept.c.run_id == run_id).order_by(kept.c.restart, kept.c.seq)).all()
         return [SupersededStep(row[0], row[1], unpacked_step(row[2:])) for row in rows]
 
     def get_blobs(self, hashes: Iterable[str]) -> dict[str, bytes]:
@@ -532,13 +536,20 @@ class SQLStore(EvalSQL):
             return [RunRecord(**row) for row in conn.execute(query).mappings()]
 
     def import_runs(
-        self, runs: Sequence[RunRecord], steps: Sequence[StepRecord], blobs: Mapping[str, bytes]
+        self,
+        runs: Sequence[RunRecord],
+        steps: Sequence[StepRecord],
+        blobs: Mapping[str, bytes],
+        superseded: Sequence[SupersededStep] = (),
     ) -> list[str]:
         run_table, step_table = RunRow.__table__, StepRow.__table__  # type: ignore[attr-defined]
         blob_table = BlobRow.__table__  # type: ignore[attr-defined]
         by_run: dict[str, list[StepRecord]] = {}
         for step in sorted(steps, key=lambda s: s.seq):
             by_run.setdefault(step.run_id, []).append(step)
+        kept_by_run: dict[str, list[SupersededStep]] = {}
+        for kept in sorted(superseded, key=lambda k: (k.restart, k.record.seq)):  # load_superseded's order
+            kept_by_run.setdefault(kept.record.run_id, []).append(kept)
         step_query = select(*(step_table.c[name] for name in STEP_COLUMNS)).order_by(step_table.c.seq)
         inserted: list[str] = []
         try:
@@ -552,11 +563,20 @@ class SQLStore(EvalSQL):
                             raise RunConflict(run.id, "another record (status, output, times or usage differ)")
                         if [unpacked_step(r) for r in present] != ours:
                             raise RunConflict(run.id, "other steps")
+                        if self._load_superseded(conn, run.id) != kept_by_run.get(run.id, []):
+                            raise RunConflict(run.id, "other records superseded by its restarts")
                         continue  # imported before: nothing to do
                     conn.execute(insert(run_table).values(asdict(run)))
                     if ours:
                         packed = [dict(zip(STEP_COLUMNS, packed_step(step), strict=True)) for step in ours]
                         conn.execute(insert(step_table), packed)
+                    if run.id in kept_by_run:
+                        columns = (*STEP_COLUMNS, "restart", "superseded_at")
+                        rows = [
+                            dict(zip(columns, (*packed_step(k.record), k.restart, k.superseded_at), strict=True))
+                            for k in kept_by_run[run.id]
+                        ]
+                        conn.execute(insert(superseded_steps), rows)
                     inserted.append(run.id)
                 if inserted and blobs:
                     rows = [{"hash": h, "data": data} for h, data in packed_blob_rows(blobs)]
