@@ -24,7 +24,8 @@ from ._clock import Clock, SystemClock
 from ._codec import Codec
 from ._context import Context, SyncContext
 from ._derived import FORK, counterfactual_kind, inherit
-from ._engine import CancelRequested, ChildOrigin, RunEngine, Suspend, top_level
+from ._engine import RunEngine
+from ._engine_types import CancelRequested, ChildOrigin, Suspend
 from ._journal import Journal, first_broken_link
 from ._lifecycle import BackgroundLoop
 from ._llm import Budget
@@ -32,6 +33,7 @@ from ._loop import run_sync
 from ._models import ErrorInfo, Run, RunStatus, Step
 from ._refs import ref_of_object
 from ._retry import RetryPolicy
+from ._scope import top_level
 from ._store import RunRecord, StepRecord, Store
 from ._workflow import Workflow
 from .errors import (

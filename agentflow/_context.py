@@ -13,11 +13,12 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal, TypeVar, overload
 
-from ._engine import RunEngine, current_scope, owning
+from ._engine import RunEngine
 from ._graph import Graph, SyncGraph
 from ._llm import LLMResponse, StreamChunk
 from ._llm_calls import LLMStream, call_llm, prepare_llm_call
 from ._retry import RetryPolicy
+from ._scope import current_scope, owning
 from ._tool import Tool, ToolResult, tool
 from .errors import AgentFlowError
 

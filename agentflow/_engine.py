@@ -13,18 +13,26 @@ import contextlib
 import inspect
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import Any, Literal
 
 from ._clock import Clock
 from ._codec import Codec, canonical_json, fingerprint
 from ._derived import SourceRecords
+from ._engine_types import (
+    Attempts,
+    ChildOrigin,
+    ChildRunFailed,
+    ChildRunner,
+    Compensation,
+    RunExtras,
+    Suspend,
+)
 from ._journal import Journal
-from ._llm import Budget, MessageChains
 from ._models import ErrorInfo, keep_secrets_out
 from ._retry import RetryPolicy
+from ._scope import current_scope, enter_scope, in_sibling_task, leave_scope, yield_to_siblings
 from ._secrets import redact, split_secrets
 from ._store import StepRecord
 from ._tool import IdempotencyKey, Tool, ToolArgumentsError, ToolResult
@@ -39,181 +47,16 @@ from .errors import (
     StoreError,
 )
 
-if TYPE_CHECKING:
-    from ._checkpoint import _Last
-    from ._rate import RunLimiter
-
-__all__ = ["CancelRequested", "ChildOrigin", "Compensation", "RunEngine", "Suspend", "current_scope"]
+__all__ = ["RunEngine"]
 
 log = logging.getLogger("agentflow")
-T = TypeVar("T")
-
-# The key of the step whose function is running, so that steps it takes are scoped under it.
-_scope: ContextVar[str] = ContextVar("agentflow_scope", default="")
-# The task that runs the code of that scope (the run's own task at the top). A call made from another
-# task (a coroutine under asyncio.gather) runs beside siblings that share its scope: see yield_to_siblings.
-_scope_task: ContextVar[asyncio.Task[Any] | None] = ContextVar("agentflow_scope_task", default=None)
 
 # Errors about the program or the store, not about the step: never retried, never recorded.
 _PASS_THROUGH = (ReplayDivergence, StoreError, SerializationError)
 
 
-def current_scope() -> str:
-    return _scope.get()
-
-
-@contextlib.contextmanager
-def run_task() -> Iterator[None]:
-    """Mark the running task as the one that runs a workflow's top-level code."""
-    token = _scope_task.set(asyncio.current_task())
-    try:
-        yield
-    finally:
-        _scope_task.reset(token)
-
-
-@contextlib.contextmanager
-def top_level() -> Iterator[None]:
-    """Run a workflow's top-level code in the running task: at the top scope, which the task owns. A
-    child run's task is made inside its parent's step and would otherwise take that step's scope: its
-    keys would then depend on where it was started from, and a resume of the child on its own (``recover``)
-    would find none of its records."""
-    token = _scope.set("")
-    try:
-        with run_task():
-            yield
-    finally:
-        _scope.reset(token)
-
-
-async def owning(call: Awaitable[T]) -> T:
-    """Await ``call`` in a task that owns its scope: a graph node (one key of its own), or a sync
-    workflow's call (sequential code), so that it is not taken for a sibling under asyncio.gather."""
-    with run_task():
-        return await call
-
-
-def _in_sibling_task() -> bool:
-    """True in a task that does not own the current scope: a coroutine under asyncio.gather."""
-    try:
-        current = asyncio.current_task()
-    except RuntimeError:  # no loop running in this thread
-        return False
-    owner = _scope_task.get()
-    return owner is not None and current is not owner
-
-
-async def yield_to_siblings() -> None:
-    """Served from the record, a call returns at once; live, it waits for the outside world and
-    concurrent siblings (other coroutines of one ``asyncio.gather``) take their next keys meanwhile.
-    One pass of the event loop here lets them do so in a replay too, so that keys are taken in the
-    recorded order. A call in the task that owns its scope (sequential code) does not pay for it."""
-    if _in_sibling_task():
-        await asyncio.sleep(0)
-
-
 def _qualname(fn: Callable[..., Any]) -> str:
     return getattr(fn, "__qualname__", None) or type(fn).__qualname__
-
-
-class Suspend(BaseException):
-    """Unwinds a run that has to wait (a durable sleep, an event, a pause): not an error. The run holds
-    nothing while it waits; it is executed again when it wakes and finds its steps in the record.
-
-    A BaseException, like ``asyncio.CancelledError``, so that a workflow's ``except Exception`` does not
-    swallow it.
-    """
-
-    def __init__(self, *, wake_at: float | None, waiting_for: str | None, why: str, paused: bool = False) -> None:
-        super().__init__(why)
-        self.wake_at = wake_at
-        self.waiting_for = waiting_for
-        self.paused = paused
-
-
-class CancelRequested(BaseException):
-    """Unwinds a run whose cancellation was asked for, at its next live step; its compensations run."""
-
-
-@dataclass(frozen=True)
-class ChildOrigin:
-    """What a child run of a derived run (a fork, a live replay, a counterfactual) inherits, so that the
-    non-idempotent tool calls made inside the source's child are not made again: the source's child run
-    (its records serve them, as ``RunEngine.source`` does), or the recorded world (shared with its
-    parent, each answer served once). Kept in the child's row too (``forked_from``, ``derived_as``), so
-    that the child inherits the same when it is resumed on its own."""
-
-    source_run: str | None = None
-    world: dict[str, list[StepRecord]] | None = None
-    world_missing: Literal["live", "missing"] = "live"
-    world_source: str | None = None  # the run whose recorded world ``world`` is
-
-
-class ChildRunner(Protocol):
-    """What the engine needs to run child workflows (the ``AgentFlow``)."""
-
-    def name_of(self, workflow: Any) -> str: ...
-
-    async def run_child(
-        self,
-        workflow: Any,
-        child_id: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        parent_id: str,
-        lease: tuple[str, int] | None = None,
-        origin: ChildOrigin | None = None,
-    ) -> tuple[str, str | None, str | None]:
-        """Run (or resume, or look up) the child; its ``(status, output JSON, error text)``. With ``lease``
-        (the parent's, ``(run id, token)``: a worker holds it) every write of the child is fenced by it;
-        ``origin`` is what a derived run's child inherits from its source."""
-        ...
-
-
-class ChildRunFailed(AgentFlowError):
-    """A child run ended failed or cancelled; raised into the parent as ``StepFailed``."""
-
-    def __init__(self, child_id: str, status: str, error: str | None) -> None:
-        super().__init__(f"child run {child_id!r} ended {status}: {error or 'no error recorded'}")
-
-
-@dataclass
-class Compensation:
-    """An undo registered by ``ctx.step(..., compensate=fn)``: ``fn(output)`` of the step at ``key``."""
-
-    key: str
-    name: str
-    fn: Callable[[Any], Any]
-    output: Any
-    retry: RetryPolicy | None
-
-
-@dataclass
-class Attempts:
-    """How the attempts at a step ended: ``value`` or the final ``error``, after ``count`` attempts."""
-
-    value: Any
-    error: Exception | None
-    count: int
-
-
-@dataclass
-class RunExtras:
-    """Per-run state that the modules around the engine keep on it, one field each; all empty by default."""
-
-    # The LLM gateway (_llm_calls): the run's message chains, its retry policy and budget for model calls
-    # (from the app and the workflow), and the rate limiter of a queue whose worker executes the run.
-    message_chain: MessageChains = field(default_factory=MessageChains)
-    llm_retry: RetryPolicy | None = None
-    budget: Budget | None = None
-    rate_limiter: RunLimiter | None = None
-    # Model calls of a run with a budget, asked but not recorded yet: key -> (prompt tokens by tiktoken,
-    # max completion tokens, estimated cost). The budget counts them, so concurrent calls cannot pass it.
-    llm_in_flight: dict[str, tuple[int, int, float]] = field(default_factory=dict)
-    parent_id: str | None = None  # a child run's parent, woken when the child ends
-    tools: dict[Callable[..., Any], Tool] = field(default_factory=dict)  # functions made tools by ctx.tool
-    checkpoints: dict[str, _Last] = field(default_factory=dict)  # the last checkpoint of each chain
-    running_graphs: set[tuple[str, str]] = field(default_factory=set)  # (scope, name) of graphs running
 
 
 @dataclass
@@ -308,7 +151,7 @@ class RunEngine:
                 key, rec = own.key, own
             elif (reserved := self.journal.reserved_match(key, fp)) is not None:
                 key, rec = reserved, None  # in flight when the process died: it runs again under its key
-            elif rec is not None and self.mode == "resume" and _in_sibling_task():
+            elif rec is not None and self.mode == "resume" and in_sibling_task():
                 # This call has no record; the one in its slot is a sibling's, which that sibling will
                 # ask for later (it reached the engine first when recorded): run this one in a free slot.
                 key, rec = self.journal.free_key(key), None
@@ -336,7 +179,7 @@ class RunEngine:
         """Before a call runs live: keep its key with its request when another execution could hand the key
         to a sibling, that is when it runs in a gathered coroutine; and, committed before it runs, when its
         key ``leaves`` the process (a payment's idempotency key, a child run's id). See ``Journal.reserve``."""
-        if leaves or _in_sibling_task():
+        if leaves or in_sibling_task():
             self.journal.reserve(key, fp, self.clock.time(), now=leaves)
 
     def _take_again(self, key: str, fp: str, rec: StepRecord | None) -> tuple[str, StepRecord | None]:
@@ -539,7 +382,7 @@ class RunEngine:
         wait_at_least: Callable[[Exception], float | None] | None,
     ) -> Attempts | None:
         """One attempt: its outcome, or None when another is to be made (after the policy's delay)."""
-        token, task_token = _scope.set(key), _scope_task.set(asyncio.current_task())
+        tokens = enter_scope(key)
         try:
             if policy.timeout is None:
                 value = await invoke()
@@ -565,8 +408,7 @@ class RunEngine:
             await self.clock.sleep(max(delay, hint) if hint is not None else delay)
             return None
         finally:
-            _scope_task.reset(task_token)
-            _scope.reset(token)
+            leave_scope(tokens)
 
     # -- steps ------------------------------------------------------------------------------------------
 
@@ -640,7 +482,7 @@ class RunEngine:
             return self.codec.decode(rec.output)
         original = self.source.claim(key, fp)
         child_id = self._child_id(key, fp, original)
-        if _in_sibling_task():
+        if in_sibling_task():
             self.reserve(key, fp, leaves=True)  # the child run's id is made of its key
         else:  # inside a gathered step maybe: the step's key must be kept before the child records anything
             self.journal.flush_reservations()
@@ -819,7 +661,7 @@ class RunEngine:
 
     def value(self, name: str, produce: Callable[[], Any]) -> Any:
         """A value recorded once and served from the record ever after (``now``, ``uuid``, ``random``)."""
-        key, request, fp, rec = self.begin(_scope.get(), name, {"value": name})
+        key, request, fp, rec = self.begin(current_scope(), name, {"value": name})
         if rec is not None:
             return self.codec.decode(rec.output)
         now = self.clock.time()

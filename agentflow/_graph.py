@@ -21,8 +21,9 @@ import asyncio
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
-from ._engine import RunEngine, current_scope, owning
+from ._engine import RunEngine
 from ._retry import RetryPolicy
+from ._scope import current_scope, owning
 from .errors import ConfigurationError, GraphFailed, StepFailed
 
 __all__ = ["Graph", "Node", "NodeOutput", "SyncGraph"]

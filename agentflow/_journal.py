@@ -257,10 +257,6 @@ class Journal:
             cost += rec.cost
         return prompt, completion, cost
 
-    def records(self) -> list[StepRecord]:
-        """The records of this run so far (loaded and appended), in no particular order."""
-        return list(map(as_record, self._recorded.values()))
-
     def append(
         self,
         *,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ._codec import canonical_json
-from ._engine import RunEngine, yield_to_siblings
+from ._engine import RunEngine
 from ._llm import (
     Budget,
     LLMResponse,
@@ -29,6 +29,7 @@ from ._llm import (
 )
 from ._models import keep_secrets_out
 from ._retry import RetryPolicy
+from ._scope import yield_to_siblings
 from ._secrets import is_secret_name, redact, split_secrets
 from ._store import StepRecord
 from ._tokens import count_completion_tokens, count_prompt_tokens
