@@ -51,7 +51,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from ._queue import Queue
-    from ._store._sql import Durability
+    from ._store._open import Durability
 
 __all__ = ["AppCore"]
 
@@ -76,7 +76,7 @@ class AppCore:
         llm_retry: RetryPolicy | None = None,
         create: bool = True,
     ) -> None:
-        from ._store._sql import default_sqlite_path, open_store
+        from ._store._open import default_sqlite_path, open_store
 
         self.url = url or os.environ.get("AGENTFLOW_DATABASE_URL") or default_sqlite_path()
         self._store: Store = open_store(self.url, durability=durability, create=create)

@@ -13,7 +13,7 @@ import pytest
 from dbtools import execute
 
 from agentflow import AgentFlow, ConfigurationError, Context, FakeClock, RunStatus, SyncContext
-from agentflow._store._sql import open_store
+from agentflow._store._open import open_store
 from agentflow._tokens import count_prompt_tokens
 from agentflow.memory import SUMMARY_HEADER, ConversationMemory, LongTermMemory, window
 from agentflow.testing import FakeProvider, reply, tool_call

@@ -24,8 +24,9 @@ from sqlalchemy import Engine, text
 from agentflow import AgentFlow, Context
 from agentflow._llm import blob_hash
 from agentflow._store._checkpointer import WalCheckpointer
+from agentflow._store._open import open_store
 from agentflow._store._schema import HEAD, VERSION_TABLE
-from agentflow._store._sql import SQLStore, normalize_url, open_store
+from agentflow._store._sql import SQLStore, normalize_url
 from agentflow.errors import (
     ConfigurationError,
     NotAnAgentFlowDatabase,

@@ -26,9 +26,10 @@ import agentflow._store.migrations as migrations_package
 from agentflow import AgentFlow, Context, RunStatus
 from agentflow._codec import fingerprint
 from agentflow._journal import chain_hash, genesis
+from agentflow._store._open import open_store
 from agentflow._store._records import STEP_COLUMNS, StepRecord
 from agentflow._store._schema import HEAD, REVISIONS, VERSION_TABLE, migration_transaction
-from agentflow._store._sql import normalize_url, open_store
+from agentflow._store._sql import normalize_url
 from agentflow._store._tables import metadata
 from agentflow.testing import FakeProvider, reply
 

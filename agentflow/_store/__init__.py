@@ -1,7 +1,7 @@
 """The store: where runs, steps and blobs are kept.
 
-The engine talks to the store only through ``Store`` and ``StepWriter`` below and the plain records in
-``_records``; it never sees SQL. ``open_store`` (in ``_sql``) builds the one implementation, on SQLAlchemy,
+The engine talks to the store only through ``Store`` and the plain records in ``_records``; it never sees
+SQL. ``open_store`` (in ``_open``) builds the one implementation, ``SQLStore`` (in ``_sql``) on SQLAlchemy,
 for SQLite and Postgres; importing this package does not import SQLAlchemy.
 """
 
