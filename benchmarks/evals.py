@@ -28,7 +28,6 @@ from pathlib import Path
 
 from agentflow import AgentFlow
 from agentflow._journal import chain_hash, genesis
-from agentflow._store import StepRecord
 from agentflow.evals import (
     Dataset,
     cost,
@@ -83,7 +82,7 @@ def fill(app: AgentFlow, runs: int) -> int:
         previous = genesis(new_id)
         for rec in steps[source]:
             chain = chain_hash(previous, rec.key, rec.kind, rec.fingerprint, rec.status, rec.output, rec.error)
-            copied_steps.append(StepRecord(**{**rec.__dict__, "run_id": new_id, "chain": chain}))
+            copied_steps.append(rec._replace(run_id=new_id, chain=chain))
             previous = chain
     store.import_runs(copies, copied_steps, {})
     return sum(len(s) for s in steps.values()) + len(copied_steps)
