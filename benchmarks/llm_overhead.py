@@ -14,7 +14,10 @@ synchronous=NORMAL):
   spinning in between (a loop reading the clock, touching next to no memory): what the passing of time
   alone does to the recording on this machine. On a shared virtual machine the cache lines of the
   recording path are lost to other tenants over milliseconds even when the process does nothing, so
-  this is far above the unspaced figure, and how far varies from hour to hour.
+  this is far above the unspaced figure, and how far varies from hour to hour;
+- bare sqlite3 commit, back to back and spaced the same way: the last call's blob and step row inserted and
+  committed by plain ``sqlite3`` into a copy of the schema, no agentflow at all: the floor any synchronous
+  record on SQLite pays on this machine; spaced, it is about half the target here.
 
 Baseline and durable calls alternate inside one workflow (raw then durable, durable then raw, ...), each
 timed on its own, so the drift of a machine and the state of the heap and the event loop touch both
@@ -186,6 +189,9 @@ def measure(folder: Path, length: int, calls: int, rounds: int, fake: FakeProvid
             per_round.append((sum(durable_s) - sum(raw_s)) / calls * 1e6)
         alone = recording_alone(bench, length, calls)
         spaced = recording_alone(bench, length, calls, gap=statistics.fmean(raw))
+        floor_db = folder / f"floor{length}.db"
+        floor = sqlite_floor(floor_db, bench.db, calls)
+        floor_spaced = sqlite_floor(floor_db, bench.db, calls, gap=statistics.fmean(raw))
     finally:
         gc.unfreeze()
         bench.app.close()
@@ -201,6 +207,8 @@ def measure(folder: Path, length: int, calls: int, rounds: int, fake: FakeProvid
         "resume": statistics.median(resumes) * us,
         "alone": statistics.fmean(alone) * us,
         "spaced": statistics.fmean(spaced) * us,
+        "floor": floor,
+        "floor_spaced": floor_spaced,
     }
 
 
@@ -282,14 +290,16 @@ class Timers:
         self._patches.clear()
 
 
-def sqlite_floor(floor_db: Path, db: Path, calls: int) -> float:
+def sqlite_floor(floor_db: Path, db: Path, calls: int, gap: float = 0.0) -> float:
     """Microseconds for a bare sqlite3 INSERT of the last recorded call's blobs and step row + COMMIT,
-    in WAL / synchronous=NORMAL, into a copy of the schema: the database's own floor for one record."""
+    in WAL / synchronous=NORMAL, into a copy of the schema: the database's own floor for one record.
+    With ``gap``, the commits are that many seconds apart, spent spinning (outside their timing)."""
     src = sqlite3.connect(db)
     schema = [row[0] for row in src.execute("SELECT sql FROM sqlite_master WHERE name IN ('steps', 'blobs')")]
     step = src.execute("SELECT * FROM steps ORDER BY seq DESC LIMIT 1").fetchone()
     blob = src.execute("SELECT hash, data FROM blobs ORDER BY rowid DESC LIMIT 1").fetchone()
     src.close()
+    floor_db.unlink(missing_ok=True)
     conn = sqlite3.connect(floor_db, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
@@ -297,13 +307,16 @@ def sqlite_floor(floor_db: Path, db: Path, calls: int) -> float:
         conn.execute(sql)
     step_sql = f"INSERT INTO steps VALUES ({', '.join('?' * len(step))})"
     blob_sql = "INSERT INTO blobs VALUES (?, ?) ON CONFLICT (hash) DO NOTHING"
-    start = time.perf_counter()
+    elapsed = 0.0
     for i in range(calls):
-        conn.execute("BEGIN")
+        if gap:
+            spin(gap)
+        start = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
         conn.execute(blob_sql, (i.to_bytes(32, "big"), blob[1]))
         conn.execute(step_sql, (step[0], f"llm#{i}", *step[2:]))
         conn.execute("COMMIT")
-    elapsed = time.perf_counter() - start
+        elapsed += time.perf_counter() - start
     conn.close()
     return elapsed / calls * 1e6
 
@@ -392,6 +405,11 @@ def main() -> int:
                 f"  recording alone, spaced             {m['spaced']:8.1f} us   (calls {m['raw'] / 1000:.1f} ms apart, "
                 "spinning in between: time alone)"
             )
+            print(
+                f"  bare sqlite3 commit                 {m['floor']:8.1f} us   (the same blob and step row, no "
+                "agentflow: the database's floor)"
+            )
+            print(f"  bare sqlite3 commit, spaced         {m['floor_spaced']:8.1f} us   (as far apart as the calls)")
             print(f"  {'PASS' if passed else 'FAIL'}\n")
         if args.spacings:
             print(f"recording alone by spacing, conversation of {lengths[0]} messages (spinning between calls):")
