@@ -20,13 +20,14 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from ._chain import first_broken_link
 from ._clock import Clock, SystemClock
 from ._codec import Codec
 from ._context import Context, SyncContext
 from ._derived import FORK, counterfactual_kind, inherit
 from ._engine import RunEngine
 from ._engine_types import CancelRequested, ChildOrigin, Suspend
-from ._journal import Journal, first_broken_link
+from ._journal import Journal
 from ._lifecycle import BackgroundLoop
 from ._llm import Budget
 from ._loop import run_sync
@@ -584,10 +585,11 @@ class AppCore:
         return request
 
     def verify(self, run_id: str) -> str | None:
-        """Check a run's hash chain: the key of the first step record that was altered, or None if intact."""
+        """Check a run's hash chain: the key of the first step record that was altered, or None if intact.
+        The records its restarts took out are checked too (a break among them says which restart)."""
         if self._store.get_run(run_id) is None:
             raise RunNotFound(run_id)
-        return first_broken_link(run_id, self._store.load_steps(run_id))
+        return first_broken_link(run_id, self._store.load_steps(run_id), self._store.load_superseded(run_id))
 
     def _to_run(self, record: RunRecord) -> Run:
         output: Any = None

@@ -22,8 +22,9 @@ Keys are sorted and the order of runs and steps is fixed, so the same run export
 checks everything before it writes anything: the format, the checksum (any changed value is caught), every
 blob's hash, every run's step hash chain, and that each blob a step refers to is there; then it writes all
 runs in one transaction. Importing a bundle again is a no-op; a run id that names another run is refused.
-Superseded records are checked for their run, their restart numbers and their blobs; their hash chain was
-the run's before the restart took them out, so it is not checked against the run's chain now.
+Superseded records are checked for their run, their restart numbers and their blobs, and are part of the
+run's hash chain check (``_chain``): a restart can take records out of the middle of a run, and the
+records after them still link to them.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ._journal import first_broken_link
+from ._chain import first_broken_link
 from ._llm import blob_hash
 from ._store import RunRecord, StepRecord, Store
 from ._store._records import SupersededStep
@@ -96,13 +97,13 @@ def export_bundle(store: Store, run_id: str) -> bytes:
     blobs: dict[str, bytes] = {}
     for record in records:
         steps = store.load_steps(record.id)
-        broken = first_broken_link(record.id, steps)
+        superseded = store.load_superseded(record.id)
+        broken = first_broken_link(record.id, steps, superseded)
         if broken is not None:
             raise BundleError(
                 f"run {record.id!r}: its record was changed at step {broken!r} (the hash chain is broken); "
                 "a bundle is a faithful copy, so it is not exported"
             )
-        superseded = store.load_superseded(record.id)
         blobs.update(_referenced_blobs(store, record.id, [*steps, *(kept.record for kept in superseded)]))
         entry: dict[str, Any] = {"record": asdict(record), "steps": [step._asdict() for step in steps]}
         if superseded:
@@ -287,14 +288,14 @@ def _check(bundle: _Bundle, source: str) -> BundleContents:
             raise BundleError(f"{source}: the steps of run {run.id!r} are not in order")
         if len({s.key for s in entry.steps}) != len(entry.steps):
             raise BundleError(f"{source}: run {run.id!r} holds two steps with the same key")
-        broken = first_broken_link(run.id, entry.steps)
+        kept = [SupersededStep(k.restart, k.superseded_at, k.record) for k in entry.superseded]
+        _check_superseded(run.id, kept, source)
+        broken = first_broken_link(run.id, entry.steps, kept)
         if broken is not None:
             raise BundleError(
                 f"{source}: the record of run {run.id!r} was changed at step {broken!r} (its hash chain is broken)"
             )
         _check_references(entry.steps, blobs, complete, source)
-        kept = [SupersededStep(k.restart, k.superseded_at, k.record) for k in entry.superseded]
-        _check_superseded(run.id, kept, source)
         _check_references((k.record for k in kept), blobs, complete, source)
         runs.append(run)
         steps.extend(entry.steps)

@@ -8,7 +8,7 @@ full collections walk. A ``StepRecord`` is made again, ~0.15 us, when one is ask
 
 Keys are ``scope/name#n``: ``scope`` is the key of the enclosing step (empty at the top), ``n`` counts the
 earlier uses of ``name`` in that scope. The hash chain links each record to the one before it:
-``chain = sha256(previous chain, key, kind, fingerprint, status, output, error)``.
+``chain = sha256(previous chain, key, kind, fingerprint, status, output, error)`` (``_chain``).
 
 Reservations are not records: a call about to run keeps its key with its fingerprint (``reserve``), so
 that if the process dies while it is in flight, the resumed call takes that key again even when a
@@ -21,36 +21,11 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ._codec import sha256
+from ._chain import chain_hash, genesis
 from ._store import StepRecord, Store
 from ._store._records import KEY, StepRow, as_record
 
-__all__ = ["Journal", "chain_hash", "first_broken_link", "genesis"]
-
-_SEP = "\x1f"
-
-
-def genesis(run_id: str) -> str:
-    """The chain value before a run's first step."""
-    return sha256(f"agentflow-run{_SEP}{run_id}".encode()).hexdigest()  # type: ignore[no-any-return]
-
-
-def chain_hash(
-    previous: str, key: str, kind: str, fingerprint: str, status: str, output: str | None, error: str | None
-) -> str:
-    parts = (previous, key, kind, fingerprint, status, output or "", error or "")
-    return sha256(_SEP.join(parts).encode()).hexdigest()  # type: ignore[no-any-return]
-
-
-def first_broken_link(run_id: str, records: list[StepRecord]) -> str | None:
-    """The key of the first record whose chain does not follow from the ones before it, or None."""
-    previous = genesis(run_id)
-    for rec in records:
-        expected = chain_hash(previous, rec.key, rec.kind, rec.fingerprint, rec.status, rec.output, rec.error)
-        if rec.chain != expected:
-            return rec.key
-        previous = rec.chain
-    return None
+__all__ = ["Journal"]
 
 
 class Journal:

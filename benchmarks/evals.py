@@ -27,7 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from agentflow import AgentFlow
-from agentflow._journal import chain_hash, genesis
+from agentflow._chain import chain_hash, genesis
 from agentflow.evals import (
     Dataset,
     cost,

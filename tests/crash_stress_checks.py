@@ -72,6 +72,17 @@ def check_run(app: AgentFlow, expected: Any, mode: Mode) -> list[Failure]:
             failures.append(("replay", str(exc).splitlines()[0][:300]))
     if not mode.sabotage:  # (sabotaged, the reservations are hidden)
         failures += check_reservations(app)
+    return failures + check_chains(app)
+
+
+def check_chains(app: AgentFlow, prefix: str = "") -> list[Failure]:
+    """chain: every run's hash chain holds, its superseded records' too (crashes, restarts and resumes
+    leave a record that ``verify`` finds intact)."""
+    failures: list[Failure] = []
+    for r in app.list_runs(limit=None):
+        broken = app.verify(r.id)
+        if broken is not None:
+            failures.append((prefix + "chain", f"{r.id}: the hash chain breaks at {broken}"))
     return failures
 
 

@@ -12,7 +12,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from crash_stress_checks import Result, check_ledger, check_reruns, check_reservations, dump, execute
+from crash_stress_checks import (
+    Result,
+    check_chains,
+    check_ledger,
+    check_reruns,
+    check_reservations,
+    dump,
+    execute,
+)
 from crash_stress_world import (
     DERIVED,
     DERIVED_KINDS,
@@ -170,7 +178,7 @@ def derived_phase(app: AgentFlow, wf: Any, world: World, db: Path, mode: Mode, r
         result.notes += notes
     result.failures += check_ledger(world, source_ledger, "d-") + check_reruns(world, did or "x", "d-")
     if not mode.sabotage:
-        result.failures += check_reservations(app, "d-")
+        result.failures += check_reservations(app, "d-") + check_chains(app, "d-")
 
 
 def _expect_derived(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nested_restart import nested_then_restarted
 from typer.testing import CliRunner, Result
 
 from agentflow import (
@@ -383,6 +384,30 @@ def test_a_run_imported_without_its_superseded_records_conflicts_with_one_that_h
     with pytest.raises(BundleError, match="run 'asked' is in this database already, with other content"):
         app.import_runs(data)
     assert app.superseded_steps("asked") == []
+
+
+def test_a_run_a_restart_took_records_out_of_the_middle_of_exports_and_imports_with_its_chain(
+    tmp_path: Path, app: AgentFlow
+) -> None:
+    with AgentFlow(str(tmp_path / "nested.db"), clock=FakeClock()) as source:
+        nested_then_restarted(source)
+        data = source.export_run("n")  # before: refused, "its record was changed at step 'side#0'"
+
+    document = json.loads(data)
+    [inner] = [k for k in document["runs"][0]["superseded"] if k["record"]["key"] == "outer#0/inner#0"]
+    inner["record"]["output"] = "41"
+    with pytest.raises(BundleError, match=r"changed at step 'outer#0/inner#0 \(taken out by restart 1\)'"):
+        app.import_runs(reseal(document))
+    document = json.loads(data)
+    document["runs"][0]["superseded"] = [
+        k for k in document["runs"][0]["superseded"] if k["record"]["key"] != "outer#0/inner#0"
+    ]  # the record side#0 links to
+    with pytest.raises(BundleError, match="changed at step 'side#0'"):
+        app.import_runs(reseal(document))
+    assert app.list_runs() == []
+
+    assert app.import_runs(data) == ["n"]
+    assert app.verify("n") is None
 
 
 # -- the CLI --------------------------------------------------------------------------------------------------

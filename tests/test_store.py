@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from dbtools import execute, table_names
+from nested_restart import nested_then_restarted
 from sqlalchemy import Engine, text
 
 from agentflow import AgentFlow, Context
@@ -550,6 +551,27 @@ def test_verify_names_the_step_after_a_removed_step(app: AgentFlow) -> None:
         conn.execute(text("DELETE FROM steps WHERE run_id = 'r1' AND key = :key"), {"key": first})
 
     assert app.verify("r1") == second
+
+
+def test_verify_holds_after_a_restart_takes_records_out_of_the_middle_of_the_run(app: AgentFlow) -> None:
+    nested_then_restarted(app)
+    assert app.verify("n") is None  # before: "side#0", which links to the inner#0 taken out
+    assert app.restart("n", from_key="side#0").output == 6  # a second restart, on top of the first
+    assert app.verify("n") is None
+
+
+def test_verify_names_a_changed_record_a_restart_took_out(app: AgentFlow) -> None:
+    nested_then_restarted(app)
+    with _engine(app).begin() as conn:
+        conn.execute(text("UPDATE superseded_steps SET output = '99' WHERE run_id = 'n' AND key = 'last#0'"))
+    assert app.verify("n") == "last#0 (taken out by restart 1)"
+
+
+def test_verify_names_the_kept_record_whose_superseded_link_was_removed(app: AgentFlow) -> None:
+    nested_then_restarted(app)
+    with _engine(app).begin() as conn:
+        conn.execute(text("DELETE FROM superseded_steps WHERE run_id = 'n' AND key = 'outer#0/inner#0'"))
+    assert app.verify("n") == "side#0"
 
 
 # -- create=False changes nothing -------------------------------------------------------------------------

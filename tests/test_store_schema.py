@@ -24,8 +24,8 @@ from sqlalchemy.pool import NullPool
 import agentflow._store._schema as schema
 import agentflow._store.migrations as migrations_package
 from agentflow import AgentFlow, Context, RunStatus
+from agentflow._chain import chain_hash, genesis
 from agentflow._codec import fingerprint
-from agentflow._journal import chain_hash, genesis
 from agentflow._store._open import open_store
 from agentflow._store._records import STEP_COLUMNS, StepRecord
 from agentflow._store._schema import HEAD, REVISIONS, VERSION_TABLE, migration_transaction
