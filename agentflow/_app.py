@@ -1,21 +1,22 @@
 """``AgentFlow``: registers workflows, starts and resumes runs, replays and forks them, and reads them back.
 
 The class is assembled from parts, each in a module of its own: ``_app_core`` (state, registration,
-executing runs, reading, bundles), ``_app_replay`` (replay, fork, counterfactual runs), ``_app_lifecycle``
-(start, pause, cancel, restart, events, serve) and ``_app_queues`` (queues and workers). The parts add
-methods only; all state lives in the core.
+executing runs), ``_app_replay`` (replay, fork, counterfactual runs), ``_app_lifecycle`` (start, pause,
+cancel, restart, events, serve), ``_app_queues`` (queues and workers) and ``_app_records`` (listing runs,
+verifying them, bundles). The parts add methods only; all state lives in the core.
 """
 
 from __future__ import annotations
 
 from ._app_lifecycle import LifecyclePart
 from ._app_queues import QueuePart
+from ._app_records import RecordsPart
 from ._app_replay import ReplayPart
 
 __all__ = ["AgentFlow"]
 
 
-class AgentFlow(ReplayPart, LifecyclePart, QueuePart):
+class AgentFlow(ReplayPart, LifecyclePart, QueuePart, RecordsPart):
     """A store of durable runs and the workflows that make them.
 
     ``url`` is a SQLite path, ``:memory:``, or a SQLAlchemy URL (``postgresql+psycopg://...``); by default

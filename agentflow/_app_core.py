@@ -1,10 +1,11 @@
-"""The core of ``AgentFlow``: its state, registering workflows, executing runs, reading them back, bundles.
+"""The core of ``AgentFlow``: its state, registering workflows, executing runs, getting a run.
 
-``AgentFlow`` (in ``_app``) is this core and three parts, each a class of its own module that derives from
+``AgentFlow`` (in ``_app``) is this core and four parts, each a class of its own module that derives from
 ``AppCore`` and adds methods, never state: replay, fork and counterfactual runs (``_app_replay``); a
-run's lifecycle in the background: start, pause, cancel, restart, events, serve (``_app_lifecycle``); and
-queues and workers (``_app_queues``). One async core (``run_async`` and friends); the sync methods are a
-thin facade over it that also works inside a running event loop such as Jupyter's.
+run's lifecycle in the background: start, pause, cancel, restart, events, serve (``_app_lifecycle``);
+queues and workers (``_app_queues``); and reading records: listing runs, verifying their hash chains,
+bundles (``_app_records``). One async core (``run_async`` and friends); the sync methods are a thin
+facade over it that also works inside a running event loop such as Jupyter's.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from ._chain import first_broken_link
 from ._clock import Clock, SystemClock
 from ._codec import Codec
 from ._context import Context, SyncContext
@@ -562,35 +562,6 @@ class AppCore:
             raise RunNotFound(run_id)
         return self._to_run(record)
 
-    def list_runs(
-        self,
-        *,
-        status: RunStatus | str | Sequence[RunStatus | str] | None = None,
-        workflow: Callable[..., Any] | str | None = None,
-        limit: int | None = 100,
-    ) -> list[Run]:
-        """Runs, newest first, optionally of some statuses and one workflow."""
-        statuses = _statuses(status)
-        name = workflow if isinstance(workflow, str) or workflow is None else self._lookup(workflow).name
-        return [self._to_run(r) for r in self._store.list_runs(statuses=statuses, workflow=name, limit=limit)]
-
-    def readable_request(self, step: Step) -> Any:
-        """A step's recorded request with a model call's messages spelled out (they are stored as a chain
-        of content-addressed blobs): what was asked, for people and diffs."""
-        request = step.request
-        if isinstance(request, dict) and isinstance(request.get("messages"), str):
-            from ._llm import read_messages
-
-            return {**request, "messages": read_messages(request["messages"], self._store.get_blobs)}
-        return request
-
-    def verify(self, run_id: str) -> str | None:
-        """Check a run's hash chain: the key of the first step record that was altered, or None if intact.
-        The records its restarts took out are checked too (a break among them says which restart)."""
-        if self._store.get_run(run_id) is None:
-            raise RunNotFound(run_id)
-        return first_broken_link(run_id, self._store.load_steps(run_id), self._store.load_superseded(run_id))
-
     def _to_run(self, record: RunRecord) -> Run:
         output: Any = None
         if record.output is not None:
@@ -613,45 +584,3 @@ class AppCore:
     def __exit__(self, *exc: object) -> Literal[False]:
         self.close()
         return False
-
-    # -- bundles -----------------------------------------------------------------------------------------
-
-    def export_run(self, run_id: str, path: str | os.PathLike[str] | None = None) -> bytes:
-        """The run, its steps, the blobs they refer to and its child runs as a portable JSON bundle.
-
-        Written to ``path`` too when given. ``import_runs`` loads it into another database (a laptop, CI),
-        where ``replay`` runs it offline. The same run exports the same bytes.
-        """
-        from ._bundle import export_bundle
-
-        data = export_bundle(self._store, run_id)
-        if path is not None:
-            with open(path, "wb") as file:
-                file.write(data)
-        return data
-
-    def import_runs(self, bundle: str | os.PathLike[str] | bytes) -> list[str]:
-        """Import a bundle made by ``export_run`` (a path, or its bytes): the ids of its runs, the exported
-        one first. Everything is checked before anything is written, and written in one transaction; a
-        bundle imported before is a no-op. Raises ``BundleError`` for a file that is not a bundle, was
-        changed, or holds a run whose id names another run here."""
-        from ._bundle import import_bundle
-
-        if isinstance(bundle, bytes):
-            return import_bundle(self._store, bundle)
-        with open(bundle, "rb") as file:
-            return import_bundle(self._store, file.read(), f"bundle {os.fspath(bundle)}")
-
-
-def _statuses(status: RunStatus | str | Sequence[RunStatus | str] | None) -> list[str] | None:
-    if status is None:
-        return None
-    items = [status] if isinstance(status, (str, RunStatus)) else list(status)
-    out = []
-    for item in items:
-        try:
-            out.append(RunStatus(item).value)
-        except ValueError:
-            valid = ", ".join(s.value for s in RunStatus)
-            raise ConfigurationError(f"unknown run status {item!r}; use one of {valid}") from None
-    return out
