@@ -24,6 +24,8 @@ Invariants (failure types of a seed):
   divergence    ReplayDivergence on resume
   replay        a strict replay of the finished run fails or gives another output
   reservations  reservation rows left behind by a run that completed
+  chain         a run's hash chain (with its superseded records) does not hold (``verify``)
+  bundle        a run exported and imported into an empty database does not arrive as it is
   hang          an execution did not end within HANG_PASSES event loop passes (counted, not timed)
   error         any other exception, or a run that did not complete
 
@@ -69,7 +71,7 @@ crashed derived run; ``e-``: the one made without crashes, which needs no crash 
   d-paid-live   a counterfactual executed a non-idempotent tool
   d-key-reuse   an idempotency key used for two different requests, across the source and derived runs
   d-key-changed, d-rerun, d-divergence, d-replay (strict replay of the finished derived run),
-  d-reservations, d-hang, d-error: as above, for the derived run (and its child runs)
+  d-reservations, d-chain, d-bundle, d-hang, d-error: as above, for the derived run (and its child runs)
   d-moved-payment  a payment the derived run makes live with the very request its source paid, at
                 another key (concurrent calls reached the engine in another order, so the source's
                 record is not at the same key: it must be served all the same)

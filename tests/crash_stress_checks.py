@@ -72,7 +72,7 @@ def check_run(app: AgentFlow, expected: Any, mode: Mode) -> list[Failure]:
             failures.append(("replay", str(exc).splitlines()[0][:300]))
     if not mode.sabotage:  # (sabotaged, the reservations are hidden)
         failures += check_reservations(app)
-    return failures + check_chains(app)
+    return failures + check_chains(app) + check_bundles(app)
 
 
 def check_chains(app: AgentFlow, prefix: str = "") -> list[Failure]:
@@ -93,6 +93,26 @@ def check_reservations(app: AgentFlow, prefix: str = "") -> list[Failure]:
         left = app._store.load_reservations(r.id)
         if left:
             failures.append((prefix + "reservations", f"{r.id}: {left}"))
+    return failures
+
+
+def check_bundles(app: AgentFlow, prefix: str = "") -> list[Failure]:
+    """bundle: each run without a parent, exported and imported into an empty database, arrives with its
+    children, every step record and every superseded record as they are here, and a chain that holds."""
+    failures: list[Failure] = []
+    for root in app.list_runs(limit=None):
+        if root.parent_id is not None:
+            continue
+        try:
+            data = app.export_run(root.id)
+            with AgentFlow(":memory:") as copy:
+                for run_id in copy.import_runs(data):
+                    same = app._store.load_steps(run_id) == copy._store.load_steps(run_id)
+                    same &= app._store.load_superseded(run_id) == copy._store.load_superseded(run_id)
+                    if not same or copy.verify(run_id) is not None:
+                        failures.append((prefix + "bundle", f"{root.id}: run {run_id} did not arrive as it is"))
+        except Exception as exc:
+            failures.append((prefix + "bundle", f"{root.id}: {type(exc).__name__}: {str(exc)[:300]}"))
     return failures
 
 

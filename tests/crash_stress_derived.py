@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 from crash_stress_checks import (
     Result,
+    check_bundles,
     check_chains,
     check_ledger,
     check_reruns,
@@ -178,7 +179,7 @@ def derived_phase(app: AgentFlow, wf: Any, world: World, db: Path, mode: Mode, r
         result.notes += notes
     result.failures += check_ledger(world, source_ledger, "d-") + check_reruns(world, did or "x", "d-")
     if not mode.sabotage:
-        result.failures += check_reservations(app, "d-") + check_chains(app, "d-")
+        result.failures += check_reservations(app, "d-") + check_chains(app, "d-") + check_bundles(app, "d-")
 
 
 def _expect_derived(
