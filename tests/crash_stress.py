@@ -25,7 +25,8 @@ Invariants (failure types of a seed):
   replay        a strict replay of the finished run fails or gives another output
   reservations  reservation rows left behind by a run that completed
   chain         a run's hash chain (with its superseded records) does not hold (``verify``)
-  bundle        a run exported and imported into an empty database does not arrive as it is
+  bundle        a run without a parent, exported and imported into an empty database, does not arrive as
+                it is, or its strict replay there fails (every run of the seed, derived ones too)
   hang          an execution did not end within HANG_PASSES event loop passes (counted, not timed)
   error         any other exception, or a run that did not complete
 
@@ -71,7 +72,8 @@ crashed derived run; ``e-``: the one made without crashes, which needs no crash 
   d-paid-live   a counterfactual executed a non-idempotent tool
   d-key-reuse   an idempotency key used for two different requests, across the source and derived runs
   d-key-changed, d-rerun, d-divergence, d-replay (strict replay of the finished derived run),
-  d-reservations, d-chain, d-bundle, d-hang, d-error: as above, for the derived run (and its child runs)
+  d-reservations, d-chain, d-bundle (the derived run), d-hang, d-error: as above, for the derived run (and
+                its child runs)
   d-moved-payment  a payment the derived run makes live with the very request its source paid, at
                 another key (concurrent calls reached the engine in another order, so the source's
                 record is not at the same key: it must be served all the same)
@@ -99,7 +101,7 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # before anything imports litellm
 
-from crash_stress_checks import Result, check_ledger, check_reruns, check_run, dump, execute
+from crash_stress_checks import Result, check_bundles, check_ledger, check_reruns, check_run, dump, execute
 from crash_stress_derived import derived_phase
 from crash_stress_world import (
     CLEAN,
@@ -143,6 +145,8 @@ def run_one(seed: int, directory: str | os.PathLike[str], mode: Mode = DEFAULT_M
         if _crash_and_resume(app, wf, world, mode, result):
             result.failures += check_run(app, clean.output, mode)
         result.failures += check_ledger(world) + check_reruns(world)
+        if not mode.sabotage:  # after the checks of the world's log: the replays add to it
+            result.failures += check_bundles(app, lambda flow: build(flow, world))
         if mode.derived and app.get_run("x").status == RunStatus.COMPLETED:
             if verbose:
                 dump(app, world, result)
