@@ -5,6 +5,7 @@
     agentflow demo [--db URL]
     agentflow replay / fork / diff / step   (see _cli_replay)
     agentflow export / import               (see _cli_bundle)
+    agentflow verify RUN_ID... / --all      (see _cli_verify)
     agentflow send-event / pause / resume / cancel / restart / wake   (see _cli_lifecycle)
     agentflow eval [PATH] / --list / --compare A B   (see _cli_eval)
     agentflow worker --app REF [--queue NAME] [--concurrency N]   (see _cli_worker)
@@ -461,4 +462,4 @@ def _truncate(text: str, limit: int) -> str:
 
 # The commands that work from a run's record (replay, fork, diff, step) live in their own module, and so do
 # those that move runs between databases (export, import).
-from . import _cli_bundle, _cli_eval, _cli_lifecycle, _cli_replay, _cli_worker  # noqa: E402, F401
+from . import _cli_bundle, _cli_eval, _cli_lifecycle, _cli_replay, _cli_verify, _cli_worker  # noqa: E402, F401
