@@ -28,6 +28,7 @@ from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.padding import Padding
 from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
@@ -246,6 +247,12 @@ def _fail(message: str) -> NoReturn:
 def _console() -> Console:
     # Made per command, not at import: the width ($COLUMNS) and stdout are the ones in effect now.
     return Console(highlight=False)
+
+
+def _progress(out: Console, *, transient: bool = False, disable: bool = False) -> Progress:
+    """A progress bar for long work: each task's description, a bar, done of total, time elapsed."""
+    columns = (TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, console=out, transient=transient, disable=disable)
 
 
 # -- rendering --------------------------------------------------------------------------------------------

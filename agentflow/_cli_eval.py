@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import TaskID
 from rich.table import Table
 from rich.text import Text
 
 from ._app import AgentFlow
 from ._cli import DbOption, _console, _fail, _open, cli
+from ._cli import _progress as _progress_bar
 from .errors import AgentFlowError
 
 if TYPE_CHECKING:
@@ -128,14 +129,7 @@ def _run_suites(
 @contextmanager
 def _progress(out: Console) -> Iterator[tuple[Callable[[str, int], None], Callable[[object], None]]]:
     """A progress bar over a suite's cases, one task per phase (the recorded runs, then the candidate)."""
-    progress = Progress(
-        TextColumn("  {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=out,
-        transient=False,
-    )
+    progress = _progress_bar(out)
     task: list[TaskID] = []
 
     def on_start(phase: str, cases: int) -> None:

@@ -13,10 +13,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from ._cli import DbOption, _console, _fail, _open, cli
+from ._cli import DbOption, _console, _fail, _open, _progress, cli
 from .errors import RunNotFound
 
 _PROGRESS_FROM = 20  # runs: fewer are checked without a progress bar
@@ -47,17 +46,10 @@ def verify_command(
                     flow.get_run(run_id)
                 except RunNotFound as exc:
                     _fail(str(exc))
-        progress = Progress(
-            TextColumn("  checking"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=out,
-            transient=True,
-            disable=len(ids) < _PROGRESS_FROM or not out.is_terminal,  # piped: no bar, no blank line
-        )
+        quiet = len(ids) < _PROGRESS_FROM or not out.is_terminal  # piped: no bar (nor the blank line it leaves)
+        progress = _progress(out, transient=True, disable=quiet)
         with progress:
-            task = progress.add_task("runs", total=len(ids))
+            task = progress.add_task("checking", total=len(ids))
             for run_id in ids:
                 at = flow.verify(run_id)
                 if at is not None:
