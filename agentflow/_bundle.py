@@ -2,21 +2,24 @@
 
 A bundle holds the run's record, its step records (agent checkpoints are steps), the blobs its model calls
 refer to (message chain nodes, followed through their links, tool schemas and response formats), and its
-child runs with theirs, recursively, and the records their restarts took out of them (``superseded``: the
-audit trail of a restarted run travels with it). Every field of ``RunRecord`` and ``StepRecord`` is
-carried, so a new column travels without a change here. Secrets are not in a record, so they are not in a
-bundle either.
+child runs with theirs, recursively, the records their restarts took out of them (``superseded``: the
+audit trail of a restarted run travels with it), and the events sent to them (``events``: one sent to a
+run that has not taken it yet, an approval say, is still there to take after the import). Every field of
+``RunRecord`` and ``StepRecord`` is carried, so a new column travels without a change here. Secrets are
+not in a record, so they are not in a bundle either.
 
     {
      "agentflow_version": "0.1.0",          the agentflow that exported it
      "blobs": {"<hash>": "<base64>", ...},  content-addressed: the key is blob_hash(data)
      "checksum": "sha256:<hex>",            over the canonical JSON of everything else in the file
      "format": "agentflow-bundle",
-     "format_version": 1,                   2 when a run carries "superseded" (older agentflows refuse it)
+     "format_version": 1,                   2 when a run carries "superseded", 3 when one carries "events"
      "root": "<run id>",                    the exported run; its children follow it in "runs"
      "runs": [{"record": {...}, "steps": [{...}, ...],
-               "superseded": [{"restart": 1, "superseded_at": <time>, "record": {...}}, ...]}, ...]
-    }                                       ("superseded" only for a run that was restarted)
+               "superseded": [{"restart": 1, "superseded_at": <time>, "record": {...}}, ...],
+               "events": [{"type": ..., "payload": <JSON text>, "sent_at": <time>, "delivered_key": ...}]},
+              ...]
+    }                                       ("superseded" and "events" only for a run that has them)
 
 Keys are sorted and the order of runs and steps is fixed, so the same run exports the same bytes. An import
 checks everything before it writes anything: the format, the checksum (any changed value is caught), every
@@ -42,13 +45,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ._chain import first_broken_link
 from ._llm import blob_hash
 from ._store import RunRecord, StepRecord, Store
-from ._store._records import SupersededStep
+from ._store._records import EventRecord, SupersededStep
 from .errors import BundleError, RunConflict, RunNotFound
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "BundleContents", "checksum", "export_bundle", "import_bundle", "read_bundle"]
 
 FORMAT = "agentflow-bundle"
-FORMAT_VERSION = 2  # the newest this agentflow reads and writes; it writes 1 when no run carries "superseded"
+FORMAT_VERSION = 3  # the newest this agentflow reads and writes; it writes the oldest that holds the runs
 
 
 class _BundleSuperseded(BaseModel):
@@ -59,12 +62,22 @@ class _BundleSuperseded(BaseModel):
     record: StepRecord
 
 
+class _BundleEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: str
+    payload: str
+    sent_at: float
+    delivered_key: str | None
+
+
 class _BundleRun(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     record: RunRecord
     steps: list[StepRecord]
     superseded: list[_BundleSuperseded] = []
+    events: list[_BundleEvent] = []
 
 
 class _Bundle(BaseModel):
@@ -111,11 +124,15 @@ def export_bundle(store: Store, run_id: str) -> bytes:
                 {"restart": kept.restart, "superseded_at": kept.superseded_at, "record": kept.record._asdict()}
                 for kept in superseded
             ]
+        events = store.load_events(record.id)
+        if events:
+            entry["events"] = [{k: v for k, v in asdict(event).items() if k != "run_id"} for event in events]
         runs.append(entry)
     document: dict[str, Any] = {
         "format": FORMAT,
-        # 1 where it can be: an agentflow that does not know "superseded" still reads the bundle.
-        "format_version": FORMAT_VERSION if any("superseded" in entry for entry in runs) else 1,
+        # The oldest format that holds the runs: an agentflow that does not know "superseded" (1) or
+        # "events" (2) still reads the bundles without them.
+        "format_version": 3 if _any(runs, "events") else 2 if _any(runs, "superseded") else 1,
         "agentflow_version": __version__,
         "root": run_id,
         "runs": runs,
@@ -123,6 +140,10 @@ def export_bundle(store: Store, run_id: str) -> bytes:
     }
     document["checksum"] = checksum(document)
     return (json.dumps(document, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()
+
+
+def _any(runs: list[dict[str, Any]], part: str) -> bool:
+    return any(part in entry for entry in runs)
 
 
 def _with_children(store: Store, root: RunRecord) -> list[RunRecord]:
@@ -215,6 +236,7 @@ class BundleContents:
     steps: list[StepRecord]
     blobs: dict[str, bytes]
     superseded: list[SupersededStep] = field(default_factory=list)
+    events: list[EventRecord] = field(default_factory=list)
 
 
 def read_bundle(data: bytes, source: str = "the bundle") -> BundleContents:
@@ -277,6 +299,7 @@ def _check(bundle: _Bundle, source: str) -> BundleContents:
     runs: list[RunRecord] = []
     steps: list[StepRecord] = []
     superseded: list[SupersededStep] = []
+    events: list[EventRecord] = []
     complete: set[str] = set()  # message chain nodes known to lead back to a first node inside the bundle
     for index, entry in enumerate(bundle.runs):
         run = entry.record
@@ -300,7 +323,20 @@ def _check(bundle: _Bundle, source: str) -> BundleContents:
         runs.append(run)
         steps.extend(entry.steps)
         superseded.extend(kept)
-    return BundleContents(bundle.root, runs, steps, blobs, superseded)
+        events.extend(_checked_events(run.id, entry.events, source))
+    return BundleContents(bundle.root, runs, steps, blobs, superseded, events)
+
+
+def _checked_events(run_id: str, events: list[_BundleEvent], source: str) -> list[EventRecord]:
+    """A run's events as records; each payload must be JSON text, as ``send_event`` stores it."""
+    for index, event in enumerate(events):
+        try:
+            json.loads(event.payload)
+        except ValueError:
+            raise BundleError(
+                f"{source}: event {index} of run {run_id!r} ({event.type!r}) has a payload that is not JSON"
+            ) from None
+    return [EventRecord(run_id, e.type, e.payload, e.sent_at, e.delivered_key) for e in events]
 
 
 def _check_superseded(run_id: str, kept: list[SupersededStep], source: str) -> None:
@@ -343,7 +379,7 @@ def import_bundle(store: Store, data: bytes, source: str = "the bundle") -> list
     (imported now, or found already there with the same content)."""
     contents = read_bundle(data, source)
     try:
-        store.import_runs(contents.runs, contents.steps, contents.blobs, contents.superseded)
+        store.import_runs(contents.runs, contents.steps, contents.blobs, contents.superseded, contents.events)
     except RunConflict as exc:
         raise BundleError(
             f"{source}: run {exc.run_id!r} is in this database already, with other content; nothing was "

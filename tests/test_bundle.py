@@ -30,7 +30,7 @@ from agentflow import (
     SupersededStep,
     tool,
 )
-from agentflow._bundle import checksum
+from agentflow._bundle import FORMAT_VERSION, checksum
 from agentflow._cli import cli
 from agentflow._store import RunRecord, StepRecord
 from agentflow.testing import FakeProvider, reply, tool_call
@@ -252,8 +252,11 @@ def test_a_foreign_file_is_refused_with_a_clear_message(
 
 def test_a_bundle_from_a_newer_format_asks_for_an_upgrade(bundle: bytes, app: AgentFlow) -> None:
     document = json.loads(bundle)
-    document.update(format_version=3, agentflow_version="2.0.0")
-    with pytest.raises(BundleError, match=r"format 3, written by agentflow 2\.0\.0; this agentflow reads format 2 and"):
+    document.update(format_version=FORMAT_VERSION + 1, agentflow_version="2.0.0")
+    newer = (
+        rf"format {FORMAT_VERSION + 1}, written by agentflow 2\.0\.0; this agentflow reads format {FORMAT_VERSION} and"
+    )
+    with pytest.raises(BundleError, match=newer):
         app.import_runs(reseal(document))
 
 
@@ -408,6 +411,53 @@ def test_a_run_a_restart_took_records_out_of_the_middle_of_exports_and_imports_w
 
     assert app.import_runs(data) == ["n"]
     assert app.verify("n") is None
+
+
+# -- events sent to a run travel with it ------------------------------------------------------------------------
+
+
+def register_approver(flow: AgentFlow) -> Any:
+    """A workflow that waits for an "approval" event and says who approved."""
+
+    @flow.workflow(name="approver")
+    async def approver(ctx: Context) -> str:
+        decision = await ctx.wait_for_event("approval", type="approval")
+        return f"approved by {decision['by']}"
+
+    return approver
+
+
+@pytest.fixture
+def approval_sent(tmp_path: Path) -> bytes:
+    """The bundle of a run waiting for an approval that was sent, before any process resumed the run."""
+    with AgentFlow(str(tmp_path / "waiting.db"), clock=FakeClock()) as source:
+        assert source.run(register_approver(source), run_id="w").status == RunStatus.WAITING
+        source.send_event("w", "approval", {"by": "ana"})
+        return source.export_run("w")
+
+
+def test_an_event_the_run_has_not_taken_yet_travels_with_it_and_is_taken_after_the_import(
+    approval_sent: bytes, app: AgentFlow
+) -> None:
+    document = json.loads(approval_sent)
+    assert document["format_version"] == 3  # an agentflow that knows nothing of events refuses it, not drops it
+    [event] = document["runs"][0]["events"]
+    assert (event["type"], json.loads(event["payload"]), event["delivered_key"]) == ("approval", {"by": "ana"}, None)
+
+    assert app.import_runs(approval_sent) == ["w"]
+    assert app.import_runs(approval_sent) == ["w"]  # again: a no-op, the event is not doubled
+    register_approver(app)
+    assert app.resume("w").output == "approved by ana"  # before: the run waited for an event already sent
+    [taken] = app._store.load_events("w")
+    assert taken.delivered_key is not None
+
+
+def test_an_event_whose_payload_is_not_json_is_refused(approval_sent: bytes, app: AgentFlow) -> None:
+    document = json.loads(approval_sent)
+    document["runs"][0]["events"][0]["payload"] = "{by: ana"
+    with pytest.raises(BundleError, match="event 0 of run 'w' \\('approval'\\) has a payload that is not JSON"):
+        app.import_runs(reseal(document))
+    assert app.list_runs() == []
 
 
 # -- the CLI --------------------------------------------------------------------------------------------------

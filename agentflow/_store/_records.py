@@ -91,6 +91,18 @@ class StepRecord(NamedTuple):
 
 
 @dataclass(frozen=True)
+class EventRecord:
+    """An event sent to a run (``send_event``), kept until a wait takes it: ``delivered_key`` is the key of
+    the wait that took it, None while none has."""
+
+    run_id: str
+    type: str
+    payload: str
+    sent_at: float
+    delivered_key: str | None = None
+
+
+@dataclass(frozen=True)
 class SupersededStep:
     """A step record a restart took out of its run: the run's ``restart``-th restart (1, 2, ...), at
     ``superseded_at``."""
@@ -208,6 +220,10 @@ class Store(EvalStore, Protocol):
         event of ``type`` for the run, now claimed. ``(id, payload)``, or None when there is none."""
         ...
 
+    def load_events(self, run_id: str) -> list[EventRecord]:
+        """The events sent to the run, taken by a wait or not, in the order they were sent."""
+        ...
+
     def suspend_run(
         self,
         run_id: str,
@@ -277,13 +293,14 @@ class Store(EvalStore, Protocol):
         steps: Sequence[StepRecord],
         blobs: Mapping[str, bytes],
         superseded: Sequence[SupersededStep] = (),
+        events: Sequence[EventRecord] = (),
     ) -> list[str]:
-        """Write runs, their steps, the records their restarts superseded and the blobs they refer to, in one
-        transaction; the ids it inserted.
+        """Write runs, their steps, the records their restarts superseded, their events and the blobs they
+        refer to, in one transaction; the ids it inserted.
 
-        A run already present with the same record, steps and superseded records is skipped; one present
-        with other content raises ``RunConflict`` and nothing is written. Blobs already stored are left as
-        they are.
+        A run already present with the same record, steps and superseded records is skipped (its events
+        too: they may have been taken since); one present with other content raises ``RunConflict`` and
+        nothing is written. Blobs already stored are left as they are.
         """
         ...
 

@@ -27,7 +27,7 @@ from ._blob_packing import packed_blob_rows, unpack_blob, unpack_blob_hash
 from ._checkpointer import WalCheckpointer
 from ._eval_sql import EvalSQL
 from ._packing import pack_digest, packed_step, raw_hash, unpack_digest, unpacked_step, unpacked_step_row
-from ._records import STEP_COLUMNS, RunRecord, StepRecord, SupersededStep
+from ._records import STEP_COLUMNS, EventRecord, RunRecord, StepRecord, SupersededStep
 from ._tables import BlobRow, EventRow, FactRow, ReservationRow, RunRow, StepRow, superseded_steps
 
 __all__ = ["SQLStore", "describe_url", "normalize_url"]
@@ -371,6 +371,13 @@ class SQLStore(EvalSQL):
             conn.execute(update(table).where(table.c.id == row[0]).values(delivered_key=key))
             return int(row[0]), str(row[1])
 
+    def load_events(self, run_id: str) -> list[EventRecord]:
+        table = EventRow.__table__  # type: ignore[attr-defined]
+        columns = (table.c.run_id, table.c.type, table.c.payload, table.c.sent_at, table.c.delivered_key)
+        with self._connect() as conn:
+            rows = conn.execute(select(*columns).where(table.c.run_id == run_id).order_by(table.c.id)).all()
+        return [EventRecord(*row) for row in rows]
+
     def suspend_run(
         self,
         run_id: str,
@@ -505,9 +512,10 @@ class SQLStore(EvalSQL):
         steps: Sequence[StepRecord],
         blobs: Mapping[str, bytes],
         superseded: Sequence[SupersededStep] = (),
+        events: Sequence[EventRecord] = (),
     ) -> list[str]:
         run_table, step_table = RunRow.__table__, StepRow.__table__  # type: ignore[attr-defined]
-        blob_table = BlobRow.__table__  # type: ignore[attr-defined]
+        blob_table, event_table = BlobRow.__table__, EventRow.__table__  # type: ignore[attr-defined]
         by_run: dict[str, list[StepRecord]] = {}
         for step in sorted(steps, key=lambda s: s.seq):
             by_run.setdefault(step.run_id, []).append(step)
@@ -541,6 +549,9 @@ class SQLStore(EvalSQL):
                             for k in kept_by_run[run.id]
                         ]
                         conn.execute(insert(superseded_steps), rows)
+                    sent = [asdict(event) for event in events if event.run_id == run.id]
+                    if sent:  # in the order they were sent: the ids given here keep it
+                        conn.execute(insert(event_table), sent)
                     inserted.append(run.id)
                 if inserted and blobs:
                     rows = [{"hash": h, "data": data} for h, data in packed_blob_rows(blobs)]
