@@ -168,6 +168,9 @@ class Step:
     usage: Usage
     cost: float
     request: Any = field(default=None, compare=False, repr=False)  # the normalized request (JSON data)
+    # The record's link in the run's hash chain (sha256 hex over the one before it and this record): the
+    # last step's is the chain's head, which an auditor can keep to check the record later.
+    chain: str = field(default="", compare=False, repr=False)
 
     @property
     def duration(self) -> float:
@@ -191,6 +194,7 @@ class Step:
             usage=Usage(rec.prompt_tokens, rec.completion_tokens),
             cost=rec.cost,
             request=None if rec.request is None else json.loads(rec.request),
+            chain=rec.chain,
         )
 
 

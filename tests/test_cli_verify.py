@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from dbtools import execute
 from nested_restart import nested_then_restarted
 from typer.testing import CliRunner, Result
 
 from agentflow import AgentFlow, Context
+from agentflow._chain import chain_hash, genesis
 from agentflow._cli import cli
+from agentflow._store._packing import pack_digest, pack_json
 
 
 def invoke(*args: str) -> Result:
@@ -72,3 +76,57 @@ def test_runs_to_check_must_be_named_or_all_and_must_exist(recorded: str) -> Non
     result = invoke("verify", "n", "nope", "--db", recorded)
     assert result.exit_code == 1
     assert "no run with id 'nope'" in result.output
+
+
+def head_of(result: Result, run_id: str) -> str:
+    found = re.search(rf"run {run_id}: intact, \d+ steps, chain head ([0-9a-f]{{64}})", result.output)
+    assert found is not None, result.output
+    return found.group(1)
+
+
+def rewrite_with_a_new_chain(db_url: str, run_id: str, key: str, output: str) -> None:
+    """What someone with write access can do: change a record and make every link after it fit again."""
+    with AgentFlow(db_url) as flow:
+        steps = flow._store.load_steps(run_id)
+    previous = genesis(run_id)
+    for step in steps:
+        if step.key == key:
+            step = step._replace(output=output)
+        link = chain_hash(previous, step.key, step.kind, step.fingerprint, step.status, step.output, step.error)
+        execute(
+            db_url,
+            "UPDATE steps SET output = :output, chain = :chain WHERE run_id = :run AND key = :key",
+            output=pack_json(step.output), chain=pack_digest(link), run=run_id, key=step.key,
+        )  # fmt: skip
+        previous = link
+
+
+def test_a_kept_head_catches_a_record_rewritten_with_every_link_after_it(recorded: str) -> None:
+    head = head_of(invoke("verify", "a-3", "--db", recorded), "a-3")
+    passes = invoke("verify", "a-3", "--head", head, "--db", recorded)
+    assert passes.exit_code == 0, passes.output
+    assert f"run a-3: its chain passes through {head} at step 'again#0'" in passes.output
+
+    rewrite_with_a_new_chain(recorded, "a-3", "once#0", "7")
+    assert invoke("verify", "a-3", "--db", recorded).exit_code == 0  # the chain alone cannot tell
+    caught = invoke("verify", "a-3", "--head", head, "--db", recorded)
+    assert caught.exit_code == 1
+    assert f"run a-3: its chain does not pass through {head}" in caught.output
+
+
+def test_a_head_noted_before_a_restart_is_found_among_the_records_it_took_out(db_url: str) -> None:
+    with AgentFlow(db_url) as flow:
+        nested_then_restarted(flow)
+        head = head_of(invoke("verify", "n", "--db", db_url), "n")
+        flow.restart("n", from_key="side#0")  # side#0 now links to first#0: every link from it on is new
+    assert head_of(invoke("verify", "n", "--db", db_url), "n") != head
+    result = invoke("verify", "n", "--head", head, "--db", db_url)
+    assert result.exit_code == 0, result.output
+    assert f"passes through {head} at step 'last#0'" in result.output  # a record restart 2 took out
+
+
+def test_head_checks_one_named_run(recorded: str) -> None:
+    for args in (["n", "a-1"], ["--all"]):
+        result = invoke("verify", *args, "--head", "0" * 64, "--db", recorded)
+        assert result.exit_code == 1
+        assert "--head checks one run: name it" in result.output
