@@ -515,6 +515,39 @@ def test_run_control_reads_what_another_connection_asked_for_the_run(app: AgentF
     assert app._store.run_control("r1") == "cancel"
 
 
+class _InterruptedCursor:
+    """The step writer's cursor, but a KeyboardInterrupt (a notebook's stop button) comes right after the
+    step row of ``key`` is inserted, before the COMMIT."""
+
+    def __init__(self, cursor: Any, key: str) -> None:
+        self._cursor, self._key = cursor, key
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        result = self._cursor.execute(sql, params)
+        if sql.startswith("INSERT INTO steps") and self._key in params:
+            self._key = "\x00"  # once
+            raise KeyboardInterrupt
+        return result
+
+
+def test_an_interrupt_between_a_step_insert_and_its_commit_leaves_nothing_half_written(app: AgentFlow) -> None:
+    _record_run(app, "first")  # the writer's connection is open now
+    store = app._store
+    assert isinstance(store, SQLStore)
+    store._writer_cur = _InterruptedCursor(store._writer_cur, "b#0")
+    with pytest.raises(KeyboardInterrupt):
+        _record_run(app, "r")
+    assert _step_keys(app, "r") == ["a#0"]  # b#0 was not committed
+    # Before: the writer's connection stayed in the interrupted transaction; resuming wrote b#0 again
+    # inside it and failed ("recorded already: another process is running this run").
+    assert app.resume("r").output == 112
+    assert _step_keys(app, "r") == ["a#0", "b#0", "c#0"]
+    assert app.verify("r") is None
+
+
 # -- the hash chain over step records ---------------------------------------------------------------------
 
 

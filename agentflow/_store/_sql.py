@@ -308,6 +308,12 @@ class SQLStore(EvalSQL):
                 if not _is_integrity_error(exc):
                     self._drop_writer()
                 raise
+            except BaseException:  # KeyboardInterrupt (a notebook's stop button): nothing half written.
+                # Else the transaction stays open on this connection (on SQLite, holding the write lock
+                # against every other writer), and the next step is written inside it.
+                with contextlib.suppress(Exception):
+                    dbapi.rollback()
+                raise
         return True
 
     @staticmethod
