@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import signal
+import threading
 from typing import Any
 
 import pytest
@@ -256,6 +258,40 @@ def test_run_works_inside_a_running_event_loop_like_jupyter(app: AgentFlow) -> N
         return int(run.output)
 
     assert asyncio.run(notebook_cell()) == 1
+
+
+def test_the_stop_button_in_a_notebook_stops_the_run_and_leaves_it_to_resume(app: AgentFlow) -> None:
+    """A cell's KeyboardInterrupt reaches the thread that waits for the run (the run goes on in a helper
+    thread, the cell's loop running): it cancels the run there, as Ctrl-C does outside a notebook."""
+    main_thread = threading.get_ident()
+    stop = {"pressed": False}
+
+    async def slow(x: int) -> int:
+        if not stop["pressed"]:
+            stop["pressed"] = True
+            signal.pthread_kill(main_thread, signal.SIGINT)  # the stop button: ipykernel sends SIGINT
+            # A long model call, say; cancelled at once. (Not cancelled, the run would fail here after 60 s
+            # rather than hang the test run.)
+            await asyncio.wait_for(asyncio.Event().wait(), timeout=60)
+        return x + 1
+
+    @app.workflow()
+    async def wf(ctx: Context, x: int) -> int:
+        return await ctx.step("slow", slow, await ctx.step("first", abs, x))
+
+    async def notebook_cell() -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as ipykernel sets it while a cell runs
+        app.run(wf, -1, run_id="nb")
+
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            asyncio.run(notebook_cell())  # before: waited for the run forever
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    stopped = app.get_run("nb")
+    assert stopped.status == RunStatus.RUNNING and [s.key for s in stopped.steps] == ["first#0"]
+    assert app.resume("nb").output == 2
 
 
 def test_run_async_and_concurrent_runs_in_one_loop(app: AgentFlow) -> None:
