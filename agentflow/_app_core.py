@@ -32,7 +32,7 @@ from ._lifecycle import BackgroundLoop
 from ._llm import Budget
 from ._loop import run_sync
 from ._models import ErrorInfo, Run, RunStatus, Step
-from ._refs import ref_of_object
+from ._refs import holder_of, ref_of_object
 from ._retry import RetryPolicy
 from ._scope import top_level
 from ._store import RunRecord, StepRecord, Store
@@ -118,7 +118,7 @@ class AppCore:
         """
 
         def register(fn: F) -> F:
-            wf = self._register(fn, name)
+            wf = self._register(fn, name, _origin(fn))
             wf.budget = budget
             wf.deadline = deadline.total_seconds() if isinstance(deadline, timedelta) else deadline
             if code_version is not None:
@@ -136,16 +136,27 @@ class AppCore:
         if getattr(workflow, "__agentflow_workflow__", None) is not None:
             self._lookup(workflow)
         else:
-            self._register(workflow, name)
+            self._register(workflow, name, _origin(workflow))
 
-    def _register(self, fn: Callable[..., Any], name: str | None) -> Workflow:
+    def _register(
+        self, fn: Callable[..., Any], name: str | None, origin: str | None, *, agent: bool = False
+    ) -> Workflow:
+        """Register ``fn`` under ``name``. ``origin`` is where it was defined (``_origin``: module and
+        qualname of a function; module and variable of an Agent): a definition run again from the same
+        place (a notebook cell run again) replaces the registration; two from different places, or from
+        unknown ones, under one name are refused (a resume could not tell which one made a run)."""
         wf_name = name or fn.__qualname__
         known = self._workflows.get(wf_name)
-        if known is not None and known.fn is not fn:
+        if known is not None and known.fn is fn:
+            wf = known
+        elif known is not None and (origin is None or origin != known.origin):
             raise ConfigurationError(
-                f"two workflows are named {wf_name!r}; give one another name: @app.workflow(name=...)"
+                f"two {'agents' if agent else 'workflows'} are named {wf_name!r}; give one another name: "
+                + ("Agent(name=...)" if agent else "@app.workflow(name=...)")
             )
-        wf = known or Workflow(wf_name, fn, self._codec)
+        else:
+            wf = Workflow(wf_name, fn, self._codec)
+            wf.origin = origin
         self._workflows[wf_name] = wf
         self._by_function[fn] = wf
         return wf
@@ -162,11 +173,11 @@ class AppCore:
             known = self._by_function.get(fn)
             if known is not None:
                 return known
-            wf = self._register(fn, name)
+            wf = self._register(fn, name, holder_of(workflow, getattr(workflow, "defined_in", None)), agent=True)
             wf.ref = ref_of_object(workflow, getattr(workflow, "defined_in", None))
             wf.version_source = getattr(workflow, "code_version", None)
             return wf
-        return self._by_function.get(workflow) or self._register(workflow, None)
+        return self._by_function.get(workflow) or self._register(workflow, None, _origin(workflow))
 
     def _unregistered(self, workflow: Any) -> Workflow:
         """The workflow for ``workflow`` without registering it: a new version of an agent may share the
@@ -584,3 +595,9 @@ class AppCore:
     def __exit__(self, *exc: object) -> Literal[False]:
         self.close()
         return False
+
+
+def _origin(fn: Callable[..., Any]) -> str | None:
+    """``module:qualname`` of a function: where it was defined."""
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    return f"{module}:{qualname}" if module and qualname else None

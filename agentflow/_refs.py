@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import ConfigurationError
 
-__all__ = ["load_ref", "ref_of_function", "ref_of_object", "register_code"]
+__all__ = ["holder_of", "load_ref", "ref_of_function", "ref_of_object", "register_code"]
 
 
 def _module_part(module_name: str) -> str | None:
@@ -40,6 +40,16 @@ def ref_of_function(fn: Any) -> str | None:
         return None
     part = _module_part(module)
     return None if part is None else f"{part}:{qualname}"
+
+
+def holder_of(obj: Any, module_name: str | None) -> str | None:
+    """``module:variable`` of the module-level variable of ``module_name`` that holds ``obj``, if one does
+    (``__main__:agent`` in a notebook, where ``ref_of_object`` has no path to give)."""
+    module = sys.modules.get(module_name) if module_name else None
+    if module is None:
+        return None
+    name = next((name for name, value in vars(module).items() if value is obj and not name.startswith("__")), None)
+    return None if name is None else f"{module_name}:{name}"
 
 
 def ref_of_object(obj: Any, module_name: str | None) -> str | None:

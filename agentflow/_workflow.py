@@ -39,6 +39,8 @@ class Workflow:
     # Computes the version when the code is an object whose behaviour can change (an Agent's instructions).
     version_source: Callable[[], str | None] | None = field(init=False, default=None)
     signature: inspect.Signature = field(init=False)
+    # Where it was defined (set on registration): the same definition registered again replaces it.
+    origin: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.is_async = inspect.iscoroutinefunction(self.fn)

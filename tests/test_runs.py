@@ -5,22 +5,27 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import signal
+import sys
 import threading
+import types
 from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
 from agentflow import (
+    Agent,
     AgentFlow,
     ConfigurationError,
     Context,
+    ReplayDivergence,
     RunConflict,
     RunStatus,
     SerializationError,
     StepFailed,
     SyncContext,
 )
+from agentflow.testing import FakeProvider, reply
 
 
 class Order(BaseModel):
@@ -292,6 +297,41 @@ def test_the_stop_button_in_a_notebook_stops_the_run_and_leaves_it_to_resume(app
     stopped = app.get_run("nb")
     assert stopped.status == RunStatus.RUNNING and [s.key for s in stopped.steps] == ["first#0"]
     assert app.resume("nb").output == 2
+
+
+CELL = """
+@app.workflow()
+async def triage(ctx, x):
+    return await ctx.step("scale", scale, x)
+
+support = Agent(name="support", model="gpt-4o-mini", instructions=f"v{FACTOR}", params={"api_key": "sk-x"})
+"""
+
+
+def test_a_notebook_cell_run_again_replaces_its_workflow_and_its_agent(
+    app: AgentFlow, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    notebook = types.ModuleType("notebook_main")  # a notebook's __main__: no file, no importable path
+    monkeypatch.setitem(sys.modules, "notebook_main", notebook)
+    notebook.__dict__.update(app=app, Agent=Agent)
+    for factor in (2, 3):  # the cell, edited and run again
+        notebook.__dict__.update(FACTOR=factor, scale=lambda x, f=factor: x * f)
+        exec(compile(CELL, "<cell>", "exec"), notebook.__dict__)  # before: "two workflows are named 'triage'"
+        assert app.run(notebook.triage, 5, run_id=f"t{factor}").output == 5 * factor
+        with FakeProvider() as fake:
+            fake.script(reply(f"answer {factor}"))
+            assert app.run(notebook.support, "hi", run_id=f"s{factor}").output.output == f"answer {factor}"
+    assert app.replay("s3").matched
+    with pytest.raises(ReplayDivergence, match="replace /messages/0/content 'v3'"):
+        app.replay("s2")  # the agent registered now is the edited one
+
+    async def triage(ctx: Context, x: int) -> int:  # another definition, elsewhere, under the same name
+        return x
+
+    with pytest.raises(ConfigurationError, match="two workflows are named 'triage'"):
+        app.workflow(name="triage")(triage)
+    with pytest.raises(ConfigurationError, match=r"two agents are named 'support'; give one another name: Agent"):
+        app.run(Agent(name="support", model="gpt-4o-mini"), "hi")
 
 
 def test_run_async_and_concurrent_runs_in_one_loop(app: AgentFlow) -> None:
