@@ -17,11 +17,9 @@ agentflow raises are printed as their message (red, on stderr) with exit code 1,
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
-from typing import Annotated, Any, NamedTuple, NoReturn
+from typing import Annotated, NamedTuple, NoReturn
 
 import typer
 from rich import box
@@ -35,6 +33,13 @@ from rich.text import Text
 
 from ._app import AgentFlow
 from ._models import ErrorInfo, Run, RunStatus, Step
+from ._present import human_duration as _human_duration
+from ._present import local_time as _local_time
+from ._present import milliseconds as _milliseconds
+from ._present import one_line as _one_line
+from ._present import output_preview as _output_preview
+from ._present import to_json as _json
+from ._present import truncate as _truncate
 from .errors import AgentFlowError
 
 __all__ = ["cli", "main"]
@@ -333,20 +338,6 @@ def _runs_listing(runs: list[Run], width: int) -> RenderableType:
     return Group(*lines)
 
 
-def _output_preview(step: Step) -> str:
-    """What a step gave, in a line: a model call's answer (text or the tools it asked for) and tokens."""
-    if step.kind.value == "llm" and isinstance(step.output, dict) and "response" in step.output:
-        from ._llm import LLMResponse
-
-        answer = LLMResponse.from_raw(step.output["response"], step.cost, replayed=True)
-        said = " ".join((answer.text or "").split())
-        if answer.tool_calls:
-            calls = ", ".join(f"{c.name}({_one_line(c.arguments)})" for c in answer.tool_calls)
-            said = f"{said} → {calls}" if said else f"→ {calls}"
-        return f"[{answer.prompt_tokens}+{answer.completion_tokens} tok] {said or '(no text)'}"
-    return _json(step.output)
-
-
 def _steps_listing(steps: list[Step], width: int) -> RenderableType:
     """A table of the steps when it fits in ``width``, else two lines per step."""
     first_start = min(s.started_at for s in steps)
@@ -432,39 +423,6 @@ def _run_duration(run: Run) -> str:
     if not run.status.is_terminal:
         return "-"
     return _human_duration((run.updated_at - run.created_at).total_seconds())
-
-
-def _local_time(moment: datetime) -> str:
-    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _human_duration(seconds: float) -> str:
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m {secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m"
-
-
-def _milliseconds(seconds: float) -> str:
-    ms = seconds * 1000
-    return f"{ms:.1f} ms" if ms < 100 else f"{ms:,.0f} ms"
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _truncate(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # The commands that work from a run's record (replay, fork, diff, step) live in their own module, and so do

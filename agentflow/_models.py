@@ -240,6 +240,12 @@ class Run:
     lease_token: int = 0  # the fencing token: one more at each claim by a worker
     _store: Store | None = field(default=None, repr=False, compare=False)
 
+    def _repr_html_(self) -> str:
+        """The run in a notebook: its header and its steps, as ``agentflow show`` prints them."""
+        from ._html import run_html
+
+        return run_html(self)
+
     @cached_property
     def steps(self) -> list[Step]:
         """The recorded steps in the order they were recorded."""
