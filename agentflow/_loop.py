@@ -28,12 +28,15 @@ def run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     except RuntimeError:
         return asyncio.run(make())
     running: list[tuple[asyncio.AbstractEventLoop, asyncio.Task[Any]]] = []
+    interrupted = threading.Event()
     lock = threading.Lock()
 
     async def main() -> T:
         task = asyncio.current_task()
         assert task is not None
         with lock:
+            if interrupted.is_set():  # before it began: it does not begin
+                raise asyncio.CancelledError
             running.append((asyncio.get_running_loop(), task))
         return await make()
 
@@ -44,6 +47,7 @@ def run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         except BaseException:
             if not future.done():  # interrupted here while it runs there (else it raised this itself)
                 with lock, contextlib.suppress(RuntimeError):  # its loop closed meanwhile: it has ended
+                    interrupted.set()
                     for loop, task in running:
                         loop.call_soon_threadsafe(task.cancel)
             raise  # once the helper thread has ended: leaving the ``with`` waits for it
