@@ -53,17 +53,11 @@ def holder_of(obj: Any, module_name: str | None) -> str | None:
 
 
 def ref_of_object(obj: Any, module_name: str | None) -> str | None:
-    """``module:variable`` of an object held by a module-level variable of ``module_name``, if one is."""
-    if not module_name:
-        return None
-    module = sys.modules.get(module_name)
-    if module is None:
-        return None
-    for name, value in vars(module).items():
-        if value is obj and not name.startswith("__"):
-            part = _module_part(module_name)
-            return None if part is None else f"{part}:{name}"
-    return None
+    """``module:variable`` of an object held by a module-level variable of ``module_name``, if one is, with
+    the module as it can be imported again (a script's path for ``__main__``)."""
+    holder = holder_of(obj, module_name)
+    part = None if holder is None or module_name is None else _module_part(module_name)
+    return None if holder is None or part is None else f"{part}:{holder.rpartition(':')[2]}"
 
 
 def load_ref(ref: str) -> Any:
