@@ -10,10 +10,11 @@ sync or async step (an async one may make nested calls, in sequence or gathered,
 has a distinct ``tag`` argument, so no two requests share a fingerprint, and ``asyncio.sleep(0)`` counts
 derived from the seed, the execution and the call vary the order in which concurrent calls go live.
 
-Each seed runs in a fresh SQLite database: a clean run (id ``clean``) gives the expected output; run ``x``
-then crashes 1-2 times (``Crash``, a ``BaseException`` like the process dying, raised in a chosen call after
-its effect, while 0-2 other calls stay blocked in flight; a blocked call crashes itself after 400 loop
-passes if the crash never comes), is resumed after each crash, and finally resumed with crashing off.
+Each seed runs in a fresh SQLite database (with ``--postgres URL``, a fresh database on that Postgres
+server, dropped afterwards; ``crash_stress_db.py``): a clean run (id ``clean``) gives the expected output;
+run ``x`` then crashes 1-2 times (``Crash``, a ``BaseException`` like the process dying, raised in a chosen
+call after its effect, while 0-2 other calls stay blocked in flight; a blocked call crashes itself after 400
+loop passes if the crash never comes), is resumed after each crash, and finally resumed with crashing off.
 
 Invariants (failure types of a seed):
   output        the resumed run completes with the clean run's output
@@ -47,6 +48,8 @@ Modes (``Mode``):
                 derived checks must then report failures
   --any-point   fork or restart at any top-level record of "x", also one where other steps were in
                 flight (by default, only where none was: see ``_prepare_derived``)
+  --postgres URL  each seed in a database of its own on this Postgres server (created and dropped; the
+                derived phase's copy is a database made from it as a template)
 
 Derived runs (``--derived``; choices from the seed's own rng, ``make_derived``, not the plan's): once "x"
 has completed (and was checked), a derived run of it is made: ``app.restart("x", from_key=K)``,
@@ -55,15 +58,16 @@ or ``app.replay("x", mode="live")``. It may run another variant of the code: a g
 some calls' requests read (a step gets another argument, a payment another amount), never a call recorded
 before K (that is a divergence, by design); a live replay always has one, so that it diverges somewhere.
 Calls a counterfactual's world has no answer for give "missing ..." instead of failing the run.
-The expectation: the same derived run made without crashes in a copy of the database (SQLite backup,
-same records, and the same timing as the first execution of the crashing one: ``DERIVED``); the calls that
-ran live there are the crash targets of the derived run, which crashes 1-N times (executions ``DERIVED``,
-``DERIVED`` + 1, ...) with calls blocked in flight, and is resumed (``app.resume`` or ``app.recover()``)
-until it completes. The output of a restart, a fork or a counterfactual is also known from the plan alone
-(``plan_output``: every call gives its value under its variant; a counterfactual's "missing ..." for the
-varied calls its world cannot answer); a live replay's is not (a child run served whole before the
-divergence gives its old output, so it depends on when the divergence came). Failure types (``d-``: the
-crashed derived run; ``e-``: the one made without crashes, which needs no crash to fail):
+The expectation: the same derived run made without crashes in a copy of the database (a SQLite backup or a
+Postgres database made from it as a template: the same records), with the same timing as the first execution
+of the crashing one (``DERIVED``); the calls that ran live there are the crash targets of the derived run,
+which crashes 1-N times (executions ``DERIVED``, ``DERIVED`` + 1, ...) with calls blocked in flight, and is
+resumed (``app.resume`` or ``app.recover()``) until it completes. The output of a restart, a fork or a
+counterfactual is also known from the plan alone (``plan_output``: every call gives its value under its
+variant; a counterfactual's "missing ..." for the varied calls its world cannot answer); a live replay's is
+not (a child run served whole before the divergence gives its old output, so it depends on when the
+divergence came). Failure types (``d-``: the crashed derived run; ``e-``: the one made without crashes,
+which needs no crash to fail):
   d-output      the derived run does not end as the one made without crashes (status, output, error);
                 e-output: that one's output is not the plan's
   d-paid-twice  a payment executed live by a fork, live replay or restart (recorded in it, not a copy of
@@ -83,6 +87,7 @@ By hand (from the repository root; seeds run in parallel processes, one per CPU 
   .venv/bin/python tests/crash_stress.py --seeds 0:500 --sabotage      # expect failures
   .venv/bin/python tests/crash_stress.py --seeds 0:500 --derived all [--recover] [--retries]
   .venv/bin/python tests/crash_stress.py --seeds 0:100 --derived all --sabotage-derived  # expect failures
+  .venv/bin/python tests/crash_stress.py --seeds 0:200 --postgres postgresql://postgres@127.0.0.1:5432/test
   .venv/bin/python tests/crash_stress.py -v SEED [mode options]        # one seed: its plan, log and records
 """
 
@@ -96,12 +101,12 @@ import tempfile
 import time
 import traceback
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # before anything imports litellm
 
 from crash_stress_checks import Result, check_bundles, check_ledger, check_reruns, check_run, dump, execute
+from crash_stress_db import SeedDatabase
 from crash_stress_derived import derived_phase
 from crash_stress_world import (
     CLEAN,
@@ -121,12 +126,19 @@ __all__ = ["Mode", "Result", "main", "run_one", "run_seeds"]
 DEFAULT_MODE = Mode()
 
 
-def run_one(seed: int, directory: str | os.PathLike[str], mode: Mode = DEFAULT_MODE, verbose: bool = False) -> Result:
-    """Run seed ``seed`` in ``mode`` in a new SQLite database under ``directory`` (left there) and check it."""
+def run_one(
+    seed: int,
+    directory: str | os.PathLike[str],
+    mode: Mode = DEFAULT_MODE,
+    verbose: bool = False,
+    postgres: str | None = None,
+) -> Result:
+    """Run seed ``seed`` in ``mode`` in a new SQLite database under ``directory`` (left there), or in a new
+    database on the Postgres server at ``postgres`` (dropped afterwards), and check it."""
     plan = make_plan(seed, mode)
     result = Result(seed, mode, plan.describe(), verbose=verbose)
-    db = Path(tempfile.mkdtemp(prefix=f"seed{seed}-", dir=directory)) / "db.sqlite"
-    app = AgentFlow(str(db))
+    db = SeedDatabase.new(seed, directory, postgres)
+    app = AgentFlow(db.url)
     world = World(plan)
     try:
         if mode.sabotage:  # resumed runs see no reservations: a call in flight at a crash may lose its key
@@ -158,6 +170,7 @@ def run_one(seed: int, directory: str | os.PathLike[str], mode: Mode = DEFAULT_M
         result.log.append(traceback.format_exc())
     finally:
         app.close()
+        db.drop()
     return result
 
 
@@ -191,10 +204,10 @@ def _crash_and_resume(app: AgentFlow, wf: Any, world: World, mode: Mode, result:
 # ------------------------------------------------------------------------------------------------ by hand
 
 
-def _worker(job: tuple[int, str, Mode]) -> Result:
+def _worker(job: tuple[int, str, Mode, str | None]) -> Result:
     """One seed in a pool process, with a wall-clock backstop for what the hang guard cannot see (a sync
     call that never returns)."""
-    seed, directory, mode = job
+    seed, directory, mode, postgres = job
 
     def on_alarm(*_: Any) -> None:
         raise TimeoutError("the seed took more than 120 s")
@@ -202,15 +215,15 @@ def _worker(job: tuple[int, str, Mode]) -> Result:
     signal.signal(signal.SIGALRM, on_alarm)
     signal.alarm(120)
     try:
-        return run_one(seed, directory, mode)
+        return run_one(seed, directory, mode, postgres=postgres)
     except TimeoutError as exc:
         return Result(seed, mode, make_plan(seed, mode).describe(), [("hang", str(exc))])
     finally:
         signal.alarm(0)
 
 
-def run_seeds(seeds: range, mode: Mode, directory: str, jobs: int) -> list[Result]:
-    jobs_list = [(seed, directory, mode) for seed in seeds]
+def run_seeds(seeds: range, mode: Mode, directory: str, jobs: int, postgres: str | None = None) -> list[Result]:
+    jobs_list = [(seed, directory, mode, postgres) for seed in seeds]
     if jobs <= 1:
         return [_worker(job) for job in jobs_list]
     import multiprocessing
@@ -243,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--derived", default="", choices=["", *DERIVED_KINDS, "all"], help="derived runs too")
     parser.add_argument("--sabotage-derived", action="store_true", help="resumed derived runs inherit nothing")
     parser.add_argument("--any-point", action="store_true", help="fork/restart also where steps were in flight")
+    parser.add_argument(
+        "--postgres", metavar="URL", help="each seed in a new database on this Postgres server (dropped after)"
+    )
     parser.add_argument("-v", "--verbose", type=int, metavar="SEED", help="run one seed and print everything")
     parser.add_argument("--examples", type=int, default=2, help="failing seeds shown per failure type")
     args = parser.parse_args(argv)
@@ -253,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="agentflow-stress-") as directory:
         if args.verbose is not None:
-            res = run_one(args.verbose, directory, mode, verbose=True)
+            res = run_one(args.verbose, directory, mode, verbose=True, postgres=args.postgres)
             print(res.plan, *res.log, *(f"NOTE {kind}: {msg}" for kind, msg in res.notes), sep="\n")
             print(*(f"FAIL {kind}: {msg}" for kind, msg in res.failures), sep="\n")
             if not res.failures:
@@ -262,14 +278,15 @@ def main(argv: list[str] | None = None) -> int:
         seeds: range = args.seeds
         start, stop = seeds.start, seeds.stop
         began = time.monotonic()
-        results = run_seeds(seeds, mode, directory, args.jobs)
+        results = run_seeds(seeds, mode, directory, args.jobs, args.postgres)
 
     by_kind: dict[str, list[int]] = defaultdict(list)
     for res in results:
         for kind in res.kinds:
             by_kind[kind].append(res.seed)
     failing = [res.seed for res in results if res.failures]
-    print(f"seeds {start}..{stop - 1} ({len(results)}), {mode.describe()}, {time.monotonic() - began:.1f}s: "
+    where = "Postgres" if args.postgres else "SQLite"
+    print(f"seeds {start}..{stop - 1} ({len(results)}), {mode.describe()}, {where}, {time.monotonic() - began:.1f}s: "
           f"{len(failing)} failing")  # fmt: skip
     for kind, seeds in sorted(by_kind.items()):
         print(f"  {kind:13s} {len(seeds):4d}  seeds {seeds[:25]}{' ...' if len(seeds) > 25 else ''}")

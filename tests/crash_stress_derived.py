@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import random
-import sqlite3
 import traceback
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from crash_stress_checks import (
@@ -22,6 +20,7 @@ from crash_stress_checks import (
     dump,
     execute,
 )
+from crash_stress_db import SeedDatabase
 from crash_stress_world import (
     DERIVED,
     DERIVED_KINDS,
@@ -139,7 +138,7 @@ def _derived_id(app: AgentFlow, kind: str) -> str | None:
     return live[0] if live else None
 
 
-def derived_phase(app: AgentFlow, wf: Any, world: World, db: Path, mode: Mode, result: Result) -> None:
+def derived_phase(app: AgentFlow, wf: Any, world: World, db: SeedDatabase, mode: Mode, result: Result) -> None:
     """Make a derived run of the finished run "x" without crashes in a copy of the database (the
     expectation), then in this one with crashes, resume it, and check it."""
     plan = world.plan
@@ -151,7 +150,7 @@ def derived_phase(app: AgentFlow, wf: Any, world: World, db: Path, mode: Mode, r
     if dplan.kind == "fork" and at_key is None:
         result.log.append("derived: no point to fork at (a step was in flight at each)")
         return
-    expected, live = _expect_derived(db, plan, dplan, at_key, source_ledger, result)
+    expected, live = _expect_derived(db.copy(app, "expected"), plan, dplan, at_key, source_ledger, result)
     if expected is None:
         return
     world.variant, world.varied = dplan.variant, dplan.varied
@@ -185,17 +184,12 @@ def derived_phase(app: AgentFlow, wf: Any, world: World, db: Path, mode: Mode, r
 
 
 def _expect_derived(
-    db: Path, plan: Plan, dplan: DerivedPlan, at_key: str | None, source_ledger: list[Any], result: Result
+    copy: SeedDatabase, plan: Plan, dplan: DerivedPlan, at_key: str | None, source_ledger: list[Any], result: Result
 ) -> tuple[Outcome | None, set[str]]:
-    """The derived run made without crashes, in a copy of the database: how it ended, and the calls it made
-    live (the crash targets). Its own checks are ``e-`` failures. (None, ...) when there is no derived run
-    to check (a live replay that did not diverge) or the expectation failed."""
-    copy = db.with_name("expected.sqlite")
-    with sqlite3.connect(db) as source, sqlite3.connect(copy) as target:
-        source.backup(target)
-    source.close()
-    target.close()
-    app = AgentFlow(str(copy))
+    """The derived run made without crashes, in ``copy`` (of the database, dropped afterwards): how it ended,
+    and the calls it made live (the crash targets). Its own checks are ``e-`` failures. (None, ...) when
+    there is no derived run to check (a live replay that did not diverge) or the expectation failed."""
+    app = AgentFlow(copy.url)
     world = World(plan)
     world.variant, world.varied, world.execution = dplan.variant, dplan.varied, DERIVED
     try:
@@ -236,6 +230,7 @@ def _expect_derived(
             dump(app, world, result)
             result.log.append("---")
         app.close()
+        copy.drop()
 
 
 def _arm_derived(world: World, e: int, pool: set[str], rng: random.Random) -> None:

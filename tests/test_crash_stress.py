@@ -4,12 +4,14 @@ Each seed is a workflow of gathered calls (steps, payments under idempotency key
 with calls in flight and is resumed; the checks are listed in ``crash_stress.py``. In the derived modes a
 run derived from the finished one (a restart, a fork, a counterfactual or a live replay) then crashes and
 is resumed too. A failure names the seeds and their failure types; ``python tests/crash_stress.py -v SEED
-[mode options]`` shows one in full, and ``--seeds 0:500`` runs many more.
+[mode options]`` shows one in full, and ``--seeds 0:500`` runs many more. With
+``AGENTFLOW_TEST_POSTGRES_URL`` set, some seeds also run on Postgres (each in a database of its own).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from pathlib import Path
 
@@ -29,11 +31,14 @@ FAIL_UNDER_DERIVED_SABOTAGE = (32, 43, 46, 18)
 DERIVED_FAILURES = {"d-" + kind for kind in KEY_FAILURES} | {"d-paid-live"}
 
 
-def run_seeds(seeds: range | tuple[int, ...], directory: Path, mode: Mode) -> list[Result]:
-    """Run the seeds one after the other, each in a database of its own under ``directory``; check that
-    nothing is left behind (threads, an event loop)."""
+POSTGRES_URL = os.environ.get("AGENTFLOW_TEST_POSTGRES_URL")
+
+
+def run_seeds(seeds: range | tuple[int, ...], directory: Path, mode: Mode, postgres: str | None = None) -> list[Result]:
+    """Run the seeds one after the other, each in a database of its own under ``directory`` (or on the
+    Postgres server ``postgres``); check that nothing is left behind (threads, an event loop)."""
     threads = set(threading.enumerate())
-    results = [run_one(seed, directory, mode) for seed in seeds]
+    results = [run_one(seed, directory, mode, postgres=postgres) for seed in seeds]
     assert set(threading.enumerate()) <= threads, "a seed left threads behind"
     with pytest.raises(RuntimeError):
         asyncio.get_running_loop()
@@ -74,6 +79,24 @@ def test_derived_runs_keep_what_they_inherit_across_crashes(seeds: range, mode: 
     assert set(kinds) == {"restart", "fork", "counterfactual", "live"}, kinds  # each kind is exercised
     crashed = [r.seed for r in results if any(line.startswith("  derived run crashed at b") for line in r.log)]
     assert len(crashed) >= len(results) // 2, f"only seeds {crashed} crashed their derived run"
+
+
+@pytest.mark.parametrize(
+    ("seeds", "mode"),
+    [
+        (range(16), Mode(retries=True, crashes=3)),
+        (range(5, 13), Mode(derived="all", recover=True)),
+    ],
+    ids=["retries-3-crashes", "derived-recover"],
+)
+def test_seeds_on_postgres(seeds: range, mode: Mode, tmp_path: Path) -> None:
+    """The same course on Postgres: its transactions, its reservations and its leases keep the keys too."""
+    if not POSTGRES_URL:
+        pytest.skip("AGENTFLOW_TEST_POSTGRES_URL is not set")
+    results = run_seeds(seeds, tmp_path, mode, POSTGRES_URL)
+    assert not any(r.failures for r in results), report(results)
+    kinds = {r.plan.rsplit("\nderived ", 1)[1].split()[0] for r in results if mode.derived}
+    assert not mode.derived or kinds == {"restart", "fork", "counterfactual", "live"}, kinds
 
 
 def test_the_derived_checker_fails_when_resumed_derived_runs_inherit_nothing(tmp_path: Path) -> None:
