@@ -330,7 +330,7 @@ class AppCore:
             engine.listeners.append(lambda rec: self._tell_listeners(run_id, rec))
         engine.control = self._control_for(run_id, record.deadline_at)
         engine.children = self
-        engine.extras.parent_id = record.parent_id
+        engine.extras.parent_id, engine.extras.queue = record.parent_id, record.queue
         # A worker's claim has set the run running already, in the same write that gave it the lease (a
         # child run under its root's lease is not claimed: it is set running here, fenced by that lease).
         claimed = journal.lease_token is not None and journal.lease_of is None
@@ -394,7 +394,7 @@ class AppCore:
         rollback: str | None = None,
     ) -> None:
         now = self._clock.time()
-        self._store.update_run(
+        self._store.end_run(
             engine.run_id,
             {
                 "status": status.value,
@@ -409,14 +409,11 @@ class AppCore:
                 "control": None,
                 "rollback": rollback,
             },
+            at=now,
+            parent_id=engine.extras.parent_id or None,  # a child run wakes its parent if it waits for it
             lease_token=engine.journal.lease_token,
             lease_of=engine.journal.lease_of,
         )
-        if engine.journal.holds_reservations:  # ended: none of its calls is in flight any more
-            self._store.drop_reservations(engine.run_id)
-        parent = engine.extras.parent_id
-        if parent:  # a child run: wake its parent if it waits for this child
-            self._store.send_event(parent, f"child:{engine.run_id}", "null", now)
 
     def _suspend(self, run_id: str, engine: RunEngine, suspended: Suspend, deadline_at: float | None) -> None:
         status = RunStatus.PAUSED if suspended.paused else RunStatus.WAITING
@@ -459,6 +456,7 @@ class AppCore:
         forked_from: str | None = None,
         forked_at: str | None = None,
         derived_as: str | None = None,
+        queue: str | None = None,
     ) -> RunRecord:
         """A new run of ``wf`` made now, under the workflow's current code version and ref; ``deadline`` in
         seconds from now. Not stored yet."""
@@ -477,6 +475,7 @@ class AppCore:
             forked_from=forked_from,
             forked_at=forked_at,
             derived_as=derived_as,
+            queue=queue,
         )
 
     def _require(self, run_id: str) -> RunRecord:
@@ -520,13 +519,16 @@ class AppCore:
         parent_id: str,
         lease: tuple[str, int] | None = None,
         origin: ChildOrigin | None = None,
+        queue: str | None = None,
     ) -> tuple[str, str | None, str | None]:
         """Run, resume or look up the child run ``child_id``; its ``(status, output JSON, error)``.
 
         Under a worker's ``lease`` on the parent (its root run), every write of the child is fenced by that
         lease: a worker that lost it stops at the child's next write too, as it does in the parent. The
         child of a fork, a live replay or a counterfactual gets its ``origin``: the source's child run or
-        the recorded world, so that it makes no non-idempotent call its source made.
+        the recorded world, so that it makes no non-idempotent call its source made. A new child run is put
+        on its parent's ``queue``: executed here, inside its parent, but when it waits (a sleep, an event),
+        a worker of that queue wakes it when it is due, as it would its parent (see ``QueueStore.claim``).
         """
         wf = self._lookup(workflow)
 
@@ -547,7 +549,7 @@ class AppCore:
                 derived_from, derived_as = origin.source_run, FORK
             record = self._new_record(
                 wf, child_id, RunStatus.RUNNING, input_json, parent_id=parent_id, forked_from=derived_from,
-                derived_as=derived_as,
+                derived_as=derived_as, queue=queue,
             )  # fmt: skip
             if self._store.insert_run(record):
                 await self._execute(wf, record, fresh=True, setup=setup)
@@ -559,7 +561,11 @@ class AppCore:
                     f"{wf.name} with {asked}: the parent's record and its child runs disagree"
                 )
             due = record.wake_at is not None and record.wake_at <= self._clock.time()
-            if record.status in RESUMABLE or (record.status == RunStatus.WAITING.value and due):
+            # A child on a queue that waits, or that a worker claimed once (it waited and was woken there),
+            # is its workers' to execute: the parent only waits for it (``child:<id>``), so that one process
+            # at a time writes it. One that was executing here when its parent's process died goes on here.
+            workers = record.queue is not None and (record.lease_token > 0 or record.status not in RESUMABLE)
+            if not workers and (record.status in RESUMABLE or (record.status == RunStatus.WAITING.value and due)):
                 await self._execute(wf, record, fresh=False, setup=setup)
         final = self._require(child_id)
         return final.status, final.output, final.error

@@ -497,7 +497,7 @@ class RunEngine:
         if source_run is not None or self.world is not None:
             origin = ChildOrigin(source_run, self.world, self.world_missing, self.world_source)
         status, output, error = await self.children.run_child(
-            workflow, child_id, args, kwargs, self.run_id, self.journal.lease, origin
+            workflow, child_id, args, kwargs, self.run_id, self.journal.lease, origin, self.extras.queue
         )
         if status == "completed":
             self.record(key=key, kind="child", name="child", fp=fp, request=request, started=started, attempts=1,

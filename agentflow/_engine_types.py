@@ -78,10 +78,12 @@ class ChildRunner(Protocol):
         parent_id: str,
         lease: tuple[str, int] | None = None,
         origin: ChildOrigin | None = None,
+        queue: str | None = None,
     ) -> tuple[str, str | None, str | None]:
         """Run (or resume, or look up) the child; its ``(status, output JSON, error text)``. With ``lease``
         (the parent's, ``(run id, token)``: a worker holds it) every write of the child is fenced by it;
-        ``origin`` is what a derived run's child inherits from its source."""
+        ``origin`` is what a derived run's child inherits from its source; ``queue``: the parent's, which a
+        new child run is put on (when it waits, that queue's workers wake it)."""
         ...
 
 
@@ -126,6 +128,7 @@ class RunExtras:
     # max completion tokens, estimated cost). The budget counts them, so concurrent calls cannot pass it.
     llm_in_flight: dict[str, tuple[int, int, float]] = field(default_factory=dict)
     parent_id: str | None = None  # a child run's parent, woken when the child ends
+    queue: str | None = None  # the run's queue: its child runs are on it too (its workers wake them)
     tools: dict[Callable[..., Any], Tool] = field(default_factory=dict)  # functions made tools by ctx.tool
     checkpoints: dict[str, _Last] = field(default_factory=dict)  # the last checkpoint of each chain
     running_graphs: set[tuple[str, str]] = field(default_factory=set)  # (scope, name) of graphs running

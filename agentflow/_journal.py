@@ -51,7 +51,6 @@ class Journal:
         # Keys reserved by calls that an earlier execution started and never recorded (in flight when it
         # died), with their fingerprints; a key leaves when it is handed out (see ``reserved_match``).
         self._reserved = {k: fp for k, fp in (reservations or {}).items() if k not in self._recorded}
-        self.holds_reservations = bool(reservations)  # the store keeps some for this run (to drop at its end)
         # Reservations of calls running now, not written yet: they go with the run's next write (a call's
         # own record makes its reservation needless: it leaves here then). See ``reserve``.
         self._pending: dict[str, tuple[str, float]] = {}
@@ -183,7 +182,6 @@ class Journal:
         """The reservations waiting to be written, handed over (hold ``_lock``)."""
         pending = [(key, fp, at) for key, (fp, at) in self._pending.items()]
         self._pending.clear()
-        self.holds_reservations = True
         return pending
 
     def reserved_match(self, key: str, fingerprint: str) -> str | None:
@@ -289,7 +287,6 @@ class Journal:
             self.run_id = run_id
             self._reserved.clear()  # the old run's: the new one runs the rest live, under its own keys
             self._pending.clear()
-            self.holds_reservations = False
             self._recorded = {c.key: tuple(c) for c in copies}
             self._unclaimed &= set(self._recorded)
             self._by_base = None

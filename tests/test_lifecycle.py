@@ -347,6 +347,62 @@ def test_a_child_run_has_a_deterministic_id_suspends_its_parent_and_wakes_it(app
     assert parent.id == "p" and parent.output == "refund: approved 80.0"
 
 
+class _DiesAfterWrite:
+    """The app's store, in a process that dies (``Crash``) right after the first store call that leaves
+    ``died()`` true (read by another app on the same database). Once dead, calls go through (``close``)."""
+
+    def __init__(self, store: Any, died: Callable[[], bool]) -> None:
+        self._store, self._died, self._dead = store, died, False
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._store, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = attr(*args, **kwargs)
+            if not self._dead and self._died():
+                self._dead = True
+                raise Crash(f"the process died right after {name}")
+            return result
+
+        return call
+
+
+def test_a_process_that_dies_right_after_a_child_run_ends_leaves_its_parent_due(db_url: str, clock: Any) -> None:
+    # Before, the child's end and the event that wakes its parent were two commits: a process dying
+    # between them left the parent waiting for a child that had ended, for ever (recover saw nothing).
+    def make() -> tuple[AgentFlow, Any]:
+        flow = AgentFlow(db_url, clock=clock)
+
+        @flow.workflow(name="approve")
+        async def approve(ctx: Context, amount: float) -> str:
+            return f"{await ctx.wait_for_event('decision', type='decision')} {amount}"
+
+        @flow.workflow(name="refund")
+        async def refund(ctx: Context, amount: float) -> str:
+            return "refund: " + await ctx.child(approve, amount)
+
+        return flow, refund
+
+    app, refund = make()
+    watcher, _ = make()
+    app.run(refund, 80.0, run_id="p")
+    app.send_event("p/child#0", "decision", "approved")
+    app._store = _DiesAfterWrite(app._store, lambda: watcher.get_run("p/child#0").status.is_terminal)  # type: ignore[assignment]
+    with pytest.raises(Crash):
+        app.wake_due()
+    assert watcher.get_run("p/child#0").status == RunStatus.COMPLETED
+
+    after, _ = make()  # a new process
+    after.recover()
+    after.wake_due()
+    parent = after.get_run("p")
+    assert (parent.status, parent.output) == (RunStatus.COMPLETED, "refund: approved 80.0")
+    for flow in (app, watcher, after):
+        flow.close()
+
+
 def test_a_child_run_started_inside_a_step_keeps_its_own_keys_and_recover_resumes_it(app: AgentFlow) -> None:
     prepared: list[str] = []
     payments: list[str] = []

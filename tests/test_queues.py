@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from agentflow import AgentFlow, Context, FakeClock, LeaseLost, RateLimit, RunConflict, RunStatus
 from agentflow._journal import Journal
 from agentflow._store._queues import QueueStore
+from agentflow._store._records import RunRecord
 from agentflow._tokens import count_prompt_tokens
 from agentflow.testing import FakeProvider, reply
 
@@ -252,6 +254,94 @@ def test_a_worker_wakes_the_due_waiting_runs_of_its_queue(app: AgentFlow, clock:
     assert app.wake_due() == []  # serve/wake_due leave a queue's runs to its workers
 
 
+def test_a_worker_wakes_a_queued_run_s_child_that_sleeps_and_then_its_parent(app: AgentFlow, clock: FakeClock) -> None:
+    # Before, a child run had no queue: no worker ever woke it, and its parent waited for ever.
+    steps: list[str] = []
+
+    @app.workflow(name="nap")
+    async def nap(ctx: Context, hours: int) -> str:
+        await ctx.sleep("nap", timedelta(hours=hours))
+        return str(await ctx.step("after_nap", lambda: steps.append("child") or "rested"))
+
+    @app.workflow(name="parent")
+    async def parent(ctx: Context) -> str:
+        rested = await ctx.child(nap, 1)
+        await ctx.step("after_child", lambda: steps.append("parent"))
+        return f"parent: {rested}"
+
+    handle = app.enqueue(parent, queue="q")
+    start = clock.now
+    report = app.work("q", drain=True, poll=0.01)
+
+    assert handle.run().output == "parent: rested" and steps == ["child", "parent"]
+    assert clock.now - start == pytest.approx(3600)
+    [child] = [r for r in app.list_runs() if r.parent_id == handle.run_id]
+    assert (child.status, child.queue) == (RunStatus.COMPLETED, "q")
+    # the parent waited for its child; the child, once it slept, was claimed by the worker on its own
+    assert [lease.outcome for lease in app.leases(handle.run_id)] == ["waiting", "completed"]
+    assert [lease.outcome for lease in app.leases(child.id)] == ["completed"]
+    assert (report.claimed, report.finished) == (3, 3)
+
+
+def test_a_child_that_waits_for_an_event_is_woken_by_a_worker_when_the_event_comes(app: AgentFlow) -> None:
+    @app.workflow(name="approve")
+    async def approve(ctx: Context) -> str:
+        return str(await ctx.wait_for_event("decision", type="decision"))
+
+    @app.workflow(name="refund")
+    async def refund(ctx: Context) -> str:
+        return "refund " + await ctx.child(approve)
+
+    handle = app.enqueue(refund, queue="q")
+    app.work("q", drain=True, poll=0.01)  # both wait: nothing is due, drain ends
+    [child] = [r for r in app.list_runs() if r.parent_id == handle.run_id]
+    assert (handle.status(), child.status) == (RunStatus.WAITING, RunStatus.WAITING)
+    app.send_event(child.id, "decision", "approved")
+    assert app.wake_due() == []  # a queue's runs, its children too, are its workers'
+    app.work("q", drain=True, poll=0.01)
+    assert handle.run().output == "refund approved"
+
+
+def test_a_child_run_executing_inside_its_parent_is_not_claimed_and_one_a_worker_held_is_once_its_lease_ran_out(
+    app: AgentFlow, clock: FakeClock
+) -> None:
+    register_job(app)
+    queues = QueueStore(app._store)  # type: ignore[arg-type]
+
+    def child(run_id: str, **fields: Any) -> None:
+        app._store.insert_run(RunRecord(id=run_id, workflow="job", status="running", input="[1]",
+                                        created_at=clock.now, updated_at=clock.now, parent_id="p", queue="q",
+                                        **fields))  # fmt: skip
+
+    child("p/inside#0")  # executing inside its parent, under the root's lease: its parent resumes it
+    child("p/held#0", lease_owner="w", lease_expires_at=clock.now + 10, lease_token=1)  # a worker holds it
+    assert queues.claim("q", worker="b", limit=5, workflows=["job"], now=clock.now, lease=30) == []
+    [taken] = queues.claim("q", worker="b", limit=5, workflows=["job"], now=clock.now + 11, lease=30)
+    assert (taken.id, taken.lease_token) == ("p/held#0", 2)  # its worker died: another one takes it over
+
+
+def test_cancelling_a_queued_run_whose_child_waits_rolls_both_back_in_a_worker(app: AgentFlow) -> None:
+    undone: list[str] = []
+
+    @app.workflow(name="hold")
+    async def hold(ctx: Context) -> None:
+        await ctx.step("reserve", lambda: "R-1", compensate=lambda r: undone.append(r))
+        await ctx.wait_for_event("confirm", type="confirm")
+
+    @app.workflow(name="trip")
+    async def trip(ctx: Context) -> None:
+        await ctx.step("book", lambda: "B-1", compensate=lambda b: undone.append(b))
+        await ctx.child(hold)
+
+    handle = app.enqueue(trip, queue="q")
+    app.work("q", drain=True, poll=0.01)
+    assert app.cancel(handle.run_id).status == RunStatus.WAITING  # not rolled back here: a worker does it
+    app.work("q", drain=True, poll=0.01)
+    [child] = [r for r in app.list_runs() if r.parent_id == handle.run_id]
+    assert (handle.status(), child.status) == (RunStatus.CANCELLED, RunStatus.CANCELLED)
+    assert sorted(undone) == ["B-1", "R-1"]
+
+
 def test_cancelling_a_waiting_queued_run_is_done_by_a_worker(app: AgentFlow) -> None:
     undone: list[str] = []
 
@@ -391,6 +481,23 @@ def test_a_child_run_is_fenced_by_its_root_s_lease_a_stalled_worker_writes_nothi
     other.close()
 
 
+def test_a_run_s_end_closes_its_lease_in_the_same_write_and_the_release_after_it_keeps_that(
+    app: AgentFlow, clock: FakeClock
+) -> None:
+    # A worker that dies between the run's end and its release leaves the lease closed all the same.
+    register_job(app)
+    run_id = app.enqueue("job", 1, queue="q").run_id
+    queues = QueueStore(app._store)  # type: ignore[arg-type]
+    [held] = queues.claim("q", worker="a", limit=1, workflows=["job"], now=clock.now, lease=30)
+    app._store.end_run(run_id, {"status": "completed", "output": "2"}, at=clock.now + 1, lease_token=held.lease_token)
+    [lease] = app.leases(run_id)
+    assert (lease.outcome, lease.released_at.timestamp()) == ("completed", clock.now + 1)  # type: ignore[union-attr]
+    assert queues.release(run_id, held.lease_token, now=clock.now + 2, outcome="completed")
+    assert app.leases(run_id) == [lease]  # the release after it changes nothing there
+    run = app.get_run(run_id)
+    assert (run.status, run.output, run.lease_expires_at) == (RunStatus.COMPLETED, 2, None)
+
+
 def test_writes_fenced_by_another_run_s_lease_go_in_only_while_it_is_held(app: AgentFlow, clock: FakeClock) -> None:
     register_job(app)
     root = app.enqueue("job", 1, queue="q").run_id
@@ -443,7 +550,12 @@ def test_every_write_of_a_worker_whose_lease_was_taken_over_raises_lease_lost(ap
     with pytest.raises(LeaseLost):
         app._store.suspend_run(run_id, status="waiting", wake_at=None, waiting_for=None, updated_at=clock.now,
                                usage=(0, 0, 0.0), lease_token=mine.lease_token)  # fmt: skip
+    app._store.reserve_keys(run_id, [("echo#1", "f" * 64, clock.now)])
+    with pytest.raises(LeaseLost, match="the end of run"):
+        app._store.end_run(run_id, {"status": "completed"}, at=clock.now, parent_id="p", lease_token=mine.lease_token)
     assert app.get_run(run_id) == before and before.steps == []
+    assert app._store.load_reservations(run_id) == {"echo#1": "f" * 64}  # none of the end's writes went in
+    assert app._store.load_events("p") == [] and [lease.outcome for lease in app.leases(run_id)] == [None, None]
     assert queues.renew("a", {run_id: mine.lease_token}, clock.now + 60) == set()  # its heartbeat finds it gone
     assert queues.renew("b", {run_id: theirs.lease_token}, clock.now + 60) == {run_id}
 

@@ -56,7 +56,8 @@ _PG_CLAIM = text(
         SELECT id FROM runs
         WHERE queue = :queue AND workflow = ANY(:workflows) AND NOT (id = ANY(:exclude))
           AND (status = 'pending'
-               OR (status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at <= :now))
+               OR (status = 'running'
+                   AND (lease_expires_at <= :now OR (lease_expires_at IS NULL AND parent_id IS NULL)))
                OR (status = 'waiting' AND wake_at <= :now
                    AND (lease_expires_at IS NULL OR lease_expires_at <= :now)))
         ORDER BY priority DESC, created_at, id
@@ -151,12 +152,15 @@ class QueueStore:
     def _claimable(self, queue: str, workflows: Sequence[str], now: float, exclude: Sequence[str]) -> object:
         runs = self._runs
         unleased = or_(runs.c.lease_expires_at.is_(None), runs.c.lease_expires_at <= now)
+        # A running child run with no lease of its own is executing inside its parent, under the root's
+        # lease: it is not for a worker to take (its parent resumes it). One a worker claimed is.
+        unheld_root = and_(runs.c.lease_expires_at.is_(None), runs.c.parent_id.is_(None))
         condition = and_(
             runs.c.queue == queue,
             runs.c.workflow.in_(list(workflows)),
             or_(
                 runs.c.status == "pending",
-                and_(runs.c.status == "running", unleased),
+                and_(runs.c.status == "running", or_(runs.c.lease_expires_at <= now, unheld_root)),
                 and_(runs.c.status == "waiting", runs.c.wake_at <= now, unleased),
             ),
         )
@@ -255,13 +259,14 @@ class QueueStore:
         new token (another worker takes it at once; a straggling thread of this one can no longer write).
         ``retry_at``: the run stays held until then (a run that failed to execute here, tried again
         later). ``notify``: the queue whose workers to wake (a slot or a run came free). False when the
-        lease was not this token's any more."""
+        lease was not this token's any more. A lease the run's end closed already (``end_run``) keeps the
+        time and outcome it got there."""
         if self._postgres:  # one round trip: the run, its lease history and the notification
             sql = (
                 "WITH released AS (UPDATE runs SET lease_expires_at = :retry_at{requeue} "
                 "WHERE id = :run_id AND lease_token = :token RETURNING id), "
                 "history AS (UPDATE leases SET released_at = :now, outcome = :outcome "
-                "WHERE run_id = :run_id AND token = :token) "
+                "WHERE run_id = :run_id AND token = :token AND released_at IS NULL) "
                 "SELECT count(*){notify} FROM released"
             ).format(
                 requeue=", status = CASE WHEN status = 'running' THEN 'pending' ELSE status END, "
@@ -281,7 +286,7 @@ class QueueStore:
             result = conn.execute(update(runs).where(runs.c.id == run_id, runs.c.lease_token == token).values(values))
             conn.execute(
                 update(leases)
-                .where(leases.c.run_id == run_id, leases.c.token == token)
+                .where(leases.c.run_id == run_id, leases.c.token == token, leases.c.released_at.is_(None))
                 .values(released_at=now, outcome=outcome)
             )
         return bool(result.rowcount)

@@ -171,6 +171,24 @@ class Store(EvalStore, Protocol):
         ``LeaseLost``, nothing written)."""
         ...
 
+    def end_run(
+        self,
+        run_id: str,
+        fields: Mapping[str, object],
+        *,
+        at: float,
+        parent_id: str | None = None,
+        lease_token: int | None = None,
+        lease_of: str | None = None,
+    ) -> None:
+        """A run's last write, in one transaction: ``fields`` (its end: status, output or error, totals), fenced
+        as ``update_run``; its reservations dropped (none of its calls is in flight any more); the lease it
+        holds itself (``lease_token`` without ``lease_of``) closed at ``at`` with its status as the outcome;
+        and for a child run the event ``child:<run_id>`` to its parent ``parent_id``, which wakes the parent
+        if it waits for it. A process that dies around this write leaves all of it or none: never a parent
+        that waits for a child that has ended."""
+        ...
+
     def load_steps(self, run_id: str) -> list[StepRecord]:
         """All recorded steps of a run in ``seq`` order."""
         ...

@@ -28,7 +28,7 @@ from ._checkpointer import WalCheckpointer
 from ._eval_sql import EvalSQL
 from ._packing import pack_digest, packed_step, raw_hash, unpack_digest, unpacked_step, unpacked_step_row
 from ._records import STEP_COLUMNS, EventRecord, RunRecord, StepRecord, SupersededStep
-from ._tables import BlobRow, EventRow, FactRow, ReservationRow, RunRow, StepRow, superseded_steps
+from ._tables import BlobRow, EventRow, FactRow, LeaseRow, ReservationRow, RunRow, StepRow, superseded_steps
 
 __all__ = ["SQLStore", "describe_url", "normalize_url"]
 RUN_COLUMNS: tuple[str, ...] = tuple(RunRecord.__dataclass_fields__)
@@ -208,6 +208,34 @@ class SQLStore(EvalSQL):
             if lease_token is not None and result.rowcount == 0:
                 raise LeaseLost(lease_of or run_id, lease_token, f"an update of run {run_id!r}")
 
+    def end_run(
+        self,
+        run_id: str,
+        fields: Mapping[str, object],
+        *,
+        at: float,
+        parent_id: str | None = None,
+        lease_token: int | None = None,
+        lease_of: str | None = None,
+    ) -> None:
+        runs, reservations = RunRow.__table__, ReservationRow.__table__  # type: ignore[attr-defined]
+        query = update(runs).where(runs.c.id == run_id).values(dict(fields))
+        if lease_token is not None:
+            query = query.where(self._fence(run_id, lease_token, lease_of))
+        with self._connect(begin=True) as conn:
+            if conn.execute(query).rowcount == 0 and lease_token is not None:
+                raise LeaseLost(lease_of or run_id, lease_token, f"the end of run {run_id!r}")
+            conn.execute(delete(reservations).where(reservations.c.run_id == run_id))
+            if lease_token is not None and lease_of is None:  # claimed by a worker: its lease ends with it
+                leases = LeaseRow.__table__  # type: ignore[attr-defined]
+                conn.execute(
+                    update(leases)
+                    .where(leases.c.run_id == run_id, leases.c.token == lease_token, leases.c.released_at.is_(None))
+                    .values(released_at=at, outcome=fields.get("status"))
+                )
+            if parent_id is not None:
+                self._insert_event(conn, parent_id, f"child:{run_id}", "null", at)
+
     def _fence(self, run_id: str, lease_token: int, lease_of: str | None) -> Any:
         """The condition of a fenced write to the row of ``run_id``: the lease token of ``lease_of`` (the
         run itself by default) is still ``lease_token``. Another run's row is read FOR SHARE on Postgres, as
@@ -348,16 +376,21 @@ class SQLStore(EvalSQL):
             conn.execute(self._dialect_insert(table).on_conflict_do_nothing(index_elements=["hash"]), rows)
 
     def send_event(self, run_id: str, type: str, payload: str, sent_at: float) -> int:
-        events, runs = EventRow.__table__, RunRow.__table__  # type: ignore[attr-defined]
         with self._connect(begin=True) as conn:
-            inserted = conn.execute(
-                insert(events).values(run_id=run_id, type=type, payload=payload, sent_at=sent_at)
-            ).inserted_primary_key
-            conn.execute(
-                update(runs)
-                .where(runs.c.id == run_id, runs.c.status == "waiting", runs.c.waiting_for == type)
-                .values(wake_at=sent_at)
-            )
+            return self._insert_event(conn, run_id, type, payload, sent_at)
+
+    @staticmethod
+    def _insert_event(conn: Connection, run_id: str, type: str, payload: str, sent_at: float) -> int:
+        """Keep the event, and make the run due if it waits for ``type``; the event's id."""
+        events, runs = EventRow.__table__, RunRow.__table__  # type: ignore[attr-defined]
+        inserted = conn.execute(
+            insert(events).values(run_id=run_id, type=type, payload=payload, sent_at=sent_at)
+        ).inserted_primary_key
+        conn.execute(
+            update(runs)
+            .where(runs.c.id == run_id, runs.c.status == "waiting", runs.c.waiting_for == type)
+            .values(wake_at=sent_at)
+        )
         return int(inserted[0]) if inserted else 0
 
     def claim_event(self, run_id: str, type: str, key: str) -> tuple[int, str] | None:
@@ -438,7 +471,8 @@ class SQLStore(EvalSQL):
             copied = select(*(steps.c[name] for name in STEP_COLUMNS), literal(restart), literal(at)).where(*mine)
             conn.execute(insert(kept).from_select([*STEP_COLUMNS, "restart", "superseded_at"], copied))
             conn.execute(delete(steps).where(*mine))
-        self.drop_reservations(run_id)  # for the calls after ``seq``, which run again
+            reservations = ReservationRow.__table__  # type: ignore[attr-defined]
+            conn.execute(delete(reservations).where(reservations.c.run_id == run_id))  # those calls run again
         return restart
 
     def load_superseded(self, run_id: str) -> list[SupersededStep]:
