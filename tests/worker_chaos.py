@@ -9,9 +9,10 @@ an effects file first, so the file tells what ran, how often, in which process a
 A session: ``--runs`` runs of ``chaos`` (``--rounds`` rounds of ``--width`` gathered steps and a payment,
 after a child run that sleeps ``--nap`` s durably) go on the queue; ``--workers`` workers (``--concurrency``
 runs each) drain it; every 0.05-``--gap`` s (or with ``--lines N``, after 1-N more executions; from
-``--seed``) one of them (one that holds a run, if any does: chosen at random) is SIGKILLed and a new one
-started, ``--kills`` times; then the workers finish the queue and are stopped with SIGTERM. The database is
-a new SQLite file, or with ``--postgres URL`` a new database on that server (dropped afterwards,
+``--seed``) one of them (one that holds a run, if any does: chosen at random) is SIGKILLed (a share
+``--terms`` of the times SIGTERMed instead: a graceful stop, runs released after ``--grace`` s) and a new
+one started, ``--kills`` times; then the workers finish the queue and are stopped with SIGTERM. The database
+is a new SQLite file, or with ``--postgres URL`` a new database on that server (dropped afterwards,
 ``crash_stress_db.py``).
 
 Checks (failure types):
@@ -23,8 +24,9 @@ Checks (failure types):
   phantom       a record whose execution is not in the effects file, or two records of one call
   key-changed   a payment executed again under another idempotency key
   key-reuse     one idempotency key given to two payments
-  lease         a run's lease tokens are not 1, 2, 3...; a claim came before the previous holder
-                released the run or was killed; the last lease did not end "completed"
+  lease         a run's lease tokens do not go 1, 2, 3... (one more again after a release at a SIGTERM); a
+                claim came before the previous holder released the run or was killed; the last lease
+                did not end "completed"
   chain         a run's hash chain does not hold (``verify``)
   reservations  reservations left by a completed run
 
@@ -36,6 +38,7 @@ By hand (from the repository root):
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import random
 import signal
@@ -71,6 +74,8 @@ class Session:
     kills: int = 12
     gap: float = 0.6  # most seconds between two kills
     lines: int = 0  # when set, a kill comes once 1 to this many more executions are in the effects file
+    terms: float = 0.0  # the share of the kills that are SIGTERM (a graceful stop) instead of SIGKILL
+    grace: float = 0.3  # the workers' --grace: how long a SIGTERMed worker lets its runs go on
     lease: float = 1.5
     nap: float = 0.2  # seconds a child run of each run sleeps durably (0: no child run)
     seed: int = 0
@@ -87,7 +92,9 @@ class Session:
 @dataclass
 class Report:
     session: Session
-    kills: list[tuple[int, float]] = field(default_factory=list)  # (pid, when)
+    kills: list[tuple[int, float]] = field(default_factory=list)  # (pid, when) of each SIGKILL
+    stops: int = 0  # SIGTERMs
+    released: int = 0  # leases a SIGTERMed worker gave back (its grace was over) for another to take
     failures: list[Failure] = field(default_factory=list)
     notes: list[Failure] = field(default_factory=list)
     executions: int = 0  # lines in the effects file
@@ -143,10 +150,15 @@ class _Pool:
         self.procs = [start() for _ in range(size)]
         self.all = list(self.procs)
 
-    def kill(self, index: int) -> int:
+    def kill(self, index: int, graceful: bool = False) -> int:
+        """SIGKILL the worker (or SIGTERM it: it stops claiming, lets its runs end within its grace and
+        releases the rest) and start another in its place."""
         proc = self.procs[index]
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        if graceful:
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
         self.procs[index] = self._start()
         self.all.append(self.procs[index])
         return proc.pid
@@ -160,7 +172,7 @@ def _workers(url: str, effects: Path, session: Session) -> Iterator[_Pool]:
         return subprocess.Popen(
             [sys.executable, "-c", "from agentflow._cli import main; main()", "worker", "--app", f"{APP}:app",
              "--queue", QUEUE, "--concurrency", str(session.concurrency), "--lease", str(session.lease),
-             "--poll", "0.05", "--grace", "5"],
+             "--poll", "0.05", "--grace", str(session.grace)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -174,7 +186,7 @@ def _workers(url: str, effects: Path, session: Session) -> Iterator[_Pool]:
         for proc in pool.procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in pool.procs:
+        for proc in pool.all:
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
@@ -195,10 +207,15 @@ def _kill_and_replace(
         if _all_completed(app):
             progress(f"all runs completed after {n} kills")
             return
-        pid = pool.kill(_victim(app, pool, rng))
-        report.kills.append((pid, time.time()))
+        graceful = rng.random() < session.terms
+        pid = pool.kill(_victim(app, pool, rng), graceful)
+        if graceful:
+            report.stops += 1
+        else:
+            report.kills.append((pid, time.time()))
         done = sum(r.status == RunStatus.COMPLETED for r in app.list_runs(limit=None) if r.parent_id is None)
-        progress(f"kill {n + 1}/{session.kills}: worker {pid}; {done}/{session.runs} runs completed")
+        how = "SIGTERM" if graceful else "SIGKILL"
+        progress(f"{how} {n + 1}/{session.kills}: worker {pid}; {done}/{session.runs} runs completed")
 
 
 def _victim(app: AgentFlow, pool: _Pool, rng: random.Random) -> int:
@@ -325,11 +342,15 @@ def _check_leases(app: AgentFlow, run_id: str, killed: dict[int, float], report:
     """lease: the run's claims in token order, each after the previous holder let go of the run or died.
     The pid of each holder, by its (last) token."""
     leases = app.leases(run_id)
-    if [lease.token for lease in leases] != list(range(1, len(leases) + 1)):
-        report.failures.append(("lease", f"{run_id}: tokens {[lease.token for lease in leases]}"))
+    tokens = [(lease.token, lease.outcome) for lease in leases]
+    # one more at each claim, and one more again when a release put the run back on the queue (SIGTERM)
+    steps = [b - a - (outcome == "released") for (a, outcome), (b, _) in itertools.pairwise(tokens)]
+    if not leases or leases[0].token != 1 or set(steps) - {1}:
+        report.failures.append(("lease", f"{run_id}: tokens {tokens}"))
     if not leases or leases[-1].outcome != "completed":
         report.failures.append(("lease", f"{run_id}: the last lease did not end completed: {leases[-1:]}"))
     report.taken_over += sum(lease.outcome is None for lease in leases[:-1])
+    report.released += sum(lease.outcome == "released" for lease in leases)
     holders: dict[int, int] = {}
     for before, lease in zip([None, *leases], leases, strict=False):
         pid = int(lease.worker.split(":")[1])
@@ -361,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{name}", type=int, default=getattr(defaults, name))
     parser.add_argument("--gap", type=float, default=defaults.gap, help="most seconds between two kills")
     parser.add_argument("--lines", type=int, default=0, help="kill after 1 to this many executions instead")
+    parser.add_argument("--terms", type=float, default=0.0, help="the share of SIGTERMs among the kills")
+    parser.add_argument("--grace", type=float, default=defaults.grace, help="the workers' --grace, seconds")
     parser.add_argument("--lease", type=float, default=defaults.lease, help="the workers' lease, seconds")
     parser.add_argument("--nap", type=float, default=defaults.nap, help="a child run's durable sleep (0: none)")
     parser.add_argument("--postgres", metavar="URL", help="a new database on this Postgres server (dropped after)")
@@ -371,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="agentflow-chaos-") as directory:
         report = run_session(session, directory, args.postgres, lambda line: print(" ", line, flush=True))
     print(
-        f"{len(report.kills)} kills, {report.taken_over} leases taken over from a dead worker, "
+        f"{len(report.kills)} SIGKILLs, {report.stops} SIGTERMs; leases taken over from a dead worker "
+        f"{report.taken_over}, released at a SIGTERM {report.released}; "
         f"{report.executions} executions, {report.seconds:.1f}s: {len(report.failures)} failures, "
         f"{len(report.notes)} notes"
     )
