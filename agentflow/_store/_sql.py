@@ -196,6 +196,20 @@ class SQLStore(EvalSQL):
         lease_token: int | None = None,
         lease_of: str | None = None,
     ) -> None:
+        with self._connect(begin=True) as conn:
+            self._update_run(conn, run_id, fields, lease_token, lease_of, f"an update of run {run_id!r}")
+
+    def _update_run(
+        self,
+        conn: Connection,
+        run_id: str,
+        fields: Mapping[str, object],
+        lease_token: int | None,
+        lease_of: str | None,
+        what: str,
+    ) -> None:
+        """Set ``fields`` on the run in ``conn``'s transaction; fenced by ``lease_token`` (``LeaseLost``
+        naming ``what`` when the lease is not that one any more)."""
         unknown = set(fields) - set(RUN_COLUMNS)
         if unknown:
             raise ConfigurationError(f"runs has no column(s) {sorted(unknown)}")
@@ -203,10 +217,8 @@ class SQLStore(EvalSQL):
         query = update(table).where(table.c.id == run_id)
         if lease_token is not None:
             query = query.where(self._fence(run_id, lease_token, lease_of))
-        with self._connect(begin=True) as conn:
-            result = conn.execute(query.values(dict(fields)))
-            if lease_token is not None and result.rowcount == 0:
-                raise LeaseLost(lease_of or run_id, lease_token, f"an update of run {run_id!r}")
+        if conn.execute(query.values(dict(fields))).rowcount == 0 and lease_token is not None:
+            raise LeaseLost(lease_of or run_id, lease_token, what)
 
     def end_run(
         self,
@@ -218,14 +230,9 @@ class SQLStore(EvalSQL):
         lease_token: int | None = None,
         lease_of: str | None = None,
     ) -> None:
-        runs, reservations = RunRow.__table__, ReservationRow.__table__  # type: ignore[attr-defined]
-        query = update(runs).where(runs.c.id == run_id).values(dict(fields))
-        if lease_token is not None:
-            query = query.where(self._fence(run_id, lease_token, lease_of))
         with self._connect(begin=True) as conn:
-            if conn.execute(query).rowcount == 0 and lease_token is not None:
-                raise LeaseLost(lease_of or run_id, lease_token, f"the end of run {run_id!r}")
-            conn.execute(delete(reservations).where(reservations.c.run_id == run_id))
+            self._update_run(conn, run_id, fields, lease_token, lease_of, f"the end of run {run_id!r}")
+            self._delete_reservations(conn, run_id)
             if lease_token is not None and lease_of is None:  # claimed by a worker: its lease ends with it
                 leases = LeaseRow.__table__  # type: ignore[attr-defined]
                 conn.execute(
@@ -355,9 +362,13 @@ class SQLStore(EvalSQL):
         return {key: unpack_digest(fp) for key, fp in rows}
 
     def drop_reservations(self, run_id: str) -> None:
-        table = ReservationRow.__table__  # type: ignore[attr-defined]
         with self._connect(begin=True) as conn:
-            conn.execute(delete(table).where(table.c.run_id == run_id))
+            self._delete_reservations(conn, run_id)
+
+    @staticmethod
+    def _delete_reservations(conn: Connection, run_id: str) -> None:
+        table = ReservationRow.__table__  # type: ignore[attr-defined]
+        conn.execute(delete(table).where(table.c.run_id == run_id))
 
     def _dialect_insert(self, table: Any) -> Any:
         """An ``INSERT`` with ``ON CONFLICT`` support: both dialects spell it the same way."""
@@ -471,8 +482,7 @@ class SQLStore(EvalSQL):
             copied = select(*(steps.c[name] for name in STEP_COLUMNS), literal(restart), literal(at)).where(*mine)
             conn.execute(insert(kept).from_select([*STEP_COLUMNS, "restart", "superseded_at"], copied))
             conn.execute(delete(steps).where(*mine))
-            reservations = ReservationRow.__table__  # type: ignore[attr-defined]
-            conn.execute(delete(reservations).where(reservations.c.run_id == run_id))  # those calls run again
+            self._delete_reservations(conn, run_id)  # for the calls after ``seq``, which run again
         return restart
 
     def load_superseded(self, run_id: str) -> list[SupersededStep]:
