@@ -17,7 +17,10 @@ synchronous=NORMAL):
   this is far above the unspaced figure, and how far varies from hour to hour;
 - bare sqlite3 commit, back to back and spaced the same way: the last call's blob and step row inserted and
   committed by plain ``sqlite3`` into a copy of the schema, no agentflow at all: the floor any synchronous
-  record on SQLite pays on this machine; spaced, it is about half the target here.
+  record on SQLite pays on this machine with its caches warm;
+- bare sqlite3 commit, after litellm: the same commit, each right after a raw ``litellm.acompletion``
+  (untimed), where a durable call makes its record: litellm's work in between leaves the caches cold, and
+  this plain commit alone takes ~110-140 us here, well over half the target, before agentflow does anything.
 
 Baseline and durable calls alternate inside one workflow (raw then durable, durable then raw, ...), each
 timed on its own, so the drift of a machine and the state of the heap and the event loop touch both
@@ -192,6 +195,7 @@ def measure(folder: Path, length: int, calls: int, rounds: int, fake: FakeProvid
         floor_db = folder / f"floor{length}.db"
         floor = sqlite_floor(floor_db, bench.db, calls)
         floor_spaced = sqlite_floor(floor_db, bench.db, calls, gap=statistics.fmean(raw))
+        floor_litellm = sqlite_floor(floor_db, bench.db, calls, between=bench.lists[0])
     finally:
         gc.unfreeze()
         bench.app.close()
@@ -209,6 +213,7 @@ def measure(folder: Path, length: int, calls: int, rounds: int, fake: FakeProvid
         "spaced": statistics.fmean(spaced) * us,
         "floor": floor,
         "floor_spaced": floor_spaced,
+        "floor_litellm": floor_litellm,
     }
 
 
@@ -290,10 +295,14 @@ class Timers:
         self._patches.clear()
 
 
-def sqlite_floor(floor_db: Path, db: Path, calls: int, gap: float = 0.0) -> float:
+def sqlite_floor(
+    floor_db: Path, db: Path, calls: int, gap: float = 0.0, between: list[dict[str, Any]] | None = None
+) -> float:
     """Microseconds for a bare sqlite3 INSERT of the last recorded call's blobs and step row + COMMIT,
     in WAL / synchronous=NORMAL, into a copy of the schema: the database's own floor for one record.
-    With ``gap``, the commits are that many seconds apart, spent spinning (outside their timing)."""
+    With ``gap``, the commits are that many seconds apart, spent spinning (outside their timing). With
+    ``between`` (a message list), each commit follows a raw ``litellm.acompletion`` of it (outside their
+    timing), as a durable call's record follows its litellm call."""
     src = sqlite3.connect(db)
     schema = [row[0] for row in src.execute("SELECT sql FROM sqlite_master WHERE name IN ('steps', 'blobs')")]
     step = src.execute("SELECT * FROM steps ORDER BY seq DESC LIMIT 1").fetchone()
@@ -307,18 +316,28 @@ def sqlite_floor(floor_db: Path, db: Path, calls: int, gap: float = 0.0) -> floa
         conn.execute(sql)
     step_sql = f"INSERT INTO steps VALUES ({', '.join('?' * len(step))})"
     blob_sql = "INSERT INTO blobs VALUES (?, ?) ON CONFLICT (hash) DO NOTHING"
-    elapsed = 0.0
-    for i in range(calls):
-        if gap:
-            spin(gap)
-        start = time.perf_counter()
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute(blob_sql, (i.to_bytes(32, "big"), blob[1]))
-        conn.execute(step_sql, (step[0], f"llm#{i}", *step[2:]))
-        conn.execute("COMMIT")
-        elapsed += time.perf_counter() - start
-    conn.close()
-    return elapsed / calls * 1e6
+
+    async def commits() -> float:
+        import litellm
+
+        elapsed = 0.0
+        for i in range(calls):
+            if gap:
+                spin(gap)
+            if between is not None:
+                await litellm.acompletion(model=MODEL, messages=between, max_retries=0, **PARAMS)
+            start = time.perf_counter()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(blob_sql, (i.to_bytes(32, "big"), blob[1]))
+            conn.execute(step_sql, (step[0], f"llm#{i}", *step[2:]))
+            conn.execute("COMMIT")
+            elapsed += time.perf_counter() - start
+        return elapsed
+
+    try:
+        return asyncio.run(commits()) / calls * 1e6
+    finally:
+        conn.close()
 
 
 def breakdown(folder: Path, length: int, calls: int, raw_us: float) -> list[str]:
@@ -344,6 +363,7 @@ def breakdown(folder: Path, length: int, calls: int, raw_us: float) -> list[str]
         gc.unfreeze()
         bench.app.close()
     floor = sqlite_floor(folder / f"floor{length}.db", db, calls)
+    floor_litellm = sqlite_floor(folder / f"floor{length}.db", db, calls, between=bench.lists[0])
     us = {label: seconds / calls * 1e6 for label, seconds in timers.seconds.items()}
     us["total"] = sum(durable_s) / calls * 1e6
     after = us["call"] - us["litellm"] - us["cost"] - us["output_json"] - us["record"]
@@ -357,7 +377,11 @@ def breakdown(folder: Path, length: int, calls: int, raw_us: float) -> list[str]
         ("the response to data, from_raw", after, "the response's pydantic serializer, LLMResponse.from_raw"),
         ("JSON of the output", us["output_json"], "pydantic_core.to_json({'response': raw})"),
         ("RunEngine.record", us["record"], ""),
-        ("  SQLStore.write_step", us["sql"], f"INSERT blobs + step, COMMIT (bare sqlite3 floor: {floor:.1f})"),
+        (
+            "  SQLStore.write_step",
+            us["sql"],
+            f"INSERT blobs + step, COMMIT (bare sqlite3: {floor:.0f}, after litellm {floor_litellm:.0f})",
+        ),
         ("  the rest of record", us["record"] - us["sql"], "chain hash, StepRecord"),
         ("outside the pieces above", us["total"] - us["prepare"] - us["call"], "ctx.llm itself, asyncio"),
         ("agentflow's own time", ours, "all of the above"),
@@ -410,6 +434,10 @@ def main() -> int:
                 "agentflow: the database's floor)"
             )
             print(f"  bare sqlite3 commit, spaced         {m['floor_spaced']:8.1f} us   (as far apart as the calls)")
+            print(
+                f"  bare sqlite3 commit, after litellm  {m['floor_litellm']:8.1f} us   (each after a raw litellm "
+                "call, as a record is: the floor in place)"
+            )
             print(f"  {'PASS' if passed else 'FAIL'}\n")
         if args.spacings:
             print(f"recording alone by spacing, conversation of {lengths[0]} messages (spinning between calls):")
