@@ -6,6 +6,8 @@ database, with the workflow registered again, as a new process would do.
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -135,6 +137,56 @@ def test_an_event_is_delivered_once_even_if_the_run_crashes_right_after_taking_i
     app.send_event("r", "go", "second")
     [woken] = app.wake_due()
     assert woken.output == ["first", "second"]
+
+
+@pytest.mark.parametrize("sender", ["send_event", "a child's end"])
+def test_an_event_sent_while_its_run_suspends_to_wait_for_it_makes_the_run_due(
+    postgres_schema_url: str, clock: FakeClock, sender: str
+) -> None:
+    # Postgres, READ COMMITTED: the event goes in while the run still runs (so the send wakes nobody); the
+    # run then suspends to wait for it and looks in its inbox before the send commits. Neither saw the
+    # other: the run waited for ever with its event in the inbox. Now the send locks the run's row first,
+    # so one of them waits for the other's commit (the run's end locks its parent's row before its own).
+    app = AgentFlow(postgres_schema_url, clock=clock)
+    store: Any = app._store
+
+    @app.workflow(name="waits")
+    async def waits(ctx: Context) -> Any:
+        return await ctx.wait_for_event("go", type="go")
+
+    run_id, kind = "r", "go"
+    assert app.run(waits, run_id=run_id).status == RunStatus.WAITING
+    if sender != "send_event":  # the run waits for a child run "r/child#0", which ends now
+        kind = "child:r/child#0"
+        store.insert_run(dataclasses.replace(store.get_run(run_id), id="r/child#0", parent_id=run_id, status="running"))
+    store.update_run(run_id, {"status": "running", "waiting_for": None})  # resumed, about to wait again
+    with store.engine.connect() as sending:
+        sending.begin()
+        if sender == "send_event":
+            store._insert_event(sending, run_id, kind, '"approved"', clock.now)
+        else:
+            store._end_run(
+                sending, "r/child#0", {"status": "completed", "output": '"done"'}, clock.now, run_id, None, None
+            )
+        suspending = threading.Thread(
+            target=store.suspend_run,
+            args=(run_id,),
+            kwargs={"status": "waiting", "wake_at": None, "waiting_for": kind, "updated_at": clock.now,
+                    "usage": (0, 0, 0.0)},
+        )  # fmt: skip
+        suspending.start()
+        while suspending.is_alive() and not _waits_for_a_lock(store.engine):
+            pass  # until the suspend is over, or blocked by the send's lock (then it sees the event)
+        sending.commit()
+    suspending.join()
+    assert [r.id for r in store.due_runs(clock.now)] == [run_id]
+    app.close()
+
+
+def _waits_for_a_lock(engine: Any) -> bool:
+    with engine.connect() as conn:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        return bool(conn.exec_driver_sql(query).scalar())
 
 
 def test_a_wait_times_out(app: AgentFlow, clock: FakeClock) -> None:

@@ -236,6 +236,9 @@ class QueueStore:
             return set()
         runs = self._runs
         with self._store._connect(begin=True) as conn:
+            if self._postgres:  # their rows locked in id order, a parent's before its children's, as end_run does
+                ordered = select(runs.c.id).where(runs.c.id.in_(list(held))).order_by(runs.c.id)
+                conn.execute(ordered.with_for_update(key_share=True))
             rows = conn.execute(
                 update(runs)
                 .where(runs.c.id.in_(list(held)), runs.c.lease_owner == worker, runs.c.lease_expires_at.is_not(None))

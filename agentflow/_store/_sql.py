@@ -231,17 +231,32 @@ class SQLStore(EvalSQL):
         lease_of: str | None = None,
     ) -> None:
         with self._connect(begin=True) as conn:
-            self._update_run(conn, run_id, fields, lease_token, lease_of, f"the end of run {run_id!r}")
-            self._delete_reservations(conn, run_id)
-            if lease_token is not None and lease_of is None:  # claimed by a worker: its lease ends with it
-                leases = LeaseRow.__table__  # type: ignore[attr-defined]
-                conn.execute(
-                    update(leases)
-                    .where(leases.c.run_id == run_id, leases.c.token == lease_token, leases.c.released_at.is_(None))
-                    .values(released_at=at, outcome=fields.get("status"))
-                )
-            if parent_id is not None:
-                self._insert_event(conn, parent_id, f"child:{run_id}", "null", at)
+            self._end_run(conn, run_id, fields, at, parent_id, lease_token, lease_of)
+
+    def _end_run(
+        self,
+        conn: Connection,
+        run_id: str,
+        fields: Mapping[str, object],
+        at: float,
+        parent_id: str | None,
+        lease_token: int | None,
+        lease_of: str | None,
+    ) -> None:
+        """``end_run`` in ``conn``'s transaction."""
+        if parent_id is not None:  # the parent's row first, then this one's: the order renew locks rows in
+            self._lock_run(conn, parent_id)
+        self._update_run(conn, run_id, fields, lease_token, lease_of, f"the end of run {run_id!r}")
+        self._delete_reservations(conn, run_id)
+        if lease_token is not None and lease_of is None:  # claimed by a worker: its lease ends with it
+            leases = LeaseRow.__table__  # type: ignore[attr-defined]
+            conn.execute(
+                update(leases)
+                .where(leases.c.run_id == run_id, leases.c.token == lease_token, leases.c.released_at.is_(None))
+                .values(released_at=at, outcome=fields.get("status"))
+            )
+        if parent_id is not None:
+            self._insert_event(conn, parent_id, f"child:{run_id}", "null", at)
 
     def _fence(self, run_id: str, lease_token: int, lease_of: str | None) -> Any:
         """The condition of a fenced write to the row of ``run_id``: the lease token of ``lease_of`` (the
@@ -390,10 +405,22 @@ class SQLStore(EvalSQL):
         with self._connect(begin=True) as conn:
             return self._insert_event(conn, run_id, type, payload, sent_at)
 
-    @staticmethod
-    def _insert_event(conn: Connection, run_id: str, type: str, payload: str, sent_at: float) -> int:
-        """Keep the event, and make the run due if it waits for ``type``; the event's id."""
+    def _lock_run(self, conn: Connection, run_id: str) -> None:
+        """On Postgres, lock the run's row until ``conn``'s transaction ends (as an update of it would)."""
+        if not self._sqlite:
+            runs = RunRow.__table__  # type: ignore[attr-defined]
+            conn.execute(select(runs.c.id).where(runs.c.id == run_id).with_for_update(key_share=True))
+
+    def _insert_event(self, conn: Connection, run_id: str, type: str, payload: str, sent_at: float) -> int:
+        """Keep the event, and make the run due if it waits for ``type``; the event's id.
+
+        The run's row is locked first. Else, on Postgres, a run suspending to wait for ``type`` at the same
+        time (``suspend_run``: its status, then a look in its inbox) could miss this event, not committed
+        yet, while this transaction saw the run still running and woke nobody: the run would wait for
+        ever. Locked, one of the two waits for the other's commit and sees what it wrote.
+        """
         events, runs = EventRow.__table__, RunRow.__table__  # type: ignore[attr-defined]
+        self._lock_run(conn, run_id)
         inserted = conn.execute(
             insert(events).values(run_id=run_id, type=type, payload=payload, sent_at=sent_at)
         ).inserted_primary_key
