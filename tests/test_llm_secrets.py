@@ -6,22 +6,18 @@ import base64
 import json
 import os
 import secrets
-import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import closing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 import pytest
-from dbtools import execute
+from secret_scan import scan, traces
 
 from agentflow import AgentFlow, Budget, ConfigurationError, Context, RetryPolicy, RunStatus, StepFailed, tool
 from agentflow._secrets import is_secret_name, split_secrets
-from agentflow._store._blob_packing import unpack_blob
-from agentflow._store._packing import unpack_json, unpack_request
 from agentflow.testing import FakeProvider, error, reply
 
 MODEL = "gpt-4o-mini"
@@ -35,111 +31,15 @@ def secret() -> str:
     return secrets.token_hex(16)
 
 
-# -- scanning a database for a secret ----------------------------------------------------------------------
-
-
-def _forms(secret: str) -> dict[str, tuple[bytes, bool]]:
-    """``secret`` as stored text, hex, and base64 (at each of the three alignments inside a longer value):
-    name -> (bytes to look for, whether case matters)."""
-    raw = secret.encode()
-    forms: dict[str, tuple[bytes, bool]] = {"text": (raw, False), "hex": (raw.hex().encode(), False)}
-    for shift in range(3):
-        encoded = base64.b64encode(b"\0" * shift + raw)
-        # Keep the characters made of the secret's bits only: not those mixed with what comes before or after.
-        inner = encoded[-(-shift * 4 // 3) : (shift + len(raw)) * 8 // 6]
-        forms[f"base64+{shift}"] = (inner, True)
-        forms[f"urlsafe-base64+{shift}"] = (inner.replace(b"+", b"-").replace(b"/", b"_"), True)
-    return forms
-
-
-def _traces(haystack: bytes, secret: str) -> list[str]:
-    lowered = haystack.lower()
-    return [
-        name
-        for name, (needle, case_matters) in _forms(secret).items()
-        if (needle in haystack if case_matters else needle.lower() in lowered)
-    ]
-
-
-def _as_bytes(value: Any) -> bytes:
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    return str(value).encode()
-
-
-def _sqlite_files(path: Path) -> Iterator[Path]:
-    """The database file and its companions (-wal, -shm, -journal)."""
-    return (p for p in sorted(path.parent.iterdir()) if p.name.startswith(path.name))
-
-
-_PG_COLUMNS = (
-    "SELECT column_name FROM information_schema.columns "
-    "WHERE table_schema = current_schema() AND table_name = :t ORDER BY ordinal_position"
-)
-
-
-# The columns packed at rest (agentflow._store._packing and _blob_packing), and how to unpack them; digests
-# are packed too, but as raw sha256 bytes, which hold nothing to look for.
-UNPACK: dict[str, Callable[[Any], Any]] = {
-    ".request": unpack_request,
-    ".output": unpack_json,
-    ".error": unpack_json,
-    ".data": unpack_blob,
-}
-
-
-def _scan(url: str, secret: str) -> dict[str, list[str]]:
-    """Where ``secret`` (in any of its forms) occurs in the database: {place: [forms found]}.
-
-    SQLite: the bytes of the file and its -wal and -shm files (so deleted and not yet checkpointed data
-    count), and every column of every row, read through sqlite3. Postgres: every column of every table of
-    the schema, as psycopg gives it (bytea as bytes) and cast to text (each row as ``row::text``). A column
-    packed at rest (``agentflow._store._packing``, ``_blob_packing``) is looked at unpacked too; the file
-    scan cannot see into packed bytes of rows already deleted.
-    """
-    found: dict[str, list[str]] = {}
-
-    def look(place: str, value: Any) -> None:
-        if value is not None and (forms := _traces(_as_bytes(value), secret)):
-            found[place] = forms
-        column = place[place.rfind(".") :]
-        if place.startswith(("steps[", "blobs[")) and column in UNPACK and isinstance(value, bytes | memoryview):
-            look(f"{place} (unpacked)", UNPACK[column](value))
-
-    if "://" not in url:
-        path = Path(url)
-        for file in _sqlite_files(path):
-            look(f"file {file.name}", file.read_bytes())
-        with closing(sqlite3.connect(path)) as conn:
-            tables = [name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-            for table in tables:
-                cursor = conn.execute(f'SELECT * FROM "{table}"')
-                columns = [d[0] for d in cursor.description]
-                for n, row in enumerate(cursor):
-                    for column, value in zip(columns, row, strict=True):
-                        look(f"{table}[{n}].{column}", value)
-        return found
-    tables = [t for (t,) in execute(url, "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")]
-    assert tables, "no tables found in the schema"
-    for table in tables:
-        columns = [c for (c,) in execute(url, _PG_COLUMNS, t=table)]
-        for n, row in enumerate(execute(url, f'SELECT * FROM "{table}"')):
-            for column, value in zip(columns, row, strict=True):
-                look(f"{table}[{n}].{column}", value)
-        for n, (text,) in enumerate(execute(url, f'SELECT t::text FROM "{table}" AS t')):
-            look(f"{table}[{n}]::text", text)
-    return found
-
-
 def test_the_scan_finds_a_value_in_any_of_its_forms() -> None:
     needle = secrets.token_hex(16)
     for shift in range(3):
         stored = base64.b64encode(b"x" * shift + needle.encode() + b"tail")
-        assert f"base64+{shift}" in _traces(b"..." + stored + b"...", needle)
-        assert "text" not in _traces(b"..." + stored + b"...", needle)
-    assert _traces(b"\\x" + needle.encode().hex().upper().encode(), needle) == ["hex"]
-    assert _traces(f"key={needle.upper()}".encode(), needle) == ["text"]
-    assert _traces(b"nothing here", needle) == []
+        assert f"base64+{shift}" in traces(b"..." + stored + b"...", needle)
+        assert "text" not in traces(b"..." + stored + b"...", needle)
+    assert traces(b"\\x" + needle.encode().hex().upper().encode(), needle) == ["hex"]
+    assert traces(f"key={needle.upper()}".encode(), needle) == ["text"]
+    assert traces(b"nothing here", needle) == []
 
 
 # -- a. no trace of an API key ---------------------------------------------------------------------------
@@ -191,7 +91,7 @@ def test_an_api_key_reaches_the_provider_but_leaves_no_trace_in_the_database(
             account_calls = accounts.call_count
         assert run.status == RunStatus.COMPLETED, run.error
         recorded = [(s.key, str(s.status)) for s in run.steps]
-        during = _scan(db_url, secret)  # SQLite: while the app is open, the -wal file holds the latest writes
+        during = scan(db_url, secret)  # SQLite: while the app is open, the -wal file holds the latest writes
     finally:
         app.close()
 
@@ -212,9 +112,9 @@ def test_an_api_key_reaches_the_provider_but_leaves_no_trace_in_the_database(
     assert account_calls == 1
 
     assert during == {}
-    assert _scan(db_url, secret) == {}
+    assert scan(db_url, secret) == {}
     # The scan is not blind: the canary, sent in a message (a blob) and in a header (the request), is found.
-    places = _scan(db_url, canary.removeprefix("canary-"))
+    places = scan(db_url, canary.removeprefix("canary-"))
     assert any(place.startswith("blobs[") and place.endswith(".data") for place in places), places
     assert any(place.startswith("steps[") and ".request" in place for place in places), places
 
@@ -242,7 +142,7 @@ def test_a_key_sent_in_a_custom_auth_header_leaves_no_trace_in_the_database(
 
     assert run.status == RunStatus.COMPLETED, run.error
     assert sent == key
-    assert _scan(db_url, secret) == {}
+    assert scan(db_url, secret) == {}
 
 
 @pytest.mark.parametrize(
@@ -329,7 +229,7 @@ def test_a_secret_in_a_url_or_a_nested_parameter_leaves_no_trace_in_the_database
     assert run.status == RunStatus.COMPLETED, run.error
     if place not in _NOT_SENT:
         assert secret in str(sent.url) + str(sent.headers) + sent.content.decode()
-    assert _scan(db_url, secret) == {}
+    assert scan(db_url, secret) == {}
 
 
 _ECHOED: dict[str, Callable[[str], dict[str, Any]]] = {
@@ -370,7 +270,7 @@ def test_a_provider_error_that_echoes_the_key_is_recorded_with_the_key_replaced(
     assert step.error is not None
     assert step.error.type == "AuthenticationError"
     assert "Incorrect API key provided: [secret]" in step.error.message
-    assert _scan(db_url, secret) == {}
+    assert scan(db_url, secret) == {}
 
 
 def test_an_error_that_names_a_url_with_a_secret_query_value_is_recorded_without_it(db_url: str, secret: str) -> None:
@@ -396,7 +296,7 @@ def test_an_error_that_names_a_url_with_a_secret_query_value_is_recorded_without
     assert "code=[secret]" in run.error.message  # the error names the URL: its secret is replaced
     [step] = run.steps
     assert step.request["params"]["base_url"] == "https://api.openai.com/v1?api-version=1&code=[secret]"
-    assert _scan(db_url, secret) == {}
+    assert scan(db_url, secret) == {}
 
 
 # -- tool arguments ---------------------------------------------------------------------------------------
@@ -451,7 +351,7 @@ def test_secret_tool_arguments_reach_the_tool_but_not_the_record_nor_the_fingerp
     assert seen[0] == ("front", f"{secret}-1", f"sk-{secret}")
     assert [s.request["arguments"] for s in run.steps] == [{"door": "front"}, {"door": "front"}, {"door": "back"}]
     assert run.steps[0].fingerprint == run.steps[1].fingerprint
-    assert _scan(db_url, secret) == {}
+    assert scan(db_url, secret) == {}
 
 
 def test_a_tool_marking_a_secret_it_does_not_have_is_a_configuration_error() -> None:

@@ -3,22 +3,26 @@ replaced (not a test module: ``test_worker_chaos.py`` runs a short session; run 
 
 Where ``crash_stress.py`` crashes a run inside one process at chosen points, this kills whole worker
 processes (``agentflow worker``) wherever they are: in a step, in a commit, claiming a run, renewing a lease,
-starting up. ``chaos_app.py`` is the app they serve; every execution of a step or a payment leaves a line in
-an effects file first, so the file tells what ran, how often, in which process and in which order.
+starting up. ``chaos_app.py`` is the app they serve; every execution of a step, a payment or a model call
+leaves a line in an effects file first, so the file tells what ran, how often, in which process and in
+which order.
 
-A session: ``--runs`` runs of ``chaos`` (``--rounds`` rounds of ``--width`` gathered steps and a payment,
-after a child run that sleeps ``--nap`` s durably) go on the queue; ``--workers`` workers (``--concurrency``
-runs each) drain it; every 0.05-``--gap`` s (or with ``--lines N``, after 1-N more executions; from
-``--seed``) one of them (one that holds a run, if any does: chosen at random) is SIGKILLed (a share
-``--terms`` of the times SIGTERMed instead: a graceful stop, runs released after ``--grace`` s) and a new
-one started, ``--kills`` times; then the workers finish the queue and are stopped with SIGTERM. The database
-is a new SQLite file, or with ``--postgres URL`` a new database on that server (dropped afterwards,
-``crash_stress_db.py``).
+A session: ``--runs`` runs of ``chaos`` (``--rounds`` rounds of ``--width`` gathered steps, a payment and a
+model call, after a child run that sleeps ``--nap`` s durably; after the first round each run waits for an
+event) go on the queue; ``--workers`` workers (``--concurrency`` runs each) drain it; every 0.05-``--gap`` s
+(or with ``--lines N``, after 1-N more executions; from ``--seed``) one of them (one that holds a run, if
+any does: chosen at random) is SIGKILLed (a share ``--terms`` of the times SIGTERMed instead: a graceful
+stop, runs released after ``--grace`` s) and a new one started, ``--kills`` times; then the workers finish
+the queue and are stopped with SIGTERM. Meanwhile the harness sends each run its event: some early (kept in
+the run's inbox until it waits), the others as soon as it is seen waiting. Each worker's model is a
+``FakeProvider`` of its own, called with a random API key. ``--no-llm`` and ``--no-events`` leave those out.
+The database is a new SQLite file, or with ``--postgres URL`` a new database on that server (dropped
+afterwards, ``crash_stress_db.py``).
 
 Checks (failure types):
   output        every run completed, with the output of an uninterrupted run
   stuck         a run did not complete within the bound (a lease never taken over, a deadlock)
-  rerun         a step or payment was executed again after its record was written, by the worker that
+  rerun         a step, payment or model call was executed again after its record was written, by the worker that
                 held the run then or by a later one (a stale holder, whose lease ran out while it was
                 alive, is noted instead: its write is refused, ``LeaseLost``)
   phantom       a record whose execution is not in the effects file, or two records of one call
@@ -29,6 +33,8 @@ Checks (failure types):
                 did not end "completed"
   chain         a run's hash chain does not hold (``verify``)
   reservations  reservations left by a completed run
+  event         a run's event was not delivered exactly once, to its wait
+  secret        the API key the workers sent (in any form: text, hex, base64) is somewhere in the database
 
 By hand (from the repository root):
   .venv/bin/python tests/worker_chaos.py [--kills 20] [--workers 3] [--seed 1]
@@ -41,6 +47,7 @@ import argparse
 import itertools
 import os
 import random
+import secrets
 import signal
 import subprocess
 import sys
@@ -53,8 +60,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos_app import QUEUE, expected_output, make_app
+from chaos_app import API_KEY, QUEUE, event_payload, expected_output, make_app
 from crash_stress_db import SeedDatabase
+from secret_scan import scan
 
 from agentflow import AgentFlow, RunStatus
 
@@ -78,11 +86,15 @@ class Session:
     grace: float = 0.3  # the workers' --grace: how long a SIGTERMed worker lets its runs go on
     lease: float = 1.5
     nap: float = 0.2  # seconds a child run of each run sleeps durably (0: no child run)
+    llm: bool = True  # a model call in each round
+    events: bool = True  # each run waits for an event after its first round
     seed: int = 0
 
     def describe(self) -> str:
         return (
-            f"{self.runs} runs of {self.rounds}x{self.width} steps and {self.rounds} payments"
+            f"{self.runs} runs of {self.rounds}x{self.width} steps, {self.rounds} payments"
+            + (f", {self.rounds} model calls" if self.llm else "")
+            + (", an event" if self.events else "")
             + (f" after a child run's {self.nap}s durable sleep" if self.nap else "")
             + f", {self.workers} "
             f"workers x{self.concurrency}, {self.kills} kills, lease {self.lease}s, seed {self.seed}"
@@ -120,22 +132,25 @@ def run_session(
     report = Report(session)
     db = SeedDatabase.new(session.seed, directory, postgres)
     effects = Path(tempfile.mkdtemp(prefix="chaos-", dir=directory)) / "effects.txt"
+    api_key = f"sk-chaos-{secrets.token_hex(16)}"
     app = make_app(db.url)
     began = time.monotonic()
     try:
-        ids = [
-            app.enqueue("chaos", session.rounds, session.width, session.nap, queue=QUEUE, run_id=f"r{n:03d}").run_id
-            for n in range(session.runs)
-        ]
-        with _workers(db.url, effects, session) as pool:
-            _kill_and_replace(app, pool, effects, session, report, progress)
-            if not _wait_for(app, ids):
+        shape = (session.rounds, session.width, session.nap, session.llm, session.events)
+        ids = [app.enqueue("chaos", *shape, queue=QUEUE, run_id=f"r{n:03d}").run_id for n in range(session.runs)]
+        events = _Events(app, ids if session.events else [])
+        with _workers(db.url, effects, session, api_key) as pool:
+            _kill_and_replace(app, pool, effects, session, report, progress, events)
+            if not _wait_for(app, ids, events):
                 left = [r.id for r in app.list_runs(limit=None) if r.status != RunStatus.COMPLETED]
                 report.failures.append(("stuck", f"not completed after {BOUND:.0f} s: {left}"))
         report.seconds = time.monotonic() - began
         lines = effects.read_text().splitlines() if effects.exists() else []
         report.executions = len(lines)
         check(app, ids, lines, report)
+        if session.llm:
+            for place, forms in scan(db.url, api_key.removeprefix("sk-chaos-")).items():
+                report.failures.append(("secret", f"the API key is in {place} ({', '.join(forms)})"))
     finally:
         app.close()
         db.drop()
@@ -165,7 +180,7 @@ class _Pool:
 
 
 @contextmanager
-def _workers(url: str, effects: Path, session: Session) -> Iterator[_Pool]:
+def _workers(url: str, effects: Path, session: Session, api_key: str) -> Iterator[_Pool]:
     log = effects.with_name("workers.log").open("ab")
 
     def start() -> subprocess.Popen[bytes]:
@@ -176,7 +191,7 @@ def _workers(url: str, effects: Path, session: Session) -> Iterator[_Pool]:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
-            env={**os.environ, "AGENTFLOW_DATABASE_URL": url, "CHAOS_EFFECTS": str(effects)},
+            env={**os.environ, "AGENTFLOW_DATABASE_URL": url, "CHAOS_EFFECTS": str(effects), API_KEY: api_key},
         )  # fmt: skip
 
     pool = _Pool(start, session.workers)
@@ -195,15 +210,47 @@ def _workers(url: str, effects: Path, session: Session) -> Iterator[_Pool]:
         log.close()
 
 
+class _Events:
+    """The ``go`` event of each run, sent by the harness: some early, before the run waits for it (kept in
+    its inbox), the others when it is seen waiting."""
+
+    def __init__(self, app: AgentFlow, ids: list[str]) -> None:
+        self._app = app
+        self.pending = set(ids)
+
+    def send(self, run_id: str) -> None:
+        self._app.send_event(run_id, "go", event_payload(run_id))
+        self.pending.discard(run_id)
+
+    def send_early(self, rng: random.Random) -> None:
+        """Send to each run still without its event, one in four of them."""
+        for run_id in sorted(self.pending):
+            if rng.random() < 0.25:
+                self.send(run_id)
+
+    def send_to_waiting(self) -> None:
+        """Send to every run now waiting for its event."""
+        if self.pending:
+            for run in self._app.list_runs(status=RunStatus.WAITING, limit=None):
+                if run.id in self.pending and run.waiting_for == "go":
+                    self.send(run.id)
+
+    def send_rest(self) -> None:
+        for run_id in sorted(self.pending):
+            self.send(run_id)
+
+
 def _kill_and_replace(
-    app: AgentFlow, pool: _Pool, effects: Path, session: Session, report: Report, progress: Any
+    app: AgentFlow, pool: _Pool, effects: Path, session: Session, report: Report, progress: Any, events: _Events
 ) -> None:
     rng = random.Random(f"chaos:{session.seed}")
     for n in range(session.kills):
+        events.send_early(rng)
         if session.lines:  # after some more executions (whatever the machine's speed)
-            _wait_for_lines(app, effects, _lines(effects) + rng.randint(1, session.lines))
+            _wait_for_lines(app, effects, _lines(effects) + rng.randint(1, session.lines), events)
         else:
             time.sleep(rng.uniform(0.05, session.gap))  # the chaos itself: kills at moments nothing chose
+            events.send_to_waiting()
         if _all_completed(app):
             progress(f"all runs completed after {n} kills")
             return
@@ -232,10 +279,12 @@ def _lines(effects: Path) -> int:
         return 0
 
 
-def _wait_for_lines(app: AgentFlow, effects: Path, lines: int) -> None:
-    """Poll until the effects file has ``lines`` lines or every run completed; the bound guards a hang."""
+def _wait_for_lines(app: AgentFlow, effects: Path, lines: int, events: _Events) -> None:
+    """Poll until the effects file has ``lines`` lines or every run completed, sending their events to the
+    runs that wait for one; the bound guards a hang."""
     deadline = time.monotonic() + BOUND
     while _lines(effects) < lines and time.monotonic() < deadline and not _all_completed(app):
+        events.send_to_waiting()
         time.sleep(0.005)
 
 
@@ -243,9 +292,10 @@ def _all_completed(app: AgentFlow) -> bool:
     return all(r.status == RunStatus.COMPLETED for r in app.list_runs(limit=None))
 
 
-def _wait_for(app: AgentFlow, ids: list[str]) -> bool:
+def _wait_for(app: AgentFlow, ids: list[str], events: _Events) -> bool:
     """Poll until every run completed; the bound only guards against a hang."""
     deadline = time.monotonic() + BOUND
+    events.send_rest()
     while not _all_completed(app):
         if time.monotonic() > deadline:
             return False
@@ -259,8 +309,8 @@ def _wait_for(app: AgentFlow, ids: list[str]) -> bool:
 @dataclass(frozen=True)
 class Execution:
     at: int  # its line in the effects file
-    kind: str  # step | pay
-    call: tuple[str, int, int]  # (run, round, j); a payment's j is -1
+    kind: str  # step | pay | llm
+    call: tuple[str, int, int]  # (run, round, j); a payment's j is -1, a model call's -2
     pid: int
     nonce: str
     key: str = ""  # a payment's idempotency key
@@ -273,6 +323,9 @@ def parse(lines: list[str]) -> list[Execution]:
         if parts[0] == "step":
             _, run, r, j, pid, nonce = parts
             out.append(Execution(at, "step", (run, int(r), int(j)), int(pid), nonce))
+        elif parts[0] == "llm":
+            _, run, r, pid, nonce = parts
+            out.append(Execution(at, "llm", (run, int(r), -2), int(pid), nonce))
         else:
             _, run, r, pid, nonce, key = parts
             out.append(Execution(at, "pay", (run, int(r), -1), int(pid), nonce, key))
@@ -292,14 +345,16 @@ def check(app: AgentFlow, ids: list[str], lines: list[str], report: Report) -> N
         if run.status != RunStatus.COMPLETED:
             report.failures.append(("output", f"{run_id} ended {run.status.value}: {run.error}"))
             continue
-        if run.output != expected_output(run_id, session.rounds, session.width, session.nap):
+        if run.output != expected_output(run_id, session.rounds, session.width, session.nap, session.events):
             report.failures.append(("output", f"{run_id}: {run.output!r}"))
+        if session.events:
+            _check_event(app, run, report)
         holders = _check_leases(app, run_id, killed, report)
         recorded: dict[tuple[str, int, int], Execution] = {}
         for step in run.steps:
-            if step.kind not in ("step", "tool", "child"):  # the child's record carries its step's nonce
+            if step.kind not in ("step", "tool", "child", "llm"):  # the child's record carries its step's nonce
                 continue
-            nonce = step.output["nonce"] if isinstance(step.output, dict) else step.output
+            nonce = _nonce_of(step.kind, step.output)
             ex = by_nonce.get(nonce) if isinstance(nonce, str) else None
             if ex is None or ex.call[0] != run_id:
                 report.failures.append(("phantom", f"{run_id} {step.key}: no execution made {step.output!r}"))
@@ -336,6 +391,24 @@ def check(app: AgentFlow, ids: list[str], lines: list[str], report: Report) -> N
     for key, calls in keys.items():
         if len(calls) > 1:
             report.failures.append(("key-reuse", f"key {key} given to {sorted(calls)}"))
+
+
+def _nonce_of(kind: str, output: Any) -> Any:
+    """The NONCE a record carries: a step's (and a child's) in its value, a payment's as its result, a model
+    call's as the answer's text."""
+    if kind == "llm":
+        return output["response"]["choices"][0]["message"]["content"]
+    return output["nonce"] if isinstance(output, dict) else output
+
+
+def _check_event(app: AgentFlow, run: Any, report: Report) -> None:
+    """event: the run's one event went to its wait, and the wait's record holds that event."""
+    events = [event for event in app._store.load_events(run.id) if event.type == "go"]  # not a child's end
+    waits = [step for step in run.steps if step.kind == "event"]
+    if len(events) != 1 or len(waits) != 1 or events[0].delivered_key != f"{run.id}:{waits[0].key}":
+        report.failures.append(("event", f"{run.id}: events {events}, waits {[s.key for s in waits]}"))
+    elif waits[0].output.get("payload") != event_payload(run.id):
+        report.failures.append(("event", f"{run.id}: the wait recorded {waits[0].output!r}"))
 
 
 def _check_leases(app: AgentFlow, run_id: str, killed: dict[int, float], report: Report) -> dict[int, int]:
@@ -386,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grace", type=float, default=defaults.grace, help="the workers' --grace, seconds")
     parser.add_argument("--lease", type=float, default=defaults.lease, help="the workers' lease, seconds")
     parser.add_argument("--nap", type=float, default=defaults.nap, help="a child run's durable sleep (0: none)")
+    parser.add_argument("--no-llm", dest="llm", action="store_false", help="no model calls")
+    parser.add_argument("--no-events", dest="events", action="store_false", help="no events")
     parser.add_argument("--postgres", metavar="URL", help="a new database on this Postgres server (dropped after)")
     parser.add_argument("--examples", type=int, default=3, help="failures shown per type")
     args = parser.parse_args(argv)
