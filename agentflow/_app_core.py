@@ -281,10 +281,12 @@ class AppCore:
         if record.status not in RESUMABLE and record.status not in SUSPENDED:
             return self._to_run(record)
         if record.queue is not None:  # a queue's runs are executed by its workers, under their leases
+            # Each only if the run is still as read: one a worker took meanwhile is that worker's.
             if record.status == RunStatus.PAUSED.value:
-                self._store.update_run(run_id, {"status": RunStatus.PENDING.value, "updated_at": self._clock.time()})
+                fields: dict[str, object] = {"status": RunStatus.PENDING.value, "updated_at": self._clock.time()}
+                self._store.update_run(run_id, fields, if_status=[RunStatus.PAUSED.value])
             elif record.status == RunStatus.WAITING.value:
-                self._store.update_run(run_id, {"wake_at": self._clock.time()})
+                self._store.update_run(run_id, {"wake_at": self._clock.time()}, if_status=[RunStatus.WAITING.value])
             return self.get_run(run_id)
         return await self._execute(self._lookup(record.workflow), record, fresh=False)
 

@@ -74,10 +74,9 @@ class LifecyclePart(AppCore):
         if RunStatus(record.status).is_terminal:
             raise AgentFlowError(f"run {run_id!r} is {record.status}: there is nothing to pause")
         self._requests[run_id] = "pause"
-        fields: dict[str, object] = {"control": "pause", "updated_at": self._clock.time()}
-        if record.status == RunStatus.WAITING.value:
-            fields["status"] = RunStatus.PAUSED.value
-        self._store.update_run(run_id, fields)
+        self._store.update_run(run_id, {"control": "pause", "updated_at": self._clock.time()})
+        # A waiting run is paused at once, unless it was woken meanwhile: then it sees the request.
+        self._store.update_run(run_id, {"status": RunStatus.PAUSED.value}, if_status=[RunStatus.WAITING.value])
         return self.get_run(run_id)
 
     def cancel(self, run_id: str) -> Run:
@@ -102,8 +101,10 @@ class LifecyclePart(AppCore):
             task.get_loop().call_soon_threadsafe(task.cancel)
             return self.get_run(run_id)
         if record.queue is not None:  # a worker holds it, or will: it sees the request at its next step
-            if record.status in SUSPENDED:  # due now, so that a worker wakes it to roll it back
-                self._store.update_run(run_id, {"status": RunStatus.WAITING.value, "wake_at": self._clock.time()})
+            # Due now, so that a worker wakes it to roll it back; unless a worker claimed it meanwhile (made
+            # waiting again under that worker, it would be claimed by a second one).
+            due = {"status": RunStatus.WAITING.value, "wake_at": self._clock.time()}
+            self._store.update_run(run_id, due, if_status=SUSPENDED)
             return self.get_run(run_id)
         wf = self._workflows.get(record.workflow)
         if wf is not None and record.status in (*SUSPENDED, *RESUMABLE):

@@ -357,6 +357,47 @@ def test_cancelling_a_waiting_queued_run_is_done_by_a_worker(app: AgentFlow) -> 
     assert handle.status() == RunStatus.CANCELLED and undone == ["B-1"]
 
 
+class _ClaimedBeforeCancel:
+    """The store, with a worker's claim of the run landing between cancel's read of it and its writes."""
+
+    def __init__(self, store: Any, claim: Any) -> None:
+        self._store, self._claim = store, claim
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def update_run(self, run_id: str, fields: dict[str, object], **kwargs: Any) -> Any:
+        if fields.get("control") == "cancel" and self._claim is not None:
+            self._claim, claim = None, self._claim
+            claim()
+        return self._store.update_run(run_id, fields, **kwargs)
+
+
+def test_cancelling_a_waiting_queued_run_that_a_worker_claims_meanwhile_leaves_it_to_that_worker(
+    app: AgentFlow, clock: FakeClock
+) -> None:
+    # cancel read the run waiting, a worker claimed it (its event had come), and cancel made it waiting and
+    # due again: a second worker could claim it while the first one executed it.
+    @app.workflow(name="approval")
+    async def approval(ctx: Context) -> Any:
+        return await ctx.wait_for_event("ok", type="ok")
+
+    handle = app.enqueue(approval, queue="q")
+    app.work("q", poll=0.01, stop=lambda: handle.status() == RunStatus.WAITING)
+    app.send_event(handle.run_id, "ok", 1)  # due: a worker may claim it now
+    queues = QueueStore(app._store)  # type: ignore[arg-type]
+    claimed: list[RunRecord] = []
+    store = app._store
+    app._store = _ClaimedBeforeCancel(store, lambda: claimed.extend(  # type: ignore[assignment]
+        queues.claim("q", worker="a", limit=1, workflows=["approval"], now=clock.now, lease=30)))  # fmt: skip
+    app.cancel(handle.run_id)
+    app._store = store
+    assert [r.id for r in claimed] == [handle.run_id]
+    run = app.get_run(handle.run_id)
+    assert (run.status, run.worker) == (RunStatus.RUNNING, "a")  # still the claiming worker's, to roll back
+    assert queues.claim("q", worker="b", limit=1, workflows=["approval"], now=clock.now, lease=30) == []
+
+
 def test_a_paused_queued_run_is_resumed_by_handing_it_back_to_the_queue(app: AgentFlow) -> None:
     done: list[str] = []
 

@@ -165,10 +165,12 @@ class Store(EvalStore, Protocol):
         *,
         lease_token: int | None = None,
         lease_of: str | None = None,
-    ) -> None:
+        if_status: Sequence[str] | None = None,
+    ) -> bool:
         """Set ``fields`` (column name to value) on one run; with ``lease_token``, only while the lease token
         of the run ``lease_of`` (the run itself by default; a child run's root) is that one (else
-        ``LeaseLost``, nothing written)."""
+        ``LeaseLost``, nothing written); with ``if_status``, only while the run's status is one of those
+        (checked in the same statement). Whether the run's row was written."""
         ...
 
     def end_run(

@@ -195,9 +195,11 @@ class SQLStore(EvalSQL):
         *,
         lease_token: int | None = None,
         lease_of: str | None = None,
-    ) -> None:
+        if_status: Sequence[str] | None = None,
+    ) -> bool:
         with self._connect(begin=True) as conn:
-            self._update_run(conn, run_id, fields, lease_token, lease_of, f"an update of run {run_id!r}")
+            what = f"an update of run {run_id!r}"
+            return self._update_run(conn, run_id, fields, lease_token, lease_of, what, if_status)
 
     def _update_run(
         self,
@@ -207,9 +209,11 @@ class SQLStore(EvalSQL):
         lease_token: int | None,
         lease_of: str | None,
         what: str,
-    ) -> None:
+        if_status: Sequence[str] | None = None,
+    ) -> bool:
         """Set ``fields`` on the run in ``conn``'s transaction; fenced by ``lease_token`` (``LeaseLost``
-        naming ``what`` when the lease is not that one any more)."""
+        naming ``what`` when the lease is not that one any more); with ``if_status``, only while the run's
+        status is one of those. Whether the row was written."""
         unknown = set(fields) - set(RUN_COLUMNS)
         if unknown:
             raise ConfigurationError(f"runs has no column(s) {sorted(unknown)}")
@@ -217,8 +221,12 @@ class SQLStore(EvalSQL):
         query = update(table).where(table.c.id == run_id)
         if lease_token is not None:
             query = query.where(self._fence(run_id, lease_token, lease_of))
-        if conn.execute(query.values(dict(fields))).rowcount == 0 and lease_token is not None:
+        if if_status is not None:
+            query = query.where(table.c.status.in_(list(if_status)))
+        written = conn.execute(query.values(dict(fields))).rowcount != 0
+        if not written and lease_token is not None and if_status is None:
             raise LeaseLost(lease_of or run_id, lease_token, what)
+        return written
 
     def end_run(
         self,
