@@ -117,7 +117,10 @@ class LifecyclePart(AppCore):
         What is taken out is kept (``superseded_steps``). A non-idempotent tool call that a superseded
         part made with the same request is served from its old record, not made again, also when the
         restarted run is resumed after a crash; made with another request, it gets an idempotency key of
-        its own."""
+        its own.
+
+        A run of a queue is handed back to its workers (it becomes ``pending``) and returned as it is
+        then; one a worker holds now is refused (cancel or pause it first)."""
         return run_sync(lambda: self.restart_async(run_id, from_key))
 
     def superseded_steps(self, run_id: str) -> list[SupersededStep]:
@@ -145,19 +148,41 @@ class LifecyclePart(AppCore):
         before = [r for r in steps if r.seq < seq]
         in_flight = {r.key for r in before} - {r.key for r in enclosed(before)}  # inside a step not done by then
         wf = self._lookup(record.workflow)
+        if record.queue is not None:
+            self._hold_for_restart(record)
         # What is taken out is kept (``superseded_steps``): the audit trail keeps it, and the run inherits
         # it (``_derived.inherit``), on every resume too: a non-idempotent tool call made again with the
         # same request is served from it (a payment is not made twice), one with another request gets a
         # key of its own.
         self._store.supersede_steps_from(run_id, seq, self._clock.time(), also=sorted(in_flight))
         self._requests.pop(run_id, None)
-        fresh = replace(record, status=RunStatus.RUNNING.value, output=None, error=None, control=None, rollback=None)
+        status = RunStatus.RUNNING if record.queue is None else RunStatus.PENDING  # a queue's: for its workers
+        fresh = replace(record, status=status.value, output=None, error=None, control=None, rollback=None)
         self._store.update_run(
             run_id,
             {"status": fresh.status, "output": None, "error": None, "control": None, "rollback": None,
              "wake_at": None, "waiting_for": None, "updated_at": self._clock.time()},
         )  # fmt: skip
+        if record.queue is not None:
+            return self.get_run(run_id)
         return await self._execute(wf, fresh, fresh=False)
+
+    def _hold_for_restart(self, record: RunRecord) -> None:
+        """Before a queued run's records are taken out: refuse one a worker holds, and make the run
+        ``paused`` (no worker claims it) if it is still as read. A process dying after this leaves it
+        paused: ``resume`` or ``restart`` it."""
+        now = self._clock.time()
+        expired = record.lease_expires_at is not None and record.lease_expires_at <= now
+        if record.status == RunStatus.RUNNING.value and not expired:
+            raise AgentFlowError(
+                f"run {record.id!r} is executing (worker {record.lease_owner or 'holding its parent'}); cancel "
+                "or pause it before restarting it"
+            )
+        paused = {"status": RunStatus.PAUSED.value, "updated_at": now}
+        if not self._store.update_run(record.id, paused, lease_token=record.lease_token, if_status=[record.status]):
+            raise AgentFlowError(
+                f"run {record.id!r} changed while it was being restarted (a worker took it?): try again"
+            )
 
     def send_event(self, run_id: str, type: str, payload: Any = None) -> int:
         """Send an event to a run: kept in its inbox until a ``wait_for_event(type=...)`` takes it, each

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from agentflow import AgentFlow, Context, FakeClock, LeaseLost, RateLimit, RunConflict, RunStatus
+from agentflow import AgentFlow, AgentFlowError, Context, FakeClock, LeaseLost, RateLimit, RunConflict, RunStatus
 from agentflow._journal import Journal
 from agentflow._store._queues import QueueStore
 from agentflow._store._records import RunRecord
@@ -414,6 +414,36 @@ def test_a_paused_queued_run_is_resumed_by_handing_it_back_to_the_queue(app: Age
     app.work("q", drain=True, poll=0.01)
     assert handle.run().output == 1 and done == ["after"]
     assert [lease.outcome for lease in app.leases(handle.run_id)] == ["paused", "completed"]
+
+
+def test_restarting_a_queued_run_hands_it_back_to_its_workers_and_one_a_worker_holds_is_refused(
+    app: AgentFlow, clock: FakeClock
+) -> None:
+    done: list[str] = []
+
+    @app.workflow(name="twice")
+    async def twice(ctx: Context) -> int:
+        await ctx.step("first", lambda: done.append("first"))
+        await ctx.step("second", lambda: done.append("second"))
+        return len(done)
+
+    handle = app.enqueue(twice, queue="q")
+    app.work("q", drain=True, poll=0.01)
+    assert handle.run().output == 2
+    restarted = app.restart(handle.run_id, from_key="second#0")
+    assert restarted.status == RunStatus.PENDING and done == ["first", "second"]  # not executed here
+    app.work("q", drain=True, poll=0.01)
+    run = handle.run()
+    assert (run.status, run.output, done) == (RunStatus.COMPLETED, 3, ["first", "second", "second"])
+    assert [lease.outcome for lease in app.leases(handle.run_id)] == ["completed", "completed"]
+    assert [(kept.restart, kept.step.key) for kept in app.superseded_steps(handle.run_id)] == [(1, "second#0")]
+
+    queues = QueueStore(app._store)  # type: ignore[arg-type]
+    app.restart(handle.run_id)
+    [held] = queues.claim("q", worker="w", limit=1, workflows=["twice"], now=clock.now, lease=30)
+    with pytest.raises(AgentFlowError, match=r"executing \(worker w\); cancel or pause it before restarting it"):
+        app.restart(handle.run_id)
+    assert app.get_run(handle.run_id).status == RunStatus.RUNNING and len(app.superseded_steps(held.id)) == 3
 
 
 # -- leases and fencing ----------------------------------------------------------------------------------
