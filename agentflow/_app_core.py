@@ -313,6 +313,13 @@ class AppCore:
         self, wf: Workflow, record: RunRecord, fresh: bool, setup: Callable[[RunEngine], None] | None = None
     ) -> Run:
         run_id = record.id
+        taken = record.queue is None and record.status != RunStatus.RUNNING.value
+        # No lease coordinates a run off the queues: it is taken here from the status it was read in, before
+        # its record is read, so that of two processes waking it (two ``serve`` loops, a cron ``wake``
+        # beside one) only one executes it; the other leaves it as it finds it then.
+        if taken and not self._store.update_run(run_id, self._running(), if_status=[record.status]):
+            log.info("run %s was taken by another process meanwhile: left to it", run_id)
+            return self.get_run(run_id)
         steps = [] if fresh else self._store.load_step_rows(run_id)
         if fresh:
             journal = Journal(run_id, self._store, steps)
@@ -336,14 +343,8 @@ class AppCore:
         # A worker's claim has set the run running already, in the same write that gave it the lease (a
         # child run under its root's lease is not claimed: it is set running here, fenced by that lease).
         claimed = journal.lease_token is not None and journal.lease_of is None
-        if not claimed and (not fresh or record.status != RunStatus.RUNNING.value):
-            self._store.update_run(
-                run_id,
-                {"status": RunStatus.RUNNING.value, "updated_at": self._clock.time(), "wake_at": None,
-                 "waiting_for": None},
-                lease_token=journal.lease_token,
-                lease_of=journal.lease_of,
-            )  # fmt: skip
+        if not claimed and not taken and (not fresh or record.status != RunStatus.RUNNING.value):
+            self._store.update_run(run_id, self._running(), lease_token=journal.lease_token, lease_of=journal.lease_of)
         try:
             output_json = await self._invoke(wf, engine, record)
         except Suspend as suspended:  # a sleep, an event wait, a pause: the run waits holding nothing
@@ -374,6 +375,11 @@ class AppCore:
         finally:
             self._requests.pop(run_id, None)
         return self.get_run(run_id)
+
+    def _running(self) -> dict[str, object]:
+        """The fields of a run that starts executing."""
+        now = self._clock.time()
+        return {"status": RunStatus.RUNNING.value, "updated_at": now, "wake_at": None, "waiting_for": None}
 
     async def _invoke(self, wf: Workflow, engine: RunEngine, record: RunRecord) -> str:
         """Call the workflow on the run's input; its output as JSON."""

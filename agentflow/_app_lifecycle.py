@@ -34,8 +34,9 @@ class LifecyclePart(AppCore):
         """Resume every run left ``pending`` or ``running`` by a process that died, and every waiting run
         that is due (its sleep is over, its event came, its wait timed out).
 
-        For one process on SQLite; many workers on Postgres will coordinate through leases. Runs of
-        workflows this process has not registered, and runs that diverge, are logged and left as they are.
+        A run left ``running`` holds no lease: let one process recover (queues' workers coordinate through
+        leases). Runs of workflows this process has not registered, and runs that diverge, are logged and
+        left as they are.
         """
         return run_sync(self.recover_async)
 
@@ -197,7 +198,8 @@ class LifecyclePart(AppCore):
         return event_id
 
     def wake_due(self) -> list[Run]:
-        """Resume every waiting run that is due now: its sleep is over, its event came, its timeout passed."""
+        """Resume every waiting run that is due now: its sleep is over, its event came, its timeout passed.
+        One another process takes meanwhile is left to it (and returned as it is then)."""
         return run_sync(self.wake_due_async)
 
     async def wake_due_async(self, limit: int | None = None) -> list[Run]:

@@ -86,6 +86,52 @@ def test_a_run_sleeping_three_days_wakes_when_the_clock_has_moved_across_a_proce
     second.close()
 
 
+class _WokenElsewhereMeanwhile:
+    """The store, with another process waking the due runs while this one reads the record of one."""
+
+    def __init__(self, store: Any, other: AgentFlow) -> None:
+        self._store, self._other = store, other
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def load_step_rows(self, run_id: str) -> Any:
+        rows = self._store.load_step_rows(run_id)
+        self._other.wake_due()
+        return rows
+
+
+def test_a_due_run_two_processes_wake_at_once_is_executed_by_one_of_them(db_url: str, clock: FakeClock) -> None:
+    # Runs off the queues hold no lease: two ``serve`` loops, or a cron ``wake`` beside one, both read the run
+    # due. The one that takes it second must leave it, not execute its steps again.
+    done, doing = effect_log()
+
+    def register(app: AgentFlow) -> None:
+        @app.workflow(name="reminder")
+        async def reminder(ctx: Context) -> int:
+            await ctx.sleep("nap", 60)
+            await ctx.step("after", doing("after"))
+            await ctx.sleep("again", 60)
+            return len(done)
+
+    first, second = AgentFlow(db_url, clock=clock), AgentFlow(db_url, clock=clock)
+    register(first)
+    register(second)
+    assert first.run("reminder", run_id="r").status == RunStatus.WAITING
+    clock.advance(60)
+    store = first._store
+    first._store = _WokenElsewhereMeanwhile(store, second)  # type: ignore[assignment]
+    first.wake_due()  # both read it due; the second wakes it while the first reads its record
+    first._store = store
+    assert done == ["after"]  # once: not again by the first process
+    assert first.get_run("r").status == RunStatus.WAITING
+    clock.advance(60)
+    assert first.wake_due()[0].output == 1
+    assert [s.key for s in first.get_run("r").steps].count("after#0") == 1
+    second.close()
+    first.close()
+
+
 # -- events -----------------------------------------------------------------------------------------------
 
 
