@@ -30,6 +30,7 @@ from ._engine_types import CancelRequested, ChildOrigin, Suspend
 from ._journal import Journal
 from ._lifecycle import BackgroundLoop
 from ._llm import Budget
+from ._llm_calls import finish_open_streams
 from ._loop import run_sync
 from ._models import ErrorInfo, Run, RunStatus, Step
 from ._refs import holder_of, ref_of_object
@@ -385,11 +386,19 @@ class AppCore:
         """Call the workflow on the run's input; its output as JSON."""
         args, kwargs = wf.decode_input(record.input)
         with top_level():
-            if wf.is_async:
-                output = await wf.fn(Context(engine), *args, **kwargs)
-            else:
-                ctx = SyncContext(engine, asyncio.get_running_loop())
-                output = await asyncio.to_thread(wf.fn, ctx, *args, **kwargs)
+            try:
+                if wf.is_async:
+                    output = await wf.fn(Context(engine), *args, **kwargs)
+                else:
+                    ctx = SyncContext(engine, asyncio.get_running_loop())
+                    output = await asyncio.to_thread(wf.fn, ctx, *args, **kwargs)
+            except (Suspend, Exception) as stopped:
+                # It ends (failed) or waits: the streams it left are recorded whole first; not when its
+                # record or the database is in question, nor when it is cancelled (nothing more is made).
+                if engine.halted is None and not isinstance(stopped, StoreError):
+                    await finish_open_streams(engine)
+                raise
+            await finish_open_streams(engine)
         return self._codec.encode(output, f"output of run {record.id!r}")
 
     def _finish(

@@ -74,6 +74,8 @@ class ReplayPart(AppCore):
                 self._insert_derived(record, wf, new_id, report.key)
                 engine.journal.rebase(new_id, [as_record(r) for r in steps if r[KEY] in engine.served])
                 engine.run_id = new_id
+                # The new run has used what it kept, not all the source run used (its budget, run.usage).
+                engine.prompt_tokens, engine.completion_tokens, engine.cost = engine.journal.usage()
                 diverged.append(report)
 
             engine.on_diverge = go_live

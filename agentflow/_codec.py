@@ -12,12 +12,12 @@ import hashlib
 import inspect
 import json
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .errors import SerializationError
 
-__all__ = ["Codec", "canonical_json", "compact_json_encoder", "fingerprint", "sha256"]
+__all__ = ["Codec", "canonical_json", "compact_json_encoder", "escape_surrogates", "fingerprint", "sha256"]
 
 NO_TYPE = object()  # the marker for "no declared type"
 
@@ -77,6 +77,22 @@ def canonical_json(value: Any) -> str:
 
     plain = to_jsonable_python(value, fallback=_fallback)
     return json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def escape_surrogates(value: Any) -> Any:
+    """``value`` with each lone surrogate in its strings and mapping keys written as its escape: "\\ud83d"
+    (half an emoji, as a model cut at a token boundary can write it) becomes the six characters ``\\ud83d``.
+
+    A lone surrogate has no UTF-8 form, so a request holding one can be neither fingerprinted nor stored;
+    escaped, it can, and the call can be refused with an error that says why (``Tool.validate``).
+    """
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, Mapping):
+        return {escape_surrogates(k): escape_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [escape_surrogates(v) for v in value]
+    return value
 
 
 def _builtin_sha256() -> Callable[[bytes], Any]:

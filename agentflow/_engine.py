@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ._clock import Clock
-from ._codec import Codec, canonical_json, fingerprint
+from ._codec import Codec, canonical_json, escape_surrogates, fingerprint
 from ._derived import SourceRecords
 from ._engine_types import (
     Attempts,
@@ -30,10 +30,10 @@ from ._engine_types import (
     Suspend,
 )
 from ._journal import Journal
-from ._models import ErrorInfo, keep_secrets_out
+from ._models import ErrorInfo, keep_secrets_out, redact_error
 from ._retry import RetryPolicy
 from ._scope import current_scope, enter_scope, in_sibling_task, leave_scope, yield_to_siblings
-from ._secrets import redact, split_secrets
+from ._secrets import split_secrets
 from ._store import StepRecord
 from ._tool import IdempotencyKey, Tool, ToolArgumentsError, ToolResult
 from .errors import (
@@ -438,7 +438,8 @@ class RunEngine:
         if done.error is not None:
             self.record(key=key, kind="step", name=name, fp=fp, request=request, started=started,
                         attempts=done.count, error=done.error)  # fmt: skip
-            raise StepFailed(key, type(done.error).__qualname__, str(done.error), done.count) from done.error
+            message = redact_error(done.error, str(done.error))  # a key of the environment it echoed, say
+            raise StepFailed(key, type(done.error).__qualname__, message, done.count) from done.error
         output = self.codec.encode(done.value, f"output of step {key!r} in run {self.run_id!r}")
         self.record(key=key, kind="step", name=name, fp=fp, request=request, started=started,
                     attempts=done.count, output=output)  # fmt: skip
@@ -583,9 +584,16 @@ class RunEngine:
         # An argument named like a secret ("api_key", "password"; not a bare "key" or "token") or marked
         # with @tool(secret=[...]) reaches the tool only: not the record, not the fingerprint.
         recorded_arguments, secret_values = split_secrets(arguments, tool.secret, names="tool")
-        key, request, fp, rec = self.begin(
-            scope, tool.name, {"tool": tool.name, "arguments": recorded_arguments, "idempotent": tool.idempotent}
-        )
+        asked = {"tool": tool.name, "arguments": recorded_arguments, "idempotent": tool.idempotent}
+        try:
+            key, request, fp, rec = self.begin(scope, tool.name, asked)
+        except UnicodeEncodeError:
+            # A lone surrogate ("\ud83d", half an emoji a model cut) has no UTF-8 form to fingerprint: the
+            # request is recorded with it escaped, and tool.validate() below refuses the call with an error
+            # the model can read.
+            recorded_arguments = escape_surrogates(recorded_arguments)
+            asked["arguments"] = recorded_arguments
+            key, request, fp, rec = self.begin(scope, tool.name, asked)
         if rec is not None:
             await yield_to_siblings()
             return self._serve_tool(tool, rec)
@@ -621,7 +629,9 @@ class RunEngine:
             keep_secrets_out(done.error, secret_values)  # an error that echoes a secret argument
             self.record(key=key, kind="tool", name=tool.name, fp=fp, request=request, started=started,
                         attempts=done.count, error=done.error)  # fmt: skip
-            message = redact(f"{type(done.error).__qualname__}: {done.error}", secret_values)
+            # Goes back to the model (into the next request): without the secret arguments nor the
+            # environment's and litellm's keys, as recorded.
+            message = redact_error(done.error, f"{type(done.error).__qualname__}: {done.error}")
             return ToolResult(tool.name, key, ok=False, error=message)
         output = self.codec.encode(done.value, f"result of tool {key!r} in run {self.run_id!r}")
         self.record(key=key, kind="tool", name=tool.name, fp=fp, request=request, started=started,

@@ -5,7 +5,7 @@ the outcome of a step's attempts, and the per-run state of the modules above the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -127,6 +127,9 @@ class RunExtras:
     # Model calls of a run with a budget, asked but not recorded yet: key -> (prompt tokens by tiktoken,
     # max completion tokens, estimated cost). The budget counts them, so concurrent calls cannot pass it.
     llm_in_flight: dict[str, tuple[int, int, float]] = field(default_factory=dict)
+    # Live streams made and not read to their end yet: key -> what reads the rest. The run reads each
+    # before it ends or waits, so that a stream left unread or half read is recorded whole all the same.
+    open_streams: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
     parent_id: str | None = None  # a child run's parent, woken when the child ends
     queue: str | None = None  # the run's queue: its child runs are on it too (its workers wake them)
     tools: dict[Callable[..., Any], Tool] = field(default_factory=dict)  # functions made tools by ctx.tool

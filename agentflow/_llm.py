@@ -29,6 +29,7 @@ from typing import Any
 
 from ._codec import compact_json_encoder, sha256
 from ._models import Usage
+from ._secrets import ambient_secrets, redact_cut
 from ._store._packing import hash_text
 from ._store._records import build_frozen
 from .errors import AgentFlowError, ProviderAnswerError
@@ -435,13 +436,14 @@ def check_choices(answer: Any) -> None:
         )
 
 
-def explain_provider_error(exc: Exception) -> Exception:
+def explain_provider_error(exc: Exception, secrets: Iterable[str] = ()) -> Exception:
     """``exc``, saying plainly that the provider's answer was not JSON when that is why it was raised.
 
     litellm reports a body it cannot parse in the JSON parser's words ("Expecting value: line 1 column 1
     (char 0)"). The ``JSONDecodeError`` it chains holds the body, whose start tells what answered (a
     proxy's HTML error page, say). The exception keeps its type: retry decisions and the recorded error
-    type stay as they were.
+    type stay as they were. The body may echo a key: ``secrets`` (the call's) and ``ambient_secrets`` are
+    replaced in it before it is cut, so that a key across the cut leaves none of its characters.
     """
     decode = _json_decode_error(exc)
     message = getattr(exc, "message", None)
@@ -451,7 +453,7 @@ def explain_provider_error(exc: Exception) -> Exception:
     if not body.strip():
         plain = "the provider's answer was empty, not valid JSON"
     else:
-        head = body[:200] + ("..." if len(body) > 200 else "")
+        head = redact_cut(body, 200, [*secrets, *ambient_secrets()])
         plain = f"the provider's answer was not valid JSON ({decode.msg} at character {decode.pos}); it began {head!r}"
     prefix = message.split(": ", 1)[0] if message.startswith("litellm.") else type(exc).__name__
     exc.message = f"{prefix}: {plain}"  # type: ignore[attr-defined]  # litellm's exceptions print .message

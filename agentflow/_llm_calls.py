@@ -7,8 +7,8 @@ gets everything. A recorded call is served without touching litellm or the netwo
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -27,16 +27,16 @@ from ._llm import (
     is_retryable,
     retry_after,
 )
-from ._models import keep_secrets_out
+from ._models import keep_secrets_out, redact_error
 from ._retry import RetryPolicy
 from ._scope import yield_to_siblings
-from ._secrets import is_secret_name, redact, split_secrets
+from ._secrets import split_secrets
 from ._store import StepRecord
 from ._tokens import count_completion_tokens, count_prompt_tokens
 from ._tool import Tool
 from .errors import AgentFlowError, BudgetExceeded, ProviderAnswerError, StepFailed, StructuredOutputError
 
-__all__ = ["LLMCall", "LLMStream", "call_llm", "over_budget", "prepare_llm_call"]
+__all__ = ["LLMCall", "LLMStream", "call_llm", "finish_open_streams", "over_budget", "prepare_llm_call"]
 
 
 @dataclass
@@ -144,18 +144,18 @@ def check_budget(engine: RunEngine, call: LLMCall) -> None:
     for key in [key for key in in_flight if engine.journal.recorded(key) is not None]:
         del in_flight[key]  # recorded: its tokens and cost are in the run's totals now
     prompt, completion = _call_tokens(call.model, call.messages, call.call_kwargs)
-    cost = _cost_estimate(call.model, prompt, completion) if budget.max_cost is not None else 0.0
-    problem = _over(
+    cost = _price(call.model, prompt, completion, call.call_kwargs) if budget.max_cost is not None else 0.0
+    problem = _unpriced(budget, call.model) if cost is None else _over(
         budget,
         engine.prompt_tokens + engine.completion_tokens,
         engine.cost,
         (prompt, completion, cost),
         held_tokens=sum(p + c for p, c, _ in in_flight.values()),
         held_cost=sum(held for _, _, held in in_flight.values()),
-    )
+    )  # fmt: skip
     if problem is not None:
         raise BudgetExceeded(f"{call.key}: run {engine.run_id!r} {problem}; the call was not made")
-    in_flight[call.key] = (prompt, completion, cost)
+    in_flight[call.key] = (prompt, completion, cost or 0.0)
 
 
 def release_budget(engine: RunEngine, key: str) -> None:
@@ -176,7 +176,9 @@ def over_budget(
     if budget.max_tokens is None and budget.max_cost is None:
         return None
     prompt, completion = _call_tokens(model, messages, params)
-    cost = _cost_estimate(model, prompt, completion) if budget.max_cost is not None else 0.0
+    cost = _price(model, prompt, completion, params) if budget.max_cost is not None else 0.0
+    if cost is None:
+        return _unpriced(budget, model)
     return _over(budget, used_tokens, used_cost, (prompt, completion, cost))
 
 
@@ -214,14 +216,28 @@ def _over(
     return None
 
 
-def _cost_estimate(model: str, prompt_tokens: int, completion_tokens: int) -> float:
+def _unpriced(budget: Budget, model: str) -> str:
+    """Why a call to a model without a known price cannot be made under a cost budget."""
+    return (
+        f"has a cost budget (${budget.max_cost}), but litellm's cost map has no price for model {model!r}, so "
+        "what the call costs cannot be known: give its price (litellm.register_model, or input_cost_per_token= "
+        "and output_cost_per_token= on the call), or budget the run in tokens (Budget(max_tokens=...))"
+    )
+
+
+def _price(model: str, prompt_tokens: int, completion_tokens: int, params: Mapping[str, Any]) -> float | None:
+    """What the tokens cost: at the call's own prices when it gives them (as litellm takes them), else at
+    litellm's cost map's; None when neither knows the model."""
+    given_in, given_out = params.get("input_cost_per_token"), params.get("output_cost_per_token")
+    if given_in is not None or given_out is not None:
+        return prompt_tokens * float(given_in or 0.0) + completion_tokens * float(given_out or 0.0)
     litellm = import_litellm()
     try:
         prompt_cost, completion_cost = litellm.cost_per_token(
             model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
         )
-    except Exception:  # a model missing from litellm's cost map costs what we cannot know
-        return 0.0
+    except Exception:  # a model missing from litellm's cost map
+        return None
     return float(prompt_cost + completion_cost)
 
 
@@ -242,7 +258,8 @@ def _priced(engine: RunEngine, call: LLMCall, answer: Any) -> tuple[dict[str, An
     completion = count_completion_tokens(call.model, response.text, response.tool_calls, response.reasoning)
     usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
     raw = {**raw, "usage": {**usage, "estimated": True}}
-    return raw, LLMResponse.from_raw(raw, _cost_estimate(call.model, prompt, completion), replayed=False)
+    cost = _price(call.model, prompt, completion, call.call_kwargs) or 0.0
+    return raw, LLMResponse.from_raw(raw, cost, replayed=False)
 
 
 def _cost(response: Any) -> float:
@@ -304,24 +321,21 @@ def _record(engine: RunEngine, call: LLMCall, started: float, attempts: int, **f
         limiter.after_call(call.key, attempts, fields.get("prompt_tokens", 0) + fields.get("completion_tokens", 0))
 
 
-_MIN_ENV_SECRET = 16
-
-
-def _failed(engine: RunEngine, call: LLMCall, started: float, error: Exception, attempts: int) -> StepFailed:
-    """Record the failed call; the ``StepFailed`` to raise from ``error``.
+def _failed(
+    engine: RunEngine, call: LLMCall, started: float, error: Exception, attempts: int, output: str | None = None
+) -> StepFailed:
+    """Record the failed call (with ``output``: a stream's chunks handed out before it failed); the
+    ``StepFailed`` to raise from ``error``.
 
     A provider may echo the key it was given ("Incorrect API key provided: sk-..."): the call's secret
-    values, and those of the environment (litellm takes a key not given from ``OPENAI_API_KEY`` and the
-    like), are replaced by ``[secret]`` in the recorded message and traceback, in the ``StepFailed``'s
-    message, and in any recorded traceback that chains ``error`` (a run that fails with the ``StepFailed``).
+    values, and the keys of the environment and of litellm's settings (litellm takes a key not given from
+    ``OPENAI_API_KEY`` or ``litellm.api_key``; ``ambient_secrets``), are replaced by ``[secret]`` in the
+    recorded message and traceback, in the ``StepFailed``'s message, and in any recorded traceback that
+    chains ``error`` (a run that fails with the ``StepFailed``).
     """
-    # From the environment, only values long enough to be keys: "POSTGRES_PASSWORD=postgres" must not
-    # blank out every "postgres" of an error.
-    from_env = (value for name, value in os.environ.items() if len(value) >= _MIN_ENV_SECRET and is_secret_name(name))
-    secrets = [*call.secrets, *from_env]
-    keep_secrets_out(error, secrets)
-    _record(engine, call, started, attempts, error=error)
-    return StepFailed(call.key, type(error).__qualname__, redact(str(error), secrets), attempts)
+    keep_secrets_out(error, call.secrets)  # ErrorInfo.of adds the ambient ones wherever error is recorded
+    _record(engine, call, started, attempts, output=output, error=error)
+    return StepFailed(call.key, type(error).__qualname__, redact_error(error, str(error)), attempts)
 
 
 def _served(call: LLMCall) -> LLMResponse:
@@ -329,6 +343,8 @@ def _served(call: LLMCall) -> LLMResponse:
     rec = call.record
     if rec.status == "failed":
         err = json.loads(rec.error or "{}")
+        if err.get("type") == BudgetExceeded.__qualname__:  # refused, not made
+            raise BudgetExceeded(err.get("message", ""))
         raise StepFailed(rec.key, err.get("type", "Error"), err.get("message", ""), rec.attempt)
     output = json.loads(rec.output or "{}")
     return _parse(call, LLMResponse.from_raw(output["response"], rec.cost, replayed=True))
@@ -338,11 +354,16 @@ async def _ask_provider(engine: RunEngine, call: LLMCall) -> tuple[Any, float, i
     """Check the budget, then call litellm under the call's retry policy.
 
     Returns ``(litellm's answer, start time, attempts)``; a final failure is recorded and raised as
-    ``StepFailed``. A stream's answer is an ``_OpenedStream``: an attempt lasts until its first chunk
-    arrived, so a failure before any chunk (a connection reset, a 500, a malformed first chunk) is retried;
-    once chunks are handed out, a failure is final.
+    ``StepFailed``, a refusal by the budget recorded (no attempt) and raised as ``BudgetExceeded``. A
+    stream's answer is an ``_OpenedStream``: an attempt lasts until its first chunk arrived, so a failure
+    before any chunk (a connection reset, a 500, a malformed first chunk) is retried; once chunks are
+    handed out, a failure is final.
     """
-    check_budget(engine, call)
+    try:
+        check_budget(engine, call)
+    except BudgetExceeded as refused:  # recorded: a replay or a resume is refused there the same way
+        _record(engine, call, engine.clock.time(), 0, error=refused)
+        raise
     limiter = engine.extras.rate_limiter  # a run of a rate-limited queue, executed by a worker
     if limiter is not None:
         await limiter.before_call(engine, call.key, call.model, call.messages, call.call_kwargs)
@@ -356,7 +377,7 @@ async def _ask_provider(engine: RunEngine, call: LLMCall) -> tuple[Any, float, i
         wait_at_least=lambda exc: retry_after(exc, engine.clock.time()),  # an HTTP-date, by the run's clock
     )
     if done.error is not None:
-        error = explain_provider_error(done.error)
+        error = explain_provider_error(done.error, call.secrets)
         raise _failed(engine, call, started, error, done.count) from error
     return done.value, started, done.count
 
@@ -401,6 +422,38 @@ async def call_llm(engine: RunEngine, call: LLMCall) -> LLMResponse:
     return _parse(call, response)
 
 
+def _chunks_of(response: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The chunks of a stream that would have given ``response``: for each choice, a delta with all it
+    says and then its finish; then the usage. For a record that has no chunks of its own."""
+    base = {name: response[name] for name in ("id", "created", "model") if name in response}
+    base["object"] = "chat.completion.chunk"
+    chunks: list[dict[str, Any]] = []
+    for position, choice in enumerate(response.get("choices") or []):
+        index = choice.get("index", position)
+        message = choice.get("message") or {}
+        delta = {name: message[name] for name in ("role", "content", "reasoning_content") if message.get(name)}
+        calls = message.get("tool_calls")
+        if calls:
+            delta["tool_calls"] = [{**call, "index": n} for n, call in enumerate(calls)]
+        chunks.append({**base, "choices": [{"index": index, "delta": delta}]})
+        finish = choice.get("finish_reason")
+        chunks.append({**base, "choices": [{"index": index, "delta": {}, "finish_reason": finish}]})
+    if response.get("usage"):
+        chunks.append({**base, "choices": [], "usage": response["usage"]})
+    return chunks
+
+
+async def finish_open_streams(engine: RunEngine) -> None:
+    """Read the rest of each live stream the run made and left unread or half read (a loop left with
+    ``break``, a stream never iterated), so that it is recorded whole before the run ends or waits: a
+    replay or a resume then serves it, instead of finding a call that the run made without a record."""
+    streams = engine.extras.open_streams
+    while streams:
+        key, drain = next(iter(streams.items()))
+        await drain()
+        streams.pop(key, None)
+
+
 class LLMStream:
     """A streamed model call: iterate it for ``StreamChunk`` objects, then read ``response``.
 
@@ -410,8 +463,11 @@ class LLMStream:
         print(stream.response.usage)
 
     Live, every raw chunk is recorded with its arrival offset, with the assembled response, once the
-    stream ends (leaving the ``async with`` early reads the rest first, so the record is whole). Served
-    from the record, the same chunks come back; ``pace=True`` waits out the recorded offsets.
+    stream ends. A stream left early is recorded whole all the same: leaving the ``async with`` (at its
+    end, or by an error) reads the rest first, and a stream left otherwise (a loop left with ``break``, a
+    stream never iterated) is read to its end before the run ends or waits. A reading task cancelled
+    mid-stream (``asyncio.wait_for``) leaves no record: a resume makes the call again. Served from the
+    record, the same chunks come back; ``pace=True`` waits out the recorded offsets.
 
     Failures: until the first chunk arrives, a failure (a connection reset, a 500, a malformed chunk)
     follows the call's retry policy, and each attempt opens the stream anew. Once a chunk was handed
@@ -425,6 +481,8 @@ class LLMStream:
         self._pace = pace
         self._iterator: AsyncIterator[StreamChunk] | None = None
         self._response: LLMResponse | None = None
+        if call.record is None:  # made live: recorded whole, however it is left (``finish_open_streams``)
+            engine.extras.open_streams[call.key] = self._drain
 
     @property
     def key(self) -> str:
@@ -445,15 +503,24 @@ class LLMStream:
     async def __aenter__(self) -> LLMStream:
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        if exc[0] is None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is None:
             await self.finish()
+        elif issubclass(exc_type, Exception):  # an error in the block: the call is recorded whole all the same
+            await self._drain()
 
     async def finish(self) -> LLMResponse:
         """Read what is left of the stream and return the assembled response."""
         async for _ in self:
             pass
         return self.response
+
+    async def _drain(self) -> None:
+        """Read what is left, for the record. A failure of the rest is recorded (and served as such), not
+        raised: whoever left the stream is not reading it any more."""
+        with contextlib.suppress(Exception):
+            async for _ in self:
+                pass
 
     async def _chunks(self) -> AsyncIterator[StreamChunk]:
         if self._call.record is not None:
@@ -464,18 +531,28 @@ class LLMStream:
             yield chunk
 
     async def _replayed(self) -> AsyncIterator[StreamChunk]:
+        """The recorded chunks, as they came (paced, if asked); then the recorded failure, or the response
+        (parsed after the chunks, as live: an answer that does not parse fails at the same point)."""
         rec = self._call.record
         assert rec is not None
         await yield_to_siblings()
-        response = _served(self._call)  # raises the recorded failure
         output = json.loads(rec.output or "{}")
+        failed = rec.status == "failed"
+        if "chunks" in output or failed:  # a failure keeps the chunks handed out before it
+            raws, offsets = output.get("chunks", []), output.get("offsets", [])
+        else:  # recorded without chunks (a fork's override, say): the response, as a stream would give it
+            raws = _chunks_of(output["response"])
+            offsets = [0.0] * len(raws)
         previous = 0.0
-        for index, (raw, offset) in enumerate(zip(output.get("chunks", []), output.get("offsets", []), strict=True)):
+        for index, (raw, offset) in enumerate(zip(raws, offsets, strict=True)):
             if self._pace and offset > previous:
                 await self._engine.clock.sleep(offset - previous)
             previous = offset
             yield StreamChunk.from_raw(index, raw, offset)
-        self._response = response
+        if failed:
+            _served(self._call)  # raises the recorded failure
+        response = LLMResponse.from_raw(output["response"], rec.cost, replayed=True)
+        self._response = _parse(self._call, response)
 
     async def _live(self) -> AsyncIterator[StreamChunk]:
         try:
@@ -483,6 +560,7 @@ class LLMStream:
                 yield chunk
         finally:
             release_budget(self._engine, self._call.key)  # recorded, failed, or left unread
+            self._engine.extras.open_streams.pop(self._call.key, None)
 
     async def _streamed(self) -> AsyncIterator[StreamChunk]:
         engine, call = self._engine, self._call
@@ -505,8 +583,9 @@ class LLMStream:
             async for chunk in opened.chunks:
                 yield keep(chunk, time.monotonic())
         except Exception as exc:
-            error = explain_provider_error(exc)
-            raise _failed(engine, call, started, error, attempts) from error
+            error = explain_provider_error(exc, call.secrets)
+            handed_out = _json({"chunks": raws, "offsets": offsets})  # served before the failure, as live
+            raise _failed(engine, call, started, error, attempts, handed_out) from error
         built = import_litellm().stream_chunk_builder(live, messages=call.messages)
         raw_response = _dump(built)
         response = LLMResponse.from_raw(raw_response, _cost(built), replayed=False)

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._secrets import redact
+from ._secrets import ambient_secrets, redact
 
 if TYPE_CHECKING:
     from ._store import RunRecord, StepRecord, Store
@@ -92,14 +92,15 @@ class ErrorInfo:
 
     @classmethod
     def of(cls, exc: BaseException) -> ErrorInfo:
-        """What is recorded for ``exc``, with the values ``keep_secrets_out`` gave any exception of its chain
-        (a provider error that echoed the API key) replaced by ``[secret]``."""
+        """What is recorded for ``exc``, with ``[secret]`` for the values ``keep_secrets_out`` gave any
+        exception of its chain (a provider error that echoed the API key) and for the environment's and
+        litellm's keys (``ambient_secrets``: a tool or a step that failed saying ``OPENAI_API_KEY``'s value)."""
         info = cls(
             type=type(exc).__qualname__,
             message=str(exc),
             traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
         )
-        secrets = _chained_secrets(exc)
+        secrets = _secrets_of(exc)
         if not secrets:
             return info
         return cls(info.type, redact(info.message, secrets), redact(info.traceback, secrets))
@@ -119,6 +120,16 @@ def keep_secrets_out(exc: BaseException, values: list[str]) -> None:
     in the traceback of an error chained to it (the ``StepFailed`` raised from it, a run's error)."""
     if values:
         setattr(exc, _SECRETS_ATTRIBUTE, [*getattr(exc, _SECRETS_ATTRIBUTE, ()), *values])
+
+
+def redact_error(exc: BaseException, text: str) -> str:
+    """``text``, made of ``exc`` (its message for a ``StepFailed``, a tool's error result), with ``[secret]``
+    for the values ``ErrorInfo.of`` replaces in its record."""
+    return redact(text, _secrets_of(exc))
+
+
+def _secrets_of(exc: BaseException) -> list[str]:
+    return [*_chained_secrets(exc), *ambient_secrets()]
 
 
 def _chained_secrets(exc: BaseException) -> list[str]:

@@ -13,11 +13,13 @@ import inspect
 import json
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, TypeVar, overload
 
+from ._codec import escape_surrogates
+from ._secrets import is_secret_name
 from .errors import ConfigurationError
 
 __all__ = ["IdempotencyKey", "Tool", "ToolArgumentsError", "ToolResult", "tool"]
@@ -105,12 +107,19 @@ class Tool:
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.fn)
 
-    @cached_property
+    @property
     def _arguments_model(self) -> Any:
-        from pydantic import ConfigDict, create_model
+        return self._arguments[0]
+
+    @cached_property
+    def _arguments(self) -> tuple[Any, dict[str, str]]:
+        """The pydantic model of the arguments, and the parameter each of its fields stands for."""
+        from pydantic import BaseModel, ConfigDict, Field, create_model
 
         hints = _hints(self)
+        names = set(inspect.signature(self.fn).parameters)
         fields: dict[str, Any] = {}
+        parameters: dict[str, str] = {}
         for pname, param in inspect.signature(self.fn).parameters.items():
             if pname == self.key_parameter:
                 continue
@@ -129,16 +138,39 @@ class Tool:
                     )
                 continue
             default = ... if param.default is inspect.Parameter.empty else param.default
-            fields[pname] = (hints.get(pname, Any), default)
-        config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-        return create_model(f"{self.name}_arguments", __config__=config, **fields)
+            field_name = pname
+            if pname.startswith("model_") or hasattr(BaseModel, pname):
+                # pydantic's own names ("model_config", "model_dump", "json", "copy"): the field gets another
+                # name and the parameter's name as its alias, which the schema and the validation use.
+                while field_name in names or field_name.startswith("model_") or hasattr(BaseModel, field_name):
+                    field_name = f"arg_{field_name}"
+                default = Field(default, alias=pname)
+            fields[field_name] = (hints.get(pname, Any), default)
+            parameters[field_name] = pname
+        config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, protected_namespaces=())
+        return create_model(f"{self.name}_arguments", __config__=config, **fields), parameters
 
     @cached_property
     def parameters(self) -> dict[str, Any]:
-        """The JSON schema of the arguments."""
+        """The JSON schema of the arguments a model gives.
+
+        Secret parameters (named like a secret, ``api_key``, or marked with ``@tool(secret=[...])``) are
+        left out: the caller or their default gives them, and a default API key must not reach the model
+        provider nor the record of the call.
+        """
         schema: dict[str, Any] = self._arguments_model.model_json_schema()
         schema.pop("title", None)
-        for prop in schema.get("properties", {}).values():
+        properties: dict[str, Any] = schema.get("properties", {})
+        hidden = [name for name in properties if is_secret_name(name, self.secret, names="tool")]
+        for name in hidden:
+            del properties[name]
+        if hidden and "required" in schema:
+            schema["required"] = [name for name in schema["required"] if name not in hidden]
+            if not schema["required"]:
+                del schema["required"]
+        if hidden and "$defs" in schema:
+            _drop_unused_definitions(schema)
+        for prop in properties.values():
             prop.pop("title", None)  # the property's own name says it; titles only cost the model tokens
         return schema
 
@@ -153,6 +185,12 @@ class Tool:
         """The arguments converted to the declared types; ``ToolArgumentsError`` naming each problem."""
         from pydantic import ValidationError
 
+        halves = _lone_surrogates(arguments, "")
+        if halves:
+            raise ToolArgumentsError(
+                f"invalid arguments for tool {self.name!r}: {'; '.join(halves)}: holds half of a character (a "
+                "lone UTF-16 surrogate), which is not text; send the call again with whole characters"
+            )
         try:
             model = self._arguments_model.model_validate(arguments)
         except ValidationError as exc:
@@ -160,7 +198,8 @@ class Tool:
                 f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}" for err in exc.errors()
             )
             raise ToolArgumentsError(f"invalid arguments for tool {self.name!r}: {problems}") from None
-        return {name: getattr(model, name) for name in type(model).model_fields}
+        parameters = self._arguments[1]
+        return {parameters[name]: getattr(model, name) for name in type(model).model_fields}
 
 
 @overload
@@ -226,6 +265,51 @@ def _hints(t: Tool) -> dict[str, Any]:
             "types they name at module level (not only under TYPE_CHECKING), so that its schema and its "
             "IdempotencyKey parameter can be found"
         ) from exc
+
+
+def _lone_surrogates(value: Any, where: str) -> list[str]:
+    """The places in ``value`` that hold a lone surrogate ("\\ud83d": half an emoji, as a model cut at a
+    token boundary can write it). Such a string has no UTF-8 form: it can be neither fingerprinted nor
+    recorded, nor written to a file or a socket. The places are shown with their surrogates escaped."""
+    if isinstance(value, str):
+        return [where or "arguments"] if not _is_utf8(value) else []
+    found: list[str] = []
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            shown = escape_surrogates(name) if isinstance(name, str) else repr(name)
+            inner = f"{where}.{shown}" if where else shown
+            if isinstance(name, str) and not _is_utf8(name):
+                found.append(f"the name {inner}")
+            found += _lone_surrogates(item, inner)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found += _lone_surrogates(item, f"{where}.{index}" if where else str(index))
+    return found
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _drop_unused_definitions(schema: dict[str, Any]) -> None:
+    """Remove the ``$defs`` that only the removed (secret) properties referred to."""
+    definitions: dict[str, Any] = schema["$defs"]
+    used: set[str] = set()
+    pending = [json.dumps({k: v for k, v in schema.items() if k != "$defs"})]
+    while pending:
+        text = pending.pop()
+        for name, definition in definitions.items():
+            if name not in used and f'"#/$defs/{name}"' in text:
+                used.add(name)
+                pending.append(json.dumps(definition))
+    for name in [n for n in definitions if n not in used]:
+        del definitions[name]
+    if not definitions:
+        del schema["$defs"]
 
 
 def _is_key_type(hint: Any) -> bool:

@@ -526,20 +526,21 @@ def test_a_call_that_was_never_made_leaves_no_gap_in_the_stored_conversation(app
     @app.workflow()
     async def chat(ctx: Context) -> list[str]:
         messages: list[dict[str, Any]] = [user("first question")]
-        ctx.llm_stream(model=MODEL, messages=messages, api_key=KEY)  # prepared, never read: not recorded
+        ctx.llm_stream(model=MODEL, messages=messages, api_key=KEY)  # prepared, not read: made at the run's end
         messages.append(user("second question"))
         answer = await ctx.llm(model=MODEL, messages=messages, api_key=KEY)
         return [answer.text or ""]
 
     with FakeProvider() as fake:
-        fake.script(reply("answer"))
+        fake.script(reply("answer"), reply("late"))
         run = app.run(chat, run_id="c")
 
     assert run.output == ["answer"]
     from agentflow._store._sql import SQLStore
 
     assert isinstance(app._store, SQLStore)
-    (step,) = app._store.load_steps("c")
+    step, unread = app._store.load_steps("c")  # the second call was recorded first
+    assert (step.key, unread.key) == ("llm#1", "llm#0")
     head = json.loads(step.request or "{}")["messages"]
     rebuilt = read_messages(head, app._store.get_blobs)  # every node on the chain was stored
     assert rebuilt == [user("first question"), user("second question")]

@@ -67,6 +67,69 @@ def test_the_budget_error_of_a_concurrent_call_names_what_the_calls_in_flight_ho
     assert "calls in flight hold 9 more" in run.error.message and "the call was not made" in run.error.message
 
 
+def test_a_run_stopped_by_its_budget_replays_to_the_same_refusal(app: AgentFlow) -> None:
+    @app.workflow(name="fan_out", budget=Budget(max_tokens=30))
+    async def fan_out(ctx: Context) -> list[str]:
+        calls = [ctx.llm(model=MODEL, messages=HELLO, api_key=KEY) for _ in range(4)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        await ctx.llm(model=MODEL, messages=HELLO, api_key=KEY)  # refused: the run fails with it
+        return [type(r).__name__ if isinstance(r, BaseException) else str(r.text) for r in results]
+
+    with FakeProvider() as fake:
+        fake.default = reply("ok", usage=(9, 1))
+        run = app.run(fan_out, run_id="fan-out")
+        assert fake.call_count == 3
+    assert run.status == RunStatus.FAILED and run.error is not None and run.error.type == "BudgetExceeded"
+    refused = [s for s in run.steps if s.status == "failed"]
+    assert [s.key for s in refused] == ["llm#3", "llm#4"] and {s.attempt for s in refused} == {0}
+
+    with FakeProvider() as fake:  # offline: the refusals are served as they were made
+        replayed = app.replay("fan-out")
+        assert fake.call_count == 0
+    assert replayed.matched and replayed.status == RunStatus.FAILED
+
+
+def test_a_live_replay_counts_what_its_own_run_used_against_the_budget(app: AgentFlow) -> None:
+    second = {"ask": "B"}
+
+    @app.workflow(name="two", budget=Budget(max_tokens=25))
+    async def two(ctx: Context) -> list[str | None]:
+        a = await ctx.llm(model=MODEL, messages=HELLO, api_key=KEY)
+        b = await ctx.llm(model=MODEL, messages=[{"role": "user", "content": second["ask"]}], api_key=KEY)
+        return [a.text, b.text]
+
+    with FakeProvider() as fake:
+        fake.default = reply("ok", usage=(9, 1))
+        assert app.run(two, run_id="src").usage.total_tokens == 20
+        second["ask"] = "C, changed"  # llm#1 diverges: the rest runs live in a new run
+        replayed = app.replay("src", mode="live")
+    assert replayed.live_run_id is not None
+    live = app.get_run(replayed.live_run_id)
+    # It kept llm#0 (10 tokens) and made llm#1 anew (10): 20 of 25, not the source's 20 plus those.
+    assert live.status == RunStatus.COMPLETED and live.usage.total_tokens == 20
+
+
+def test_a_cost_budget_refuses_a_model_without_a_price_unless_the_call_gives_its_price(app: AgentFlow) -> None:
+    unpriced = "openai/our-own-finetune"  # not in litellm's cost map
+
+    @app.workflow(name="priced", budget=Budget(max_cost=0.001))
+    async def priced(ctx: Context, given: bool) -> list[str | None]:
+        prices = {"input_cost_per_token": 0.00002, "output_cost_per_token": 0.00004} if given else {}
+        return [(await ctx.llm(model=unpriced, messages=HELLO, api_key=KEY, **prices)).text for _ in range(5)]
+
+    with FakeProvider() as fake:
+        fake.default = reply("ok", usage=(9, 1))
+        refused = app.run(priced, False, run_id="unpriced")
+        assert fake.call_count == 0  # what it would cost cannot be known: not made, rather than not counted
+        assert refused.error is not None and refused.error.type == "BudgetExceeded"
+        assert "no price for model 'openai/our-own-finetune'" in refused.error.message
+        assert "input_cost_per_token" in refused.error.message
+        given = app.run(priced, True, run_id="given")
+    # 9 x 0.00002 + 1 x 0.00004 = 0.00022 a call: four fit in 0.001, the fifth is refused
+    assert fake.call_count == 4 and given.error is not None and given.error.type == "BudgetExceeded"
+    assert given.cost == pytest.approx(4 * 0.00022)
+
+
 def test_a_failed_call_lets_go_of_the_budget_it_held(app: AgentFlow) -> None:
     # Budget 10: a call of 9 prompt tokens fits once. Were the failed call's 9 still held, the second
     # (9 more) would not.

@@ -13,12 +13,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
+import litellm
 import pytest
 from secret_scan import scan, traces
 
-from agentflow import AgentFlow, Budget, ConfigurationError, Context, RetryPolicy, RunStatus, StepFailed, tool
-from agentflow._secrets import is_secret_name, split_secrets
-from agentflow.testing import FakeProvider, error, reply
+from agentflow import (
+    AgentFlow,
+    Budget,
+    ConfigurationError,
+    Context,
+    FakeClock,
+    RetryPolicy,
+    RunStatus,
+    StepFailed,
+    tool,
+)
+from agentflow._secrets import is_secret_name, redact_cut, split_secrets
+from agentflow.testing import FakeProvider, error, malformed, reply
 
 MODEL = "gpt-4o-mini"
 COMPLETIONS = "https://api.openai.com/v1/chat/completions"
@@ -153,10 +164,12 @@ def test_a_key_sent_in_a_custom_auth_header_leaves_no_trace_in_the_database(
             ["api_key", "apiKey", "X-Api-Key", "x-goog-api-key", "Ocp-Apim-Subscription-Key", "Authorization",
              "Proxy-Authorization", "X-Authentication", "X-AccessToken", "X-Auth-Token", "accessToken",
              "accesstoken", "clientSecret", "sessionToken", "aws_secret_access_key", "langfuse_secret_key",
-             "private_key", "password", "Cookie", "key", "token", "signature"],
+             "private_key", "password", "Cookie", "key", "token", "signature", "cost_tracker_api_key", "cache_api_key",
+             "cost_token"],
             ["max_tokens", "max_completion_tokens", "prompt_tokens", "top_k", "top_p", "temperature", "X-Session-Id",
              "X-Request-Id", "X-Request-Tag", "session_id", "api_base", "base_url", "api_version", "author",
-             "keywords", "tokenizer", "turkey", "metadata", "user", "seed"],
+             "keywords", "tokenizer", "turkey", "metadata", "user", "seed", "input_cost_per_token",
+             "output_cost_per_token", "cache_read_input_token_cost", "prompt_cache_key", "bos_token", "eos_token"],
         ),
         (
             "tool",
@@ -299,6 +312,85 @@ def test_an_error_that_names_a_url_with_a_secret_query_value_is_recorded_without
     assert scan(db_url, secret) == {}
 
 
+@pytest.mark.parametrize("setting", ["api_key", "openai_key"])
+def test_a_key_set_on_litellm_and_echoed_by_the_provider_is_recorded_with_the_key_replaced(
+    db_url: str, secret: str, setting: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = f"sk-test-{secret}"
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setattr(litellm, setting, key)  # the litellm way: neither a parameter nor the environment
+    app = AgentFlow(db_url)
+
+    @app.workflow(name="configured")
+    async def configured(ctx: Context) -> str | None:
+        answer = await ctx.llm(model=MODEL, messages=[{"role": "user", "content": "hello"}])
+        return answer.text
+
+    try:
+        with FakeProvider() as fake:
+            fake.script(error(401, message=f"Incorrect API key provided: {key}."))
+            run = app.run(configured, run_id="configured-run")
+            sent = fake.router.calls[0].request.headers["authorization"]
+    finally:
+        app.close()
+
+    assert sent == f"Bearer {key}"
+    assert run.status == RunStatus.FAILED
+    assert run.error is not None
+    assert "Incorrect API key provided: [secret]" in run.error.message
+    [step] = run.steps
+    assert step.error is not None
+    assert "Incorrect API key provided: [secret]" in step.error.message
+    assert scan(db_url, secret) == {}
+
+
+# A proxy's page that is no JSON and echoes the key: cut to its first 200 characters in the recorded error.
+_PAGES: dict[str, Callable[[str], str]] = {
+    "across the cut": lambda key: "<html><body>" + "x" * 154 + " bad key: " + key + "</body></html>",
+    "cut short by the proxy": lambda key: "<html><body>bad key: " + key[:24],
+}
+
+
+@pytest.mark.parametrize("page", list(_PAGES))
+def test_a_non_json_answer_that_echoes_the_key_is_recorded_without_any_part_of_it(
+    db_url: str, secret: str, page: str
+) -> None:
+    key = f"sk-test-{secret}"
+    body = _PAGES[page](key)
+    app = AgentFlow(db_url)
+
+    @app.workflow(name="proxied")
+    async def proxied(ctx: Context) -> str | None:
+        messages = [{"role": "user", "content": "hello"}]
+        answer = await ctx.llm(model=MODEL, messages=messages, api_key=key, retry=RetryPolicy(max_attempts=1))
+        return answer.text
+
+    try:
+        with FakeProvider() as fake:
+            fake.script(malformed(body.encode()))
+            run = app.run(proxied, run_id="proxied-run")
+    finally:
+        app.close()
+
+    assert run.status == RunStatus.FAILED
+    [step] = run.steps
+    assert step.error is not None
+    assert "not valid JSON" in step.error.message
+    assert "bad key: [secret]" in step.error.message
+    assert secret[:8] not in step.error.message + step.error.traceback
+    assert run.error is not None
+    assert secret[:8] not in run.error.message + run.error.traceback
+
+
+def test_a_cut_text_keeps_a_replaced_secret_whole_and_ends_in_no_part_of_one() -> None:
+    key = "sk-test-0123456789abcdef"
+    assert redact_cut("x" * 195 + key + " tail", 200, [key]) == "x" * 195 + "[secret]..."
+    assert redact_cut("bad key: " + key[:12], 200, [key]) == "bad key: [secret]"
+    assert redact_cut("a" * 300, 200, [key]) == "a" * 200 + "..."
+    assert redact_cut("the key sk-te", 200, [key]) == "the key [secret]"
+    assert redact_cut("the key sk-", 200, [key]) == "the key sk-"  # too little of a key to tell
+
+
 # -- tool arguments ---------------------------------------------------------------------------------------
 
 
@@ -352,6 +444,72 @@ def test_secret_tool_arguments_reach_the_tool_but_not_the_record_nor_the_fingerp
     assert [s.request["arguments"] for s in run.steps] == [{"door": "front"}, {"door": "front"}, {"door": "back"}]
     assert run.steps[0].fingerprint == run.steps[1].fingerprint
     assert scan(db_url, secret) == {}
+
+
+def test_an_environment_key_echoed_by_a_failing_tool_or_step_is_recorded_and_answered_replaced(
+    db_url: str, secret: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = f"sk-test-{secret}"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    monkeypatch.setenv("POSTGRES_PASSWORD", "postgres")  # too short to be taken for a key
+
+    def call_api(q: str) -> str:
+        """Call an API with the environment's key; it rejects it, saying which one."""
+        raise PermissionError(f"postgres says: 401 Incorrect API key provided: {os.environ['OPENAI_API_KEY']}")
+
+    app = AgentFlow(db_url, clock=clock)
+
+    @app.workflow(name="echoing")
+    async def echoing(ctx: Context) -> list[Any]:
+        result = await ctx.tool(call_api, q="x")
+        messages = [{"role": "user", "content": "call it"}, {"role": "user", "content": str(result.error)}]
+        await ctx.llm(model=MODEL, messages=messages, api_key="sk-fake")  # the tool's answer goes on to the model
+        try:
+            await ctx.step("call_api", call_api, "y")
+        except StepFailed as exc:
+            caught = exc.error_message
+        await ctx.step("call_api", call_api, "z")  # uncaught: the run fails with it
+        return [result.error, caught]
+
+    try:
+        with FakeProvider() as fake:
+            fake.script(reply("ok"))
+            run = app.run(echoing, run_id="echoing-run")
+            sent = fake.router.calls[0].request.content.decode()
+    finally:
+        app.close()
+
+    echo = "postgres says: 401 Incorrect API key provided: [secret]"
+    assert run.status == RunStatus.FAILED
+    assert run.error is not None
+    assert echo in run.error.message
+    assert echo in run.error.traceback
+    tool_step, _, step, _ = run.steps
+    assert tool_step.error is not None and step.error is not None
+    assert [tool_step.error.message, step.error.message] == [echo, echo]
+    assert f"PermissionError: {echo}" in sent
+    assert scan(db_url, secret) == {}
+
+
+def test_custom_prices_and_a_prompt_cache_key_are_recorded_and_tell_calls_apart(app: AgentFlow) -> None:
+    prices = {"input_cost_per_token": 0.0001, "output_cost_per_token": 0.0002}
+
+    @app.workflow(name="priced")
+    async def priced(ctx: Context) -> None:
+        for cache_key in ("conversation-1", "conversation-2"):
+            messages = [{"role": "user", "content": "hello"}]
+            await ctx.llm(model=MODEL, messages=messages, api_key="sk-fake", prompt_cache_key=cache_key, **prices)
+
+    with FakeProvider() as fake:
+        fake.default = reply("hi")
+        run = app.run(priced, run_id="priced-run")
+
+    assert run.status == RunStatus.COMPLETED, run.error
+    assert [s.request["params"] for s in run.steps] == [
+        {**prices, "prompt_cache_key": "conversation-1"},
+        {**prices, "prompt_cache_key": "conversation-2"},
+    ]
+    assert run.steps[0].fingerprint != run.steps[1].fingerprint
 
 
 def test_a_tool_marking_a_secret_it_does_not_have_is_a_configuration_error() -> None:
@@ -456,7 +614,7 @@ def test_a_call_that_would_pass_the_token_budget_is_not_made_and_the_run_fails(a
     assert "the call was not made" in run.error.message
     assert "llm#1" in run.error.message
     assert fake.call_count == 1
-    assert [s.key for s in run.steps] == ["llm#0"]
+    assert [(s.key, s.status, s.attempt) for s in run.steps] == [("llm#0", "completed", 1), ("llm#1", "failed", 0)]
     assert (run.usage.prompt_tokens, run.usage.completion_tokens) == (10, 5)
 
 
@@ -475,4 +633,4 @@ def test_a_cost_budget_smaller_than_the_first_call_stops_it_before_the_provider_
     assert run.error.type == "BudgetExceeded"
     assert "the call was not made" in run.error.message
     assert fake.call_count == 0
-    assert run.steps == []
+    assert [(s.key, s.status, s.attempt) for s in run.steps] == [("llm#0", "failed", 0)]  # refused, not made

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import BaseModel
 
 from agentflow import (
     AgentFlow,
@@ -20,6 +21,7 @@ from agentflow import (
     RetryPolicy,
     RunStatus,
     StepFailed,
+    StructuredOutputError,
     SyncContext,
     SyncLLMStream,
     Usage,
@@ -178,6 +180,90 @@ def test_a_sync_stream_left_early_is_recorded_whole_and_later_keys_stay_in_place
     assert replayed.matched and replayed.output == run.output
 
 
+def test_an_async_stream_left_early_or_never_read_is_recorded_whole_before_the_run_waits(app: AgentFlow) -> None:
+    # A loop left with ``break``, an error inside ``async with``, a stream never iterated: each call was made
+    # (or asked for), so each is recorded whole, before the run waits; the resume and a replay serve them.
+    @app.workflow()
+    async def reader(ctx: Context) -> list[Any]:
+        broken = await ctx.llm(model=MODEL, messages=[user("one")], api_key=KEY, stream=True)
+        async for chunk in broken:
+            if chunk.text:
+                first = chunk.text
+                break  # left after the first word, no ``async with``
+        failed_in_block = None
+        try:
+            async with ctx.llm_stream(model=MODEL, messages=[user("two")], api_key=KEY) as erred:
+                async for chunk in erred:
+                    if chunk.text:
+                        raise ValueError(chunk.text)
+        except ValueError as exc:
+            failed_in_block = str(exc)
+        ctx.llm_stream(model=MODEL, messages=[user("three")], api_key=KEY)  # never read
+        await ctx.sleep("nap", 60)
+        last = await ctx.llm(model=MODEL, messages=[user("four")], api_key=KEY)
+        return [first, failed_in_block, last.text]
+
+    with FakeProvider() as fake:
+        fake.script(stream(["a ", "b ", "c"]), stream(["d ", "e"]), stream(["f"]), reply("g"))
+        run = app.run(reader, run_id="r")
+        assert run.status == RunStatus.WAITING and fake.call_count == 3
+        recorded = {s.key: s for s in run.steps}
+        assert {k: recorded[k].status for k in ("llm#0", "llm#1", "llm#2")} == dict.fromkeys(
+            ("llm#0", "llm#1", "llm#2"), "completed"
+        )
+        assert [recorded[f"llm#{n}"].output["response"]["choices"][0]["message"]["content"] for n in range(3)] == [
+            "a b c", "d e", "f"
+        ]  # fmt: skip
+        app._clock.advance(60)  # type: ignore[attr-defined]
+        [woken] = app.wake_due()
+        assert fake.call_count == 4  # the streams were served on resume, not made again
+    assert woken.output == ["a ", "d ", "g"]
+
+    with FakeProvider() as fake:  # nothing scripted: every call must be served from the record
+        replayed = app.replay("r")
+        assert fake.call_count == 0
+    assert replayed.matched and replayed.output == woken.output
+
+
+def test_a_streamed_call_given_another_answer_at_a_fork_streams_that_answer(app: AgentFlow) -> None:
+    @app.workflow()
+    async def reader(ctx: Context) -> list[str]:
+        async with ctx.llm_stream(model=MODEL, messages=[user("hi")], api_key=KEY) as s:
+            streamed = "".join([c.text or "" async for c in s])
+        return [streamed, s.response.text or ""]
+
+    with FakeProvider() as fake:
+        fake.script(stream(["Hel", "lo"]))
+        assert app.run(reader, run_id="r").output == ["Hello", "Hello"]
+        forked = app.fork("r", at="llm#0", override="Goodbye")  # recorded without chunks: streamed from it
+        assert fake.call_count == 1
+    assert forked.status == RunStatus.COMPLETED and forked.output == ["Goodbye", "Goodbye"]
+
+
+def test_a_structured_stream_that_does_not_parse_fails_after_its_chunks_when_served_too(app: AgentFlow) -> None:
+    class Invoice(BaseModel):
+        total: float
+
+    @app.workflow()
+    async def reader(ctx: Context) -> dict[str, Any]:
+        got: list[str] = []
+        try:
+            async with ctx.llm_stream(model=MODEL, messages=[user("?")], api_key=KEY, response_format=Invoice) as s:
+                async for chunk in s:
+                    got.append(chunk.text or "")
+        except StructuredOutputError:
+            return {"fallback": "".join(got)}  # keeps what streamed: the same chunks must come when served
+        return {"total": s.response.parsed.total}
+
+    with FakeProvider() as fake:
+        fake.script(stream(["sorry, ", "no invoice"]))
+        run = app.run(reader, run_id="r")
+        replayed = app.replay("r")
+        assert fake.call_count == 1
+    assert run.output == {"fallback": "sorry, no invoice"}
+    assert replayed.matched and replayed.output == run.output
+
+
 # -- failures before the first chunk ------------------------------------------------------------------------
 
 
@@ -210,16 +296,22 @@ def test_a_stream_failing_after_a_chunk_was_handed_out_fails_for_good(app: Agent
                 async for c in s:
                     got.append(c.text)
         except StepFailed as exc:
-            return [exc.key, exc.attempts]
+            return [exc.key, exc.attempts, "".join(t or "" for t in got)]  # what streamed before it failed
         return ["answered"]
 
     with FakeProvider() as fake:
         seen = answer_with(fake, streamed(ResetAfter(sse(event("Hel")))), streamed(sse(event("never"))))
-        run = app.run(reader)
+        run = app.run(reader, run_id="r")
 
-    assert run.output == ["llm#0", 1]
+    assert run.output == ["llm#0", 1, "Hel"]
     assert got == ["Hel"] and len(seen) == 1 and clock.sleeps == []
     assert run.steps[0].status == "failed"
+
+    got.clear()  # served: the same chunks, then the same failure
+    with FakeProvider() as fake:
+        replayed = app.replay("r")
+        assert fake.call_count == 0
+    assert replayed.matched and replayed.output == run.output and got == ["Hel"]
 
 
 # -- usage --------------------------------------------------------------------------------------------------

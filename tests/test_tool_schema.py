@@ -23,6 +23,7 @@ from agentflow import (
     RetryPolicy,
     RunStatus,
     Tool,
+    ToolArgumentsError,
     tool,
 )
 from agentflow.testing import FakeProvider, reply, tool_call
@@ -327,3 +328,119 @@ def test_an_underscore_parameter_needs_a_default_and_is_then_left_out_of_the_sch
     assert run.status == RunStatus.COMPLETED, run.error
     assert run.output[0] == [True, "A-1 (cache 8)"]
     assert run.output[1][0] is False and "_cache_size" in run.output[1][1]
+
+
+# -- parameters named like pydantic's own members -----------------------------------------------------
+
+
+@tool
+def deploy(model_config: str, model_dump: bool = False, json: str = "{}") -> str:
+    """Deploy a model with the named config."""
+    return f"{model_config} dump={model_dump} json={json}"
+
+
+def test_parameters_named_like_pydantic_members_reach_the_schema_and_the_call(app: AgentFlow) -> None:
+    assert deploy.parameters["properties"] == {
+        "model_config": {"type": "string"},
+        "model_dump": {"type": "boolean", "default": False},
+        "json": {"type": "string", "default": "{}"},
+    }
+    assert deploy.parameters["required"] == ["model_config"]
+    assert deploy.validate({"model_config": "prod"}) == {"model_config": "prod", "model_dump": False, "json": "{}"}
+    with pytest.raises(ToolArgumentsError, match="model_config: Field required"):
+        deploy.validate({})
+    with pytest.raises(ToolArgumentsError, match="Extra inputs"):
+        deploy.validate({"model_config": "prod", "arg_model_config": "other"})  # the field's own name is not one
+
+    @app.workflow()
+    async def ship(ctx: Context) -> Any:
+        return (await ctx.tool(deploy, {"model_config": "prod", "model_dump": True})).value
+
+    run = app.run(ship)
+    assert (run.status, run.output) == (RunStatus.COMPLETED, "prod dump=True json={}")
+
+
+# -- secret parameters --------------------------------------------------------------------------------
+
+
+class Credentials(BaseModel):
+    user: str
+    pin: int
+
+
+class Region(BaseModel):
+    name: str
+
+
+@tool(secret=["signing"])
+def web_search(
+    query: str,
+    region: Region | None = None,
+    api_key: str = "sk-default-search-key",
+    signing: Credentials | None = None,
+    session_token: str | None = None,
+) -> str:
+    """Search the web."""
+    return f"{query} with {api_key[:6]} signed={signing is not None}"
+
+
+def test_secret_parameters_and_their_defaults_are_left_out_of_the_schema_given_to_the_model(app: AgentFlow) -> None:
+    schema = web_search.schema()["function"]["parameters"]
+    assert set(schema["properties"]) == {"query", "region"}  # not api_key, session_token nor the marked one
+    assert schema["required"] == ["query"]
+    assert set(schema["$defs"]) == {"Region"}  # the secret parameter's type went with it
+    assert "sk-default-search-key" not in str(schema)
+
+    @app.workflow()
+    async def search(ctx: Context) -> list[Any]:
+        reply_ = await ctx.llm(model=MODEL, messages=[{"role": "user", "content": "hi"}], tools=[web_search], **PARAMS)
+        given = await ctx.tool(web_search, query="q", api_key="sk-callers-own-key")  # the caller still gives it
+        default = await ctx.tool(web_search, query="q")
+        return [reply_.text, given.value, default.value]
+
+    with FakeProvider() as fake:
+        fake.default = reply("ok")
+        run = app.run(search)
+    assert run.status == RunStatus.COMPLETED, run.error
+    assert run.output == ["ok", "q with sk-cal signed=False", "q with sk-def signed=False"]
+    assert "sk-default-search-key" not in str(fake.calls[0]["tools"])
+
+
+# -- text that is not text ----------------------------------------------------------------------------
+
+
+@tool
+def note(text: str, tags: dict[str, str] | None = None) -> str:
+    """Take a note."""
+    return f"noted {text}"
+
+
+def test_a_lone_surrogate_in_a_model_s_arguments_is_an_error_the_model_reads_and_the_run_goes_on(
+    app: AgentFlow,
+) -> None:
+    agent = Agent(name="notes", model=MODEL, tools=[note], params=PARAMS)
+    with FakeProvider() as fake:
+        # Valid JSON, as a model cut at a token boundary writes half an emoji: "\ud83d" alone.
+        fake.script(tool_call("note", '{"text": "done \\ud83d"}', id="c1"), reply("sorry"))
+        run = app.run(agent, "note it", run_id="r")
+    assert run.status == RunStatus.COMPLETED, run.error
+    (message,) = [m["content"] for m in run.output.messages if m["role"] == "tool"]
+    assert message.startswith("error: invalid arguments for tool 'note': text: holds half of a character")
+    assert "\\ud83d" in fake.calls[1]["messages"][1]["tool_calls"][0]["function"]["arguments"]  # as it came
+    assert app.replay("r").status == RunStatus.COMPLETED  # the same request, fingerprinted the same way
+
+    @app.workflow()
+    async def direct(ctx: Context) -> list[Any]:
+        results = [
+            await ctx.tool(note, {"text": "ok", "tags": {"mood\udce9": "x"}}),
+            await ctx.tool(note, {"text": "ok", "tags": {"mood": "\ud83d"}}),
+            await ctx.tool(note, {"text": "fine"}),
+        ]
+        return [r.ok if r.ok else r.error for r in results]
+
+    hand = app.run(direct)
+    assert hand.status == RunStatus.COMPLETED, hand.error
+    assert hand.output[0].endswith("the name tags.mood\\udce9: holds half of a character (a lone UTF-16 surrogate), "
+                                   "which is not text; send the call again with whole characters")  # fmt: skip
+    assert "tags.mood: holds half of a character" in hand.output[1]
+    assert hand.output[2] is True

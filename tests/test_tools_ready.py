@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -165,6 +166,18 @@ def test_calculator_refuses_overlong_and_deeply_nested_expressions() -> None:
         calculator(expression="1+" * 500 + "1")
     with pytest.raises(CalculatorError, match="nested more than 100 levels"):
         calculator(expression="-" * 150 + "1")
+
+
+def test_calculator_adds_a_flat_chain_of_hundreds_of_terms_yet_refuses_real_nesting_and_huge_powers() -> None:
+    prices = [f"{i % 10}.5" for i in range(140)]  # a model adding up 140 line items: flat, not nested
+    assert calculator(expression=" + ".join(prices)) == pytest.approx(sum(float(p) for p in prices))
+    assert calculator(expression="-".join(["1"] * 300)) == -298  # left to right, as written
+    assert calculator(expression="2 * 3 + 4 * 5 - 6 / 3 + 2 ** 3 ** 2") == 24 + 512
+    with pytest.raises(CalculatorError, match="nested more than 100 levels"):
+        calculator(expression="1+(" * 120 + "1" + ")" * 120)
+    for huge in ("9**9**9", "1 + " * 100 + "9**9**9", "9**9**9 + 1" + " + 1" * 100):
+        with pytest.raises(CalculatorError, match="more than 1000 digits"):
+            calculator(expression=huge)
 
 
 def test_calculator_schema_asks_for_an_expression_and_validate_rejects_anything_else() -> None:
@@ -459,6 +472,73 @@ def test_http_get_operator_headers_win_over_the_headers_the_model_asks_for() -> 
     assert seen[0].headers["accept"] == "application/json"
 
 
+@pytest.mark.parametrize(
+    ("headers", "refusal"),
+    [
+        ({"X-Trace": "a\r\nInjected: 1"}, r"'X-Trace' cannot be sent: its value holds a line break"),
+        ({"X-Trace": "a\x00b"}, r"'X-Trace' cannot be sent: its value holds a line break or another control"),
+        ({"Bad Name": "v"}, r"'Bad Name' cannot be sent: a header name is letters, digits"),
+        ({"X-Name:": "v"}, r"'X-Name:' cannot be sent"),
+        ({"": "v"}, r"'' cannot be sent"),
+        ({"X-Caf\u00e9": "v"}, r"must be ASCII"),
+        ({"Content-Length": "5"}, r"'Content-Length' is not for the caller to set"),
+        ({"transfer-encoding": "chunked"}, r"'transfer-encoding' is not for the caller to set"),
+        ({"Host": "internal.example"}, r"'Host' is not for the caller to set"),
+    ],
+)
+def test_http_get_refuses_headers_from_the_model_it_cannot_or_must_not_send_before_any_request(
+    headers: dict[str, str], refusal: str
+) -> None:
+    transport, seen = recording(lambda r: httpx.Response(200, headers={"content-type": "text/plain"}, text="ok"))
+    with pytest.raises(HttpGetRefused, match=refusal):  # a refusal: a retry would send the same headers
+        fetch(make_http_get(transport=transport), url="https://example.com/", headers=headers)
+    assert seen == []
+
+
+def test_http_get_leaves_out_hop_by_hop_headers_from_the_model_and_trims_values() -> None:
+    transport, seen = recording(lambda r: httpx.Response(200, headers={"content-type": "text/plain"}, text="ok"))
+    model_headers = {"Connection": "close, X-Drop", "Upgrade": "websocket", "TE": "trailers", "Accept": " text/plain "}
+    fetch(make_http_get(transport=transport), url="https://example.com/", headers=model_headers)
+    sent = seen[0].headers
+    assert (sent["accept"], sent["connection"]) == ("text/plain", "keep-alive")  # httpx's own Connection
+    assert "upgrade" not in sent and "te" not in sent
+
+
+def test_make_http_get_refuses_fixed_headers_that_cannot_be_sent() -> None:
+    with pytest.raises(ConfigurationError, match=r"the header 'X-Api-Key' cannot be sent: its value holds a line"):
+        make_http_get(headers={"X-Api-Key": "sk-1\n"})
+
+
+def test_http_get_refuses_a_redirect_from_https_to_http_when_it_sends_headers_of_its_own() -> None:
+    def site(request: httpx.Request) -> httpx.Response:
+        if request.url.scheme == "https":
+            return httpx.Response(302, headers={"location": "http://api.example.com/plain"})
+        return httpx.Response(200, headers={"content-type": "text/plain"}, text="in clear")
+
+    transport, seen = recording(site)
+    keyed = make_http_get(transport=transport, allowed_hosts={"api.example.com"}, headers={"X-Api-Key": "sk-secret"})
+    with pytest.raises(HttpGetRefused, match=r"from https:// to plain http://, which would send the tool's headers"):
+        fetch(keyed, url="https://api.example.com/start")
+    assert [str(r.url) for r in seen] == ["https://api.example.com/start"]  # the key never went in clear text
+
+    seen.clear()  # without headers of its own there is nothing to protect: the redirect is followed
+    plain = fetch(make_http_get(transport=transport), url="https://api.example.com/start")
+    assert (plain.url, plain.text) == ("http://api.example.com/plain", "in clear")
+
+
+@pytest.mark.parametrize(
+    "charset", ["zlib", "bz2", "base64", "rot13", "hex", "uu", "quopri", "idna", "undefined", "utf-16", "no-such"]
+)
+def test_http_get_decodes_as_utf8_when_the_charset_is_no_text_encoding_or_cannot_decode_the_body(
+    charset: str,
+) -> None:
+    body = zlib.compress("héllo ".encode() * 1000) if charset == "zlib" else "héllo wörld".encode()
+    headers = {"content-type": f"text/plain; charset={charset}"}
+    transport, _ = recording(lambda r: httpx.Response(200, headers=headers, content=body))
+    result = fetch(make_http_get(transport=transport), url="https://example.com/")
+    assert result.text == body.decode("utf-8", errors="replace")  # not inflated, not transformed
+
+
 def test_http_get_does_not_close_the_transport_it_was_given() -> None:
     class Tracked(httpx.MockTransport):
         closed = False
@@ -626,6 +706,62 @@ def test_list_files_refuses_a_listing_over_max_entries(sandbox: FileSandbox) -> 
         sandbox.write_file(path=f"many/{n}.txt", content=".")
     with pytest.raises(FileSandboxError, match="more than 5 files; list a subfolder"):
         sandbox.list_files()
+
+
+def test_a_lone_surrogate_in_a_path_or_a_content_is_a_sandbox_error(sandbox: FileSandbox) -> None:
+    # Half an emoji ("\ud83d"), as a model cut at a token boundary writes it: no file name nor UTF-8 text.
+    for call in (
+        lambda: sandbox.read_file(path="notes\ud83d.txt"),
+        lambda: sandbox.write_file(path="notes\ud83d.txt", content="x"),
+        lambda: sandbox.list_files(folder="\ud83d"),
+    ):
+        with pytest.raises(FileSandboxError, match=r"the path '.*\\ud83d.*' holds half of a character"):
+            call()
+    with pytest.raises(FileSandboxError, match="the content holds half of a character"):
+        sandbox.write_file(path="notes.txt", content="done \ud83d")
+    assert list(sandbox.root.iterdir()) == []
+
+
+def test_a_file_name_too_long_is_a_sandbox_error_that_does_not_show_where_the_sandbox_is(
+    sandbox: FileSandbox, app: AgentFlow
+) -> None:
+    name = "x" * 300  # longer than a file name may be (255 bytes on most file systems)
+    for call, verb in (
+        (lambda: sandbox.write_file(path=name, content="hi"), "write"),
+        (lambda: sandbox.read_file(path=name), "read"),
+        (lambda: sandbox.list_files(folder=name), "list"),
+    ):
+        with pytest.raises(FileSandboxError, match=f"cannot {verb} '{name}': File name too long") as caught:
+            call()
+        assert str(sandbox.root) not in str(caught.value)
+
+    @app.workflow()
+    async def write(ctx: Context) -> list[Any]:
+        result = await ctx.tool(sandbox.write_file, path=name, content="hi", retry=RetryPolicy(max_attempts=3, delay=0))
+        return [result.ok, result.error]
+
+    run = app.run(write)
+    assert run.status == "completed", run.error
+    assert run.output[0] is False and run.output[1].startswith("FileSandboxError: cannot write")
+    assert [s.attempt for s in app.get_run(run.id).steps] == [1]  # a refusal, not retried
+
+
+def test_list_files_shows_a_name_that_is_not_utf8_with_replacement_characters(
+    sandbox: FileSandbox, app: AgentFlow
+) -> None:
+    sandbox.write_file(path="notes.txt", content="hi")
+    try:  # a name left by an archive made with Latin-1 names
+        (sandbox.root / os.fsdecode(b"caf\xe9.txt")).write_text("menu")
+    except (OSError, UnicodeEncodeError):
+        pytest.skip("this file system takes UTF-8 names only")
+    assert sandbox.list_files() == ["caf\ufffd.txt", "notes.txt"]
+
+    @app.workflow()
+    async def listing(ctx: Context) -> Any:
+        return (await ctx.tool(sandbox.list_files, {})).value
+
+    run = app.run(listing)
+    assert (run.status, run.output) == ("completed", ["caf\ufffd.txt", "notes.txt"])  # storable, unlike "\udce9"
 
 
 def test_file_tool_schemas_describe_their_arguments_and_validate_rejects_bad_ones(sandbox: FileSandbox) -> None:
@@ -804,8 +940,11 @@ def test_http_get_a_damaged_compressed_body_is_an_error_naming_it() -> None:
         fetch(make_http_get(transport=transport), url="https://example.com/")
 
 
-def test_http_get_refuses_a_redirect_to_an_unparsable_url_after_one_request_not_retried(app: AgentFlow) -> None:
-    transport, seen = recording(lambda r: httpx.Response(302, headers={"location": "javascript:alert(1)"}))
+@pytest.mark.parametrize("location", ["javascript:alert(1)", "http://[::1"])
+def test_http_get_refuses_a_redirect_to_an_unparsable_url_after_one_request_not_retried(
+    app: AgentFlow, location: str
+) -> None:
+    transport, seen = recording(lambda r: httpx.Response(302, headers={"location": location}))
     get = make_http_get(transport=transport)
     with pytest.raises(HttpGetRefused, match="redirected to a URL that cannot be requested"):
         fetch(get, url="https://example.com/start")

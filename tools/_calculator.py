@@ -147,11 +147,7 @@ def _evaluate(node: ast.AST, depth: int) -> Number:
             return _checked(+_evaluate(node.operand, depth + 1))
         raise CalculatorError(_REFUSED_OPERATORS.get(type(node.op), f"the operator {type(node.op).__name__}"))
     if isinstance(node, ast.BinOp):
-        operation = _BINARY.get(type(node.op))
-        if operation is None:
-            refused = _REFUSED_OPERATORS.get(type(node.op), f"the operator {type(node.op).__name__} is not supported")
-            raise CalculatorError(refused)
-        return _checked(operation(_evaluate(node.left, depth + 1), _evaluate(node.right, depth + 1)))
+        return _chain(node, depth)
     if isinstance(node, ast.Name):
         if node.id in _CONSTANTS:
             return _CONSTANTS[node.id]
@@ -162,6 +158,23 @@ def _evaluate(node: ast.AST, depth: int) -> Number:
         return _checked(_call(node, depth))
     construct = _CONSTRUCTS.get(type(node), f"{type(node).__name__} expressions")
     raise CalculatorError(f"not allowed in a calculator expression: {construct}. Use numbers, operators and {_KNOWN}")
+
+
+def _chain(node: ast.BinOp, depth: int) -> Number:
+    """A chain of left-associative operations, ``1 + 2 - 3 * 4 + ...``: the parser nests it one level per
+    operator (``((1 + 2) - 3 * 4) + ...``), but it is flat text, so it is evaluated in a loop, its terms
+    one level deeper than the chain, and a sum of a few hundred terms is not "nested too deep"."""
+    links: list[ast.BinOp] = [node]
+    while isinstance(links[-1].left, ast.BinOp):
+        links.append(links[-1].left)
+    value = _evaluate(links[-1].left, depth + 1)
+    for link in reversed(links):
+        operation = _BINARY.get(type(link.op))
+        if operation is None:
+            refused = _REFUSED_OPERATORS.get(type(link.op), f"the operator {type(link.op).__name__} is not supported")
+            raise CalculatorError(refused)
+        value = _checked(operation(value, _evaluate(link.right, depth + 1)))
+    return value
 
 
 def _literal(value: object) -> Number:

@@ -62,6 +62,12 @@ class FileSandbox:
             raise FileSandboxError("the path is empty; give a path relative to the sandbox folder, like 'notes.txt'")
         if "\x00" in path:
             raise FileSandboxError(f"the path {path!r} contains a NUL character")
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate ("\ud83d"): half a character, as a model cut it
+            raise FileSandboxError(
+                f"the path {path!r} holds half of a character (a lone surrogate); write it with whole characters"
+            ) from None
         given = Path(path)
         if given.is_absolute() or given.anchor:
             raise FileSandboxError(
@@ -71,14 +77,24 @@ class FileSandbox:
             raise FileSandboxError(f"{path!r} goes up with '..'; paths must stay inside the sandbox folder")
         try:
             resolved = (self.root / given).resolve()
-        except (OSError, RuntimeError) as exc:  # a symbolic link loop
-            raise FileSandboxError(f"{path!r} cannot be resolved ({exc})") from None
+        except RuntimeError:
+            raise FileSandboxError(f"{path!r} cannot be resolved (a loop of symbolic links)") from None
+        except OSError as exc:
+            raise FileSandboxError(f"{path!r} cannot be resolved ({_reason(exc)})") from None
         if not resolved.is_relative_to(self.root):
             raise FileSandboxError(f"{path!r} leads outside the sandbox folder through a symbolic link; refused")
         return resolved
 
     def _shown(self, resolved: Path) -> str:
-        return resolved.relative_to(self.root).as_posix() or "."
+        """The path relative to the sandbox folder, as the model sees it. A name that is not UTF-8 (left by
+        an archive made elsewhere) is shown with U+FFFD for the bytes that are not: a string holding the
+        surrogates Python reads such bytes into cannot be recorded as JSON nor sent to a model."""
+        shown = resolved.relative_to(self.root).as_posix() or "."
+        try:
+            shown.encode("utf-8")
+        except UnicodeEncodeError:
+            return os.fsencode(shown).decode("utf-8", "replace")
+        return shown
 
     def _read_tool(self) -> Tool:
         sandbox = self
@@ -90,7 +106,7 @@ class FileSandbox:
             except (FileNotFoundError, NotADirectoryError):
                 raise FileSandboxError(f"there is no file {path!r}; list_files shows the files there are") from None
             except OSError as exc:
-                raise FileSandboxError(f"cannot read {path!r}: {exc.strerror or exc}") from None
+                raise FileSandboxError(f"cannot read {path!r}: {_reason(exc)}") from None
             if stat.S_ISDIR(info.st_mode):
                 raise FileSandboxError(f"{path!r} is a folder, not a file; list_files lists it")
             if not stat.S_ISREG(info.st_mode):
@@ -99,7 +115,7 @@ class FileSandbox:
                 with target.open("rb") as f:
                     data = f.read(sandbox.max_bytes + 1)  # never more than the limit, even if the file grows
             except OSError as exc:
-                raise FileSandboxError(f"cannot read {path!r}: {exc.strerror or exc}") from None
+                raise FileSandboxError(f"cannot read {path!r}: {_reason(exc)}") from None
             if len(data) > sandbox.max_bytes:
                 raise FileSandboxError(f"{path!r} is larger than the {sandbox.max_bytes:,}-byte read limit")
             try:
@@ -119,22 +135,30 @@ class FileSandbox:
         sandbox = self
 
         def write_file(path: str, content: str) -> str:
-            data = content.encode("utf-8")
+            try:
+                data = content.encode("utf-8")
+            except UnicodeEncodeError:
+                raise FileSandboxError(
+                    "the content holds half of a character (a lone surrogate), which is not text; write it with "
+                    "whole characters"
+                ) from None
             if len(data) > sandbox.max_bytes:
                 raise FileSandboxError(
                     f"the content is {len(data):,} bytes; the write limit is {sandbox.max_bytes:,} bytes"
                 )
             target = sandbox.resolve(path)
-            if target == sandbox.root or target.is_dir():
-                raise FileSandboxError(f"{path!r} is a folder; give a file path, like '{path.rstrip('/')}/file.txt'")
-            if target.exists() and not target.is_file():
-                raise FileSandboxError(f"{path!r} exists and is not a regular file")
             try:
                 # The parents are inside the sandbox: the path has no '..' and resolved inside the root.
+                info = None if target == sandbox.root else _stat_or_none(target)
+                if target == sandbox.root or (info is not None and stat.S_ISDIR(info.st_mode)):
+                    shown = path.rstrip("/")
+                    raise FileSandboxError(f"{path!r} is a folder; give a file path, like '{shown}/file.txt'")
+                if info is not None and not stat.S_ISREG(info.st_mode):
+                    raise FileSandboxError(f"{path!r} exists and is not a regular file")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
-            except OSError as exc:
-                raise FileSandboxError(f"cannot write {path!r}: {exc.strerror or exc}") from None
+            except OSError as exc:  # a name too long, no room left, no permission
+                raise FileSandboxError(f"cannot write {path!r}: {_reason(exc)}") from None
             return f"wrote {len(data):,} bytes to {sandbox._shown(target)}"
 
         # Idempotent: writing the same content to the same path twice leaves the same file as writing it
@@ -154,7 +178,11 @@ class FileSandbox:
 
         def list_files(folder: str = ".") -> list[str]:
             base = sandbox.resolve(folder)
-            if not base.is_dir():
+            try:
+                info = _stat_or_none(base)
+            except OSError as exc:
+                raise FileSandboxError(f"cannot list {folder!r}: {_reason(exc)}") from None
+            if info is None or not stat.S_ISDIR(info.st_mode):
                 raise FileSandboxError(f"{folder!r} is not a folder in the sandbox")
             found: list[str] = []
             # followlinks=False: a linked folder is not entered, so a link cannot widen the listing.
@@ -175,3 +203,17 @@ class FileSandbox:
                 "folder. `folder` defaults to the whole sandbox ('.')."
             ),
         )(list_files)
+
+
+def _stat_or_none(path: Path) -> os.stat_result | None:
+    """``path.stat()``, or None when there is nothing there; other failures raise ``OSError``."""
+    try:
+        return path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _reason(exc: OSError) -> str:
+    """Why an ``OSError`` happened ("File name too long"), without the absolute path it names: the
+    message goes to a model and the record, which need not know where the sandbox lives."""
+    return exc.strerror or type(exc).__name__

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import ipaddress
+import re
 import socket
 import zlib
 from collections.abc import Iterable, Mapping
@@ -86,10 +87,16 @@ def make_http_get(
     reach, on the first URL and on every redirect. ``headers`` are sent with every request and win over
     headers the model asks for: the place for a User-Agent or an API key, which then stays out of the
     recorded arguments. They follow redirects (httpx drops only ``Authorization`` on a redirect to another
-    origin), so pair secret headers with ``allowed_hosts``. ``transport`` replaces the network, for tests
-    (``httpx.MockTransport``) or a custom client setup; the tool does not close it. ``allow_private=True``
-    lets the tool reach addresses that are not public (loopback, private networks, cloud metadata); hosts in
-    ``allowed_hosts`` may be reached whatever their address.
+    origin), so pair secret headers with ``allowed_hosts`` and https:// URLs: with ``headers`` set, a redirect
+    from https:// to plain http:// is refused, since it would send them unencrypted. ``transport`` replaces
+    the network, for tests (``httpx.MockTransport``) or a custom client setup; the tool does not close it.
+    ``allow_private=True`` lets the tool reach addresses that are not public (loopback, private networks,
+    cloud metadata); hosts in ``allowed_hosts`` may be reached whatever their address.
+
+    Headers a model asks for are checked before anything is sent: a name that is not an HTTP token, a
+    value with a line break or another control character, and ``Host``, ``Content-Length`` or
+    ``Transfer-Encoding`` are refused (``HttpGetRefused``); hop-by-hop headers (``Connection``,
+    ``Upgrade``...) are left out.
     """
     if not timeout > 0:
         raise ConfigurationError(f"make_http_get: timeout must be a positive number of seconds, not {timeout!r}")
@@ -103,22 +110,24 @@ def make_http_get(
         )
     hosts = None if allowed_hosts is None else frozenset(_normal_host(h) for h in allowed_hosts)
     fixed_headers = dict(headers or {})
+    for header, value in fixed_headers.items():
+        problem = _header_problem(header, value)
+        if problem is not None:
+            raise ConfigurationError(f"make_http_get: the header {header!r} cannot be sent: {problem}")
     borrowed = None if transport is None else _Borrowed(transport)
     # Where a URL may lead: its scheme and host, then (unless private addresses are allowed) its address.
     guard = _Guard(hosts, allow_private=allow_private, resolve=transport is None)
 
     async def http_get(url: str, headers: dict[str, str] | None = None) -> HttpGetResult:
         _checked_url(url, hosts)  # a malformed or refused URL is reported before anything else
-        try:
-            request_headers = httpx.Headers(headers or {})
-            request_headers.update(fixed_headers)
-            request_headers["Accept-Encoding"] = "gzip, deflate"  # what _Body can inflate under the size cap
-        except (UnicodeEncodeError, TypeError, ValueError) as exc:
-            raise HttpGetRefused(f"the headers cannot be sent ({exc}); header names and values must be ASCII") from None
+        request_headers = _model_headers(headers or {})
+        request_headers.update(fixed_headers)
+        request_headers["Accept-Encoding"] = "gzip, deflate"  # what _Body can inflate under the size cap
 
         async def get() -> HttpGetResult:
             first = await guard.check(url)  # resolving the name counts against the deadline
-            return await _fetch(first, request_headers, guard, timeout, max_bytes, max_redirects, borrowed)
+            limits = (timeout, max_bytes, max_redirects)
+            return await _fetch(first, request_headers, guard, *limits, borrowed, https_only=bool(fixed_headers))
 
         try:
             return await asyncio.wait_for(get(), timeout)
@@ -139,6 +148,50 @@ def make_http_get(
     if not allow_private:
         description += " Internal addresses (localhost, private networks, cloud metadata) are refused."
     return tool(name=name, description=description)(http_get)
+
+
+# An RFC 7230 token: what a header name may be made of.
+_TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+# Control characters (a horizontal tab aside): a CR or LF in a value would start another header.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Headers that say where the request goes and how its body is framed: http_get sets them (a GET has no
+# body); a model's Host could also reach another site behind the address of an allowed one.
+_REFUSED_HEADERS = frozenset({"host", "content-length", "transfer-encoding"})
+# Hop-by-hop headers: about the connection, which http_get manages; a model's are left out.
+_HOP_BY_HOP_HEADERS = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"})
+
+
+def _header_problem(name: str, value: str) -> str | None:
+    """What makes a header unsendable, or None."""
+    if not isinstance(name, str) or not isinstance(value, str):
+        return "header names and values must be text"
+    if not name.isascii() or not value.isascii():
+        return "header names and values must be ASCII"
+    if not _TOKEN.fullmatch(name):
+        return "a header name is letters, digits and !#$%&'*+-.^_`|~ only, without spaces"
+    if _CONTROL.search(value):
+        return "its value holds a line break or another control character"
+    return None
+
+
+def _model_headers(headers: Mapping[str, str]) -> httpx.Headers:
+    """The headers a model asked for, checked before anything is sent: an unsendable one is refused (a
+    retry would send it again), as are Host, Content-Length and Transfer-Encoding; hop-by-hop headers
+    (Connection, Keep-Alive...) are left out."""
+    checked = httpx.Headers()
+    for name, value in headers.items():
+        problem = _header_problem(name, value)
+        if problem is not None:
+            raise HttpGetRefused(f"the header {name!r} cannot be sent: {problem}; fix it or leave it out")
+        lowered = name.lower()
+        if lowered in _REFUSED_HEADERS:
+            raise HttpGetRefused(
+                f"the header {name!r} is not for the caller to set (http_get sends it: a GET goes to the URL's "
+                "host and has no body); call again without it"
+            )
+        if lowered not in _HOP_BY_HOP_HEADERS:
+            checked[name] = value.strip(" \t")
+    return checked
 
 
 class _Guard:
@@ -248,7 +301,11 @@ async def _fetch(
     max_bytes: int,
     max_redirects: int,
     transport: httpx.AsyncBaseTransport | None,
+    *,
+    https_only: bool,
 ) -> HttpGetResult:
+    """GET ``url``, following redirects by hand; with ``https_only``, a redirect from https:// to http://
+    is refused (the headers the tool was made with would go unencrypted)."""
     async with httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False) as client:
         request = client.build_request("GET", url, headers=headers)
         for _ in range(max_redirects + 1):
@@ -260,6 +317,14 @@ async def _fetch(
                 raise HttpGetError(f"could not connect to {request.url.host!r} ({exc}); check the URL") from None
             except httpx.InvalidURL as exc:  # not an HTTPError: a redirect's Location httpx cannot parse
                 raise HttpGetRefused(f"GET {url} was redirected to a URL that cannot be requested ({exc})") from None
+            except httpx.RemoteProtocolError as exc:
+                # Raised while httpx parsed a Location that is no URL ("http://[::1"): asking again won't help.
+                cause = exc.__cause__ or exc.__context__
+                if isinstance(cause, httpx.InvalidURL):
+                    raise HttpGetRefused(
+                        f"GET {request.url} was redirected to a URL that cannot be requested ({cause})"
+                    ) from None
+                raise HttpGetError(f"GET {request.url} failed: {type(exc).__name__}: {exc}") from None
             except httpx.HTTPError as exc:
                 raise HttpGetError(f"GET {request.url} failed: {type(exc).__name__}: {exc}") from None
             try:
@@ -268,6 +333,11 @@ async def _fetch(
                 request = response.next_request
             finally:
                 await response.aclose()
+            if https_only and response.url.scheme == "https" and request.url.scheme == "http":
+                raise HttpGetRefused(
+                    f"{response.url} redirected to {request.url}, from https:// to plain http://, which would send "
+                    "the tool's headers unencrypted; refused"
+                )
             try:
                 await guard.check(request.url)
             except HttpGetRefused as exc:
@@ -385,12 +455,29 @@ def _is_text(content_type: str | None) -> bool:
 
 
 def _decode(body: bytes, charset: str | None, *, final: bool) -> str:
-    try:
-        decoder = codecs.getincrementaldecoder(charset or "utf-8")(errors="replace")
-    except LookupError:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    # When the body was cut, a character split at the cut is dropped rather than shown as garbage.
-    return decoder.decode(body, final=final)
+    """The body as text, in the charset the server declared if it names a text encoding Python has, else
+    (none, unknown, or one that cannot decode it) in UTF-8. The charset comes from the server: Python's
+    codecs also hold bytes-to-bytes transforms (zlib, bz2, base64, hex, rot13...), which would inflate the
+    capped body without a limit or not give text at all; those are not text encodings and are not used."""
+    if charset:
+        try:
+            text_encoding = codecs.lookup(charset)._is_text_encoding
+            decoder = codecs.getincrementaldecoder(charset)(errors="replace") if text_encoding else None
+        except (LookupError, ValueError, TypeError):
+            decoder = None
+        if decoder is not None:
+            # When the body was cut, a character split at the cut is dropped rather than shown as garbage.
+            try:
+                return _as_text(decoder.decode(body, final=final))
+            except (ValueError, TypeError):  # UnicodeError: "idna" refuses errors="replace", "undefined" all
+                pass
+    return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(body, final=final)
+
+
+def _as_text(decoded: object) -> str:
+    if not isinstance(decoded, str):
+        raise TypeError(f"the codec gave {type(decoded).__name__}, not text")
+    return decoded
 
 
 http_get = make_http_get()
