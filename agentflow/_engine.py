@@ -422,7 +422,10 @@ class RunEngine:
         retry: RetryPolicy | None,
         compensate: Callable[[Any], Any] | None = None,
     ) -> Any:
-        key, request, fp, rec = self.begin(scope, name, {"fn": _qualname(fn), "args": args, "kwargs": kwargs})
+        # A keyword argument named like a secret ("api_key", "password"), as for tools, reaches the function
+        # only: not the record, not the fingerprint (a served step does not call it).
+        recorded_kwargs, secret_values = split_secrets(kwargs, (), names="tool") if kwargs else (kwargs, [])
+        key, request, fp, rec = self.begin(scope, name, {"fn": _qualname(fn), "args": args, "kwargs": recorded_kwargs})
         if rec is not None:
             await yield_to_siblings()
             value = self._serve_step(rec, fn)
@@ -436,6 +439,7 @@ class RunEngine:
         self.reserve(key, fp)  # its scope is its key: what it does inside is found there on resume
         done = await self.attempts(scope_key, retry or self.default_retry, lambda: _call(fn, args, kwargs))
         if done.error is not None:
+            keep_secrets_out(done.error, secret_values)  # an error that echoes a secret argument
             self.record(key=key, kind="step", name=name, fp=fp, request=request, started=started,
                         attempts=done.count, error=done.error)  # fmt: skip
             message = redact_error(done.error, str(done.error))  # a key of the environment it echoed, say

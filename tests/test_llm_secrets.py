@@ -491,6 +491,39 @@ def test_an_environment_key_echoed_by_a_failing_tool_or_step_is_recorded_and_ans
     assert scan(db_url, secret) == {}
 
 
+def test_a_step_s_keyword_argument_named_like_a_secret_reaches_the_function_only(
+    db_url: str, secret: str, clock: FakeClock
+) -> None:
+    seen: list[str] = []
+
+    def charge(amount: int, *, api_key: str) -> str:
+        seen.append(api_key)
+        if amount < 0:
+            raise ValueError(f"key {api_key} may not refund")  # echoes it
+        return f"charged {amount}"
+
+    app = AgentFlow(db_url, clock=clock)
+
+    @app.workflow(name="billing")
+    async def billing(ctx: Context) -> list[str]:
+        done = [await ctx.step("charge", charge, 5, api_key=f"sk-{secret}")]
+        try:
+            await ctx.step("charge", charge, -5, api_key=f"sk-{secret}")
+        except StepFailed as exc:
+            done.append(exc.error_message)
+        return done
+
+    try:
+        run = app.run(billing, run_id="b")
+        replayed = app.replay("b")
+    finally:
+        app.close()
+    assert run.output == ["charged 5", "key [secret] may not refund"] and seen == [f"sk-{secret}"] * 2
+    assert [s.request["kwargs"] for s in run.steps] == [{}, {}]
+    assert replayed.matched  # served without the key: it is not part of the fingerprint
+    assert scan(db_url, secret) == {}
+
+
 def test_custom_prices_and_a_prompt_cache_key_are_recorded_and_tell_calls_apart(app: AgentFlow) -> None:
     prices = {"input_cost_per_token": 0.0001, "output_cost_per_token": 0.0002}
 
